@@ -1,0 +1,260 @@
+"""The configuration schema: typed dataclasses + YAML + ``key=value`` overrides (OmegaConf).
+
+Unknown keys and wrong types are rejected by OmegaConf's structured configs; values outside their
+allowed set are rejected by ``validate``. Both happen before any work starts, with a message naming
+the key and what is allowed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from agents.networks import NETWORK_KINDS
+from agents.population import FORWARD_MODES
+from envs.games import check_distribution_mode, get_game
+from envs.levels import SPLITS, LevelRange
+
+
+EVAL_MODES = ("member", "vote", "explorer", "expgen")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the user."""
+
+
+@dataclass
+class EnvConfig:
+    game: str = "maze"
+    num_envs: int = 64
+    distribution_mode: str = "easy"
+    start_level: int = 0
+    num_levels: int = 200
+    use_backgrounds: bool = True
+    num_threads: int = 1  # procgen's own C++ threads per batch
+
+
+@dataclass
+class NetworkConfig:
+    kind: str = "impala"  # impala | small
+    channels: list[int] = field(default_factory=lambda: [16, 32, 32])
+    hidden: int = 256
+
+
+@dataclass
+class PPOConfig:
+    total_steps: int = 25_000_000  # env steps per agent
+    num_steps: int = 256  # rollout length per env
+    epochs: int = 3
+    num_minibatches: int = 8
+    lr: float = 5e-4
+    adam_eps: float = 1e-5
+    anneal_lr: bool = False
+    gamma: float = 0.999
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.2
+    clip_vloss: bool = True
+    vf_coef: float = 0.5
+    ent_coef: float = 0.01
+    max_grad_norm: float = 0.5
+    norm_adv: str = "batch"  # batch | minibatch | off
+
+
+@dataclass
+class EnsembleConfig:
+    size: int = 10  # reward agents (members), seeds 0..size-1 unless `seeds` is given
+    seeds: list[int] = field(default_factory=list)
+
+
+@dataclass
+class PopulationConfig:
+    size: int = 0  # members trained together in one process; 0 = the whole ensemble
+    forward_mode: str = "auto"  # auto | vmap | loop
+
+
+@dataclass
+class LoggingConfig:
+    checkpoint_interval: int = 10  # updates between checkpoints
+    eval_interval: int = 10  # updates between held-out evaluations; 0 = never
+    eval_episodes: int = 64
+    eval_splits: list[str] = field(default_factory=lambda: ["train", "test"])
+    progress: bool = True
+
+
+@dataclass
+class ExplorerConfig:
+    """The maximum-entropy exploration agent (EXPGEN.md section 2)."""
+
+    enabled: bool = True
+    total_steps: int = 100_000_000
+    gamma: float = -1.0  # < 0: the per-game discount of envs/games.py
+    k: int = 3  # k-th nearest neighbour
+    buffer_size: int = 500  # frames of the current episode kept for the kNN reward
+    pool: int = 3  # average-pooling of the full-view frame
+    seed: int = 1000
+
+
+@dataclass
+class ExpGenConfig:
+    """The test-time controller (EXPGEN.md section 3); see agents/controller.py."""
+
+    controller: str = "reference"  # reference | plurality
+    threshold: int = -1  # < 0: the per-game k, scaled from 10 members to the ensemble's size
+    burst: str = "reference"  # reference | geometric | fixed
+    burst_p: float = 0.5
+    burst_length: int = 1
+    sample: bool = True  # members (and explorer) sample; false = argmax
+    random_explorer: bool = False  # ablation: random actions instead of the explorer's
+    members: int = 0  # use the first m members; 0 = all
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    episodes: int = 200
+    seed: int = 12345
+    num_envs: int = 64
+    modes: list[str] = field(default_factory=lambda: ["member", "vote", "explorer", "expgen"])
+    video: int = 0  # episodes to record as video per mode
+
+
+@dataclass
+class Config:
+    name: str = MISSING  # run directory name under runs_dir
+    runs_dir: str = "runs"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0  # base seed: member m uses seeds[m] (default seed + m)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    population: PopulationConfig = field(default_factory=PopulationConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    explorer: ExplorerConfig = field(default_factory=ExplorerConfig)
+    expgen: ExpGenConfig = field(default_factory=ExpGenConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    @property
+    def train_levels(self) -> LevelRange:
+        return LevelRange(self.env.start_level, self.env.num_levels)
+
+    @property
+    def explorer_gamma(self) -> float:
+        return self.explorer.gamma if self.explorer.gamma >= 0 else get_game(self.env.game).explorer_gamma
+
+    @property
+    def member_seeds(self) -> list[int]:
+        return list(self.ensemble.seeds) or [self.seed + m for m in range(self.ensemble.size)]
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), name: str | None = None) -> Config:
+    """YAML file + dotlist overrides -> a validated ``Config``.
+
+    ``name`` defaults to the YAML file's stem, so ``configs/maze.yaml`` trains into ``runs/maze``.
+    """
+    schema = OmegaConf.structured(Config)
+    try:
+        layers = [schema]
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file {str(path)!r} does not exist")
+            layers.append(OmegaConf.load(path))
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must look like key=value, got {bad}")
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        if OmegaConf.is_missing(merged, "name"):
+            merged.name = name or (path.stem if path is not None else "run")
+        cfg: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_explain(e)) from None
+    validate(cfg)
+    return cfg
+
+
+def _explain(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None)
+    msg = str(e).splitlines()[0]
+    if "not in struct" in str(e) or "Key" in type(e).__name__:
+        return f"unknown config key {key!r}: {msg}. See agents/config.py for the valid keys."
+    return f"bad value for config key {key!r}: {msg}"
+
+
+def _choice(key: str, value: Any, allowed: tuple | list) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+
+
+def _positive(key: str, value: float, strict: bool = True) -> None:
+    if value <= 0 if strict else value < 0:
+        raise ConfigError(f"{key} must be {'>' if strict else '>='} 0, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    """Reject values that type checks cannot: unknown names, bad ranges, inconsistent sizes."""
+    try:
+        get_game(cfg.env.game)
+        check_distribution_mode(cfg.env.distribution_mode)
+        cfg.train_levels  # noqa: B018 - validates the level range
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _choice("network.kind", cfg.network.kind, NETWORK_KINDS)
+    _choice("population.forward_mode", cfg.population.forward_mode, FORWARD_MODES)
+    _choice("ppo.norm_adv", cfg.ppo.norm_adv, ("batch", "minibatch", "off"))
+    _choice("eval.split", cfg.eval.split, list(SPLITS))
+    for mode in cfg.eval.modes:
+        _choice("eval.modes", mode, EVAL_MODES)
+    _choice("expgen.controller", cfg.expgen.controller, ("reference", "plurality"))
+    _choice("expgen.burst", cfg.expgen.burst, ("reference", "geometric", "fixed"))
+    if not 0 < cfg.expgen.burst_p <= 1:
+        raise ConfigError(f"expgen.burst_p must lie in (0, 1], got {cfg.expgen.burst_p}")
+    if cfg.expgen.members < 0 or cfg.expgen.members > cfg.ensemble.size:
+        raise ConfigError(f"expgen.members must lie in [0, ensemble.size={cfg.ensemble.size}]")
+    for key in ("explorer.total_steps", "explorer.k", "explorer.buffer_size", "explorer.pool"):
+        _positive(key, getattr(cfg.explorer, key.split(".")[1]))
+    for s in cfg.logging.eval_splits:
+        _choice("logging.eval_splits", s, list(SPLITS))
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise ConfigError(f"device={cfg.device!r}: choose auto, cpu, cuda or cuda:N")
+    for key in ("env.num_envs", "ppo.num_steps", "ppo.epochs", "ppo.num_minibatches",
+                "ppo.total_steps", "ppo.lr", "ensemble.size", "eval.episodes", "eval.num_envs",
+                "logging.checkpoint_interval", "network.hidden"):
+        section, name = key.split(".")
+        _positive(key, getattr(getattr(cfg, section), name))
+    _positive("logging.eval_interval", cfg.logging.eval_interval, strict=False)
+    _positive("population.size", cfg.population.size, strict=False)
+    batch = cfg.env.num_envs * cfg.ppo.num_steps
+    if batch % cfg.ppo.num_minibatches:
+        raise ConfigError(
+            f"env.num_envs * ppo.num_steps = {batch} is not divisible by "
+            f"ppo.num_minibatches = {cfg.ppo.num_minibatches}"
+        )
+    if cfg.ensemble.seeds and len(cfg.ensemble.seeds) != cfg.ensemble.size:
+        raise ConfigError(
+            f"ensemble.seeds has {len(cfg.ensemble.seeds)} entries but ensemble.size is "
+            f"{cfg.ensemble.size}; give one seed per member or leave seeds empty"
+        )
+    if not 0 <= cfg.ppo.gamma <= 1 or not 0 <= cfg.ppo.gae_lambda <= 1:
+        raise ConfigError("ppo.gamma and ppo.gae_lambda must lie in [0, 1]")
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(cfg), path)
+
+
+def to_dict(cfg: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def as_dictconfig(cfg: Config) -> DictConfig:
+    return OmegaConf.structured(cfg)

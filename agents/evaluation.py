@@ -1,0 +1,545 @@
+"""Evaluate a trained run on held-out levels: every member, the ensemble vote, the explorer, ExpGen.
+
+``evaluate_run(run_dir, overrides)`` reads ``runs/<name>/config.yaml`` (plus ``key=value`` overrides
+such as ``eval.split=test-full``), loads every member's newest valid checkpoint into one
+``Population`` (one batched forward for all members per step) and the explorer if there is one, and
+plays ``eval.episodes`` complete episodes per agent on ``eval.split`` in each of ``eval.modes``
+(EXPGEN.md section 4):
+
+- ``member``: every member alone, each in its own env batch (all members in one forward per step);
+- ``vote``: the plurality of the members' exact actions (ties to the smallest id), no exploration;
+- ``explorer``: the maximum-entropy explorer alone;
+- ``expgen``: the test-time rule of EXPGEN.md section 3 (``agents/controller.py``).
+
+Every mode resets its envs with the same ``eval.seed``, so all agents meet the same levels in the
+same order, and collects episodes with per-env quotas (``agents/episodes.py``), so short episodes are
+not over-sampled. Same seed, same numbers. Writing tables, plots and TensorBoard is
+``agents/report.py``'s job; this module returns a plain dict (JSON-ready).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from scipy import stats as sps
+
+from agents.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    list_checkpoints,
+    load_agent_network,
+    load_latest,
+    spec_from_checkpoint,
+)
+from agents.config import EVAL_MODES, Config, ConfigError, load_config
+from agents.controller import (
+    ControllerConfig,
+    ExpGenController,
+    controller_config_for_game,
+    plurality_votes,
+)
+from agents.episodes import EpisodeStats, quotas, run_episodes
+from agents.population import Population
+from agents.sampling import make_generators, sample_actions
+from agents.trainer import make_env, resolve_device
+from agents.video import EpisodeRecorder, write_episodes
+from envs.games import get_game
+from envs.levels import get_split
+
+log = logging.getLogger("expgen")
+
+CONFIDENCE = 0.95
+IQM_TRIM = 0.25  # scipy.stats.trim_mean proportion: the interquartile mean
+
+
+# ---- loading -------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalAgents:
+    """The networks under evaluation and the checkpoint steps they came from."""
+
+    population: Population
+    member_steps: list[int]
+    member_seeds: list[int]
+    explorer: torch.nn.Module | None = None
+    explorer_step: int | None = None
+    explorer_missing: str | None = None  # why there is no explorer, if there is none
+
+    @property
+    def size(self) -> int:
+        return self.population.size
+
+
+def load_eval_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The run's saved config plus ``overrides``; run paths follow ``run_dir`` wherever it now lives."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{str(run_dir)!r} has no config.yaml: is it a run directory written by train.py?"
+        )
+    cfg = load_config(path, list(overrides))
+    # The saved runs_dir may be relative to wherever training ran; the directory given wins.
+    cfg.runs_dir, cfg.name = str(run_dir.parent), run_dir.name
+    return cfg
+
+
+def load_members(cfg: Config, device: torch.device) -> tuple[Population, list[int]]:
+    """Newest readable checkpoint of members ``0..m-1`` (``expgen.members`` or all) as one Population."""
+    count = cfg.expgen.members or cfg.ensemble.size
+    ckpts = []
+    for m in range(count):
+        agent_dir = cfg.run_dir / f"member_{m}"
+        ckpt = load_latest(agent_dir, "cpu")
+        if ckpt is None:
+            raise CheckpointError(
+                f"member {m} has no readable checkpoint in {checkpoint_dir(agent_dir)}; "
+                "train the run first (python train.py --config ...)"
+            )
+        ckpts.append(ckpt)
+    specs = [spec_from_checkpoint(c) for c in ckpts]
+    if any(s != specs[0] for s in specs) or specs[0].recurrent:
+        raise CheckpointError(
+            f"members of {cfg.run_dir} must share one non-recurrent network to be evaluated "
+            f"together; found {sorted({str(s) for s in specs})}"
+        )
+    pop = Population.from_state_dicts(
+        specs[0], [c["model"] for c in ckpts], cfg.population.forward_mode
+    )
+    return pop.to(device).eval(), [int(c["step"]) for c in ckpts]
+
+
+def load_explorer(cfg: Config, device: torch.device) -> tuple[torch.nn.Module | None, int | None, str | None]:
+    """(network, step, None), or (None, None, why) when the run has no usable explorer."""
+    agent_dir = cfg.run_dir / "explorer"
+    if not list_checkpoints(agent_dir):
+        return None, None, (
+            f"no explorer checkpoint in {checkpoint_dir(agent_dir)} "
+            "(train it with explorer.enabled=true)"
+        )
+    try:
+        net, ckpt = load_agent_network(agent_dir, device)
+    except CheckpointError as e:
+        return None, None, str(e)
+    return net, int(ckpt["step"]), None
+
+
+def load_agents(cfg: Config, device: torch.device) -> EvalAgents:
+    pop, steps = load_members(cfg, device)
+    explorer, explorer_step, missing = load_explorer(cfg, device)
+    return EvalAgents(pop, steps, cfg.member_seeds[: pop.size], explorer, explorer_step, missing)
+
+
+# ---- acting --------------------------------------------------------------------------------------
+
+
+class ActionPicker:
+    """Sampled (one generator per policy, so streams do not depend on each other) or argmax actions."""
+
+    def __init__(self, seeds: list[int], device: torch.device, salt: int, sample: bool) -> None:
+        self.sample = sample
+        self.generators = make_generators(seeds, device, salt) if sample else []
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """(P, N, A) logits -> (P, N) actions."""
+        return sample_actions(logits, self.generators) if self.sample else logits.argmax(-1)
+
+
+class Policy:
+    """What a mode plays: ``act`` maps frames (G, N, 64, 64, 3) to actions (G, N); ``groups`` = G."""
+
+    groups = 1
+    explored: torch.Tensor | None = None  # (N,) True where this step's action was exploration
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def observe(self, info: dict) -> None:
+        """Called after every env step of group ``info['group']`` (``terminated`` marks episode ends)."""
+
+
+class MemberPolicy(Policy):
+    """Member m plays env batch m: one batched forward for all members."""
+
+    def __init__(self, pop: Population, pick: ActionPicker) -> None:
+        self.pop, self.pick, self.groups = pop, pick, pop.size
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.pick(self.pop(obs)[0])
+
+
+def member_actions(pop: Population, pick: ActionPicker, obs: torch.Tensor) -> torch.Tensor:
+    """Every member's action on one env batch (1, N, ...): (M, N). ``expand`` shares the frames."""
+    return pick(pop(obs.expand(pop.size, *obs.shape[1:]))[0])
+
+
+class VotePolicy(Policy):
+    def __init__(self, pop: Population, pick: ActionPicker) -> None:
+        self.pop, self.pick = pop, pick
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        return plurality_votes(member_actions(self.pop, self.pick, obs))[1].unsqueeze(0)
+
+
+class ExplorerStepper:
+    """Runs the explorer one step at a time, carrying its GRU state and zeroing it at episode starts."""
+
+    def __init__(self, net: torch.nn.Module, num_envs: int, device: torch.device) -> None:
+        self.net = net
+        self.recurrent = bool(getattr(net.spec, "recurrent", False))
+        self.state = net.initial_state(num_envs, device) if self.recurrent else None
+        self.first = torch.ones(num_envs, device=device)  # reset() frames start episodes
+
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """(1, N, ...) frames -> (1, N, A) logits; the state advances on every call."""
+        if not self.recurrent:
+            return self.net(obs[0])[0].unsqueeze(0)
+        logits, _, self.state = self.net(obs, self.state, self.first.unsqueeze(0))
+        return logits
+
+    def observe(self, terminated: np.ndarray) -> None:
+        # Procgen resets in the same step: the next frame of a terminated env starts an episode.
+        self.first = torch.as_tensor(terminated, dtype=torch.float32, device=self.first.device)
+
+
+class ExplorerPolicy(Policy):
+    def __init__(self, stepper: ExplorerStepper, pick: ActionPicker) -> None:
+        self.stepper, self.pick = stepper, pick
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.pick(self.stepper.logits(obs))
+
+    def observe(self, info: dict) -> None:
+        self.stepper.observe(info["terminated"])
+
+
+@dataclass
+class ExpGenTally:
+    """Explore steps, consensus steps and vote counts, over the steps of counted episodes only.
+
+    Env j's episodes beyond its quota are not in the returns, so their steps are not counted either;
+    per-env accumulators are added to the totals when a counted episode ends.
+    """
+
+    quota: np.ndarray
+    members: int
+    done: np.ndarray = field(init=False)
+    ep_votes: np.ndarray = field(init=False)  # (N, M + 1) vote-count histogram of running episodes
+    ep_explore: np.ndarray = field(init=False)
+    ep_consensus: np.ndarray = field(init=False)
+    votes: np.ndarray = field(init=False)
+    explore_steps: int = 0
+    consensus_steps: int = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.quota)
+        self.done = np.zeros(n, np.int64)
+        self.ep_votes = np.zeros((n, self.members + 1), np.int64)
+        self.ep_explore = np.zeros(n, np.int64)
+        self.ep_consensus = np.zeros(n, np.int64)
+        self.votes = np.zeros(self.members + 1, np.int64)
+
+    def step(self, votes: np.ndarray, explored: np.ndarray, consensus: np.ndarray,
+             terminated: np.ndarray) -> None:
+        self.ep_votes[np.arange(len(votes)), votes] += 1
+        self.ep_explore += explored
+        self.ep_consensus += consensus
+        counted = terminated & (self.done < self.quota)
+        self.votes += self.ep_votes[counted].sum(0)
+        self.explore_steps += int(self.ep_explore[counted].sum())
+        self.consensus_steps += int(self.ep_consensus[counted].sum())
+        for acc in (self.ep_votes, self.ep_explore, self.ep_consensus):
+            acc[terminated] = 0
+        self.done += terminated
+
+    @property
+    def steps(self) -> int:
+        return int(self.votes.sum())
+
+
+class ExpGenPolicy(Policy):
+    """All members and the explorer act every step; the controller picks per env (EXPGEN.md 3)."""
+
+    def __init__(self, pop: Population, pick: ActionPicker, stepper: ExplorerStepper | None,
+                 explorer_pick: ActionPicker, controller: ExpGenController, tally: ExpGenTally) -> None:
+        self.pop, self.pick, self.stepper, self.explorer_pick = pop, pick, stepper, explorer_pick
+        self.controller, self.tally = controller, tally
+        self.out = None
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        actions = member_actions(self.pop, self.pick, obs)
+        if self.stepper is not None:  # advanced on every real frame, used or not
+            explorer = self.explorer_pick(self.stepper.logits(obs))[0]
+        else:  # random_explorer ablation without an explorer: the controller draws the actions
+            explorer = torch.zeros_like(actions[0])
+        self.out = self.controller.step(actions, explorer)
+        self.explored = self.out.explored
+        return self.out.action.unsqueeze(0)
+
+    def observe(self, info: dict) -> None:
+        term = np.asarray(info["terminated"], bool)
+        self.tally.step(self.out.votes.cpu().numpy(), self.out.explored.cpu().numpy(),
+                        self.out.consensus.cpu().numpy(), term)
+        self.controller.reset(torch.from_numpy(term))
+        if self.stepper is not None:
+            self.stepper.observe(term)
+
+
+# ---- playing -------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalContext:
+    """Everything a mode needs: config, networks, device, and where videos go."""
+
+    cfg: Config
+    agents: EvalAgents
+    device: torch.device
+    num_envs: int
+    videos: list[str] = field(default_factory=list)
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.eval.seed
+
+    def picker(self, seeds: list[int]) -> ActionPicker:
+        return ActionPicker(seeds, self.device, self.seed, self.cfg.expgen.sample)
+
+
+@torch.no_grad()
+def play(ctx: EvalContext, policy: Policy, mode: str) -> EpisodeStats:
+    """``eval.episodes`` episodes per group on ``eval.split``; records env 0 of group 0 if asked."""
+    cfg = ctx.cfg
+    envs = [make_env(cfg, ctx.num_envs, cfg.eval.split, rand_seed=ctx.seed) for _ in range(policy.groups)]
+    recorder = EpisodeRecorder(cfg.eval.video) if cfg.eval.video > 0 else None
+
+    def act(obs: torch.Tensor) -> torch.Tensor:
+        actions = policy.act(obs)
+        if recorder is not None and recorder.active:
+            marked = policy.explored is not None and bool(policy.explored[0])
+            recorder.add(obs[0, 0].cpu().numpy(), marked)
+        return actions
+
+    def on_step(info: dict) -> None:
+        policy.observe(info)
+        if recorder is not None and info["group"] == 0:
+            level = info["prev_level_seed"][0] if "prev_level_seed" in info else None
+            recorder.end_step(bool(info["terminated"][0]), level)
+
+    try:
+        stats = run_episodes(act, envs, cfg.eval.episodes, ctx.device, ctx.seed, on_step)
+    finally:
+        for env in envs:
+            env.close()
+    if recorder is not None:
+        paths = write_episodes(recorder, cfg.run_dir / "eval" / "videos", mode)
+        ctx.videos += [str(p.relative_to(cfg.run_dir)) for p in paths]
+        if len(paths) < cfg.eval.video:
+            log.warning("%s: env 0 finished %d of the %d episodes asked for video",
+                        mode, len(paths), cfg.eval.video)
+    return stats
+
+
+# ---- statistics ----------------------------------------------------------------------------------
+
+
+def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean (``scipy.stats.trim_mean`` cutting 25% at each end)."""
+    return sps.trim_mean(x, IQM_TRIM, axis=axis)
+
+
+def bootstrap_ci(values: np.ndarray, statistic: Callable[..., Any] = np.mean, seed: int = 0
+                 ) -> tuple[float, float]:
+    """95% bootstrap CI (``scipy.stats.bootstrap``, BCa, seeded) of ``statistic(values)``.
+
+    Constant or single-value samples have no spread to resample: the CI is the point itself. BCa can
+    return NaN on nearly degenerate samples; the percentile method is the fallback then.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    point = float(statistic(x, axis=-1))
+    if x.size < 2 or np.ptp(x) == 0:
+        return point, point
+    for method in ("BCa", "percentile"):
+        res = sps.bootstrap((x,), statistic, confidence_level=CONFIDENCE, method=method,
+                            rng=np.random.default_rng(seed), vectorized=True)
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if np.isfinite(low) and np.isfinite(high):
+            return low, high
+    return point, point
+
+
+def summarize(returns: np.ndarray, successes: np.ndarray, lengths: np.ndarray, cfg: Config
+              ) -> dict[str, Any]:
+    """Mean return with its bootstrap CI over episodes, success rate, normalised score, length."""
+    game = get_game(cfg.env.game)
+    mean = float(np.mean(returns))
+    low, high = bootstrap_ci(returns, np.mean, cfg.eval.seed)
+    return {
+        "return": mean,
+        "return_ci": [low, high],
+        "return_std": float(np.std(returns)),
+        "success": float(np.mean(successes)),
+        "normalised": game.normalised_score(mean, cfg.env.distribution_mode),
+        "episodes": int(np.size(returns)),
+        "length": float(np.mean(lengths)),
+    }
+
+
+def summarize_stats(stats: EpisodeStats, cfg: Config, group: int | None = None) -> dict[str, Any]:
+    """``summarize`` of one group, or of all groups pooled when ``group`` is None."""
+    pick = (lambda a: a.ravel()) if group is None else (lambda a: a[group])
+    return summarize(pick(stats.returns), pick(stats.successes), pick(stats.lengths), cfg)
+
+
+def iqm_summary(members: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
+    """IQM across members of their mean returns, with a bootstrap CI across members."""
+    returns = np.array([m["return"] for m in members])
+    value = float(iqm(returns))
+    low, high = bootstrap_ci(returns, iqm, cfg.eval.seed)
+    return {
+        "return": value,
+        "return_ci": [low, high],
+        "success": float(iqm(np.array([m["success"] for m in members]))),
+        "normalised": get_game(cfg.env.game).normalised_score(value, cfg.env.distribution_mode),
+        "members": len(members),
+    }
+
+
+# ---- modes ---------------------------------------------------------------------------------------
+
+
+def evaluate_member(ctx: EvalContext) -> dict[str, Any]:
+    """Every member alone; the headline is pooled over members, plus per-member results and the IQM."""
+    agents = ctx.agents
+    stats = play(ctx, MemberPolicy(agents.population, ctx.picker(agents.member_seeds)), "member")
+    members = [
+        {"member": m, "step": agents.member_steps[m], **summarize_stats(stats, ctx.cfg, m)}
+        for m in range(agents.size)
+    ]
+    return {**summarize_stats(stats, ctx.cfg), "members": members, "iqm": iqm_summary(members, ctx.cfg)}
+
+
+def evaluate_vote(ctx: EvalContext) -> dict[str, Any]:
+    """The ensemble's plurality action every step; no exploration."""
+    policy = VotePolicy(ctx.agents.population, ctx.picker(ctx.agents.member_seeds))
+    return summarize_stats(play(ctx, policy, "vote"), ctx.cfg, 0)
+
+
+def evaluate_explorer(ctx: EvalContext) -> dict[str, Any]:
+    """The explorer alone (its GRU state carried across steps, reset at episode starts)."""
+    stepper = ExplorerStepper(ctx.agents.explorer, ctx.num_envs, ctx.device)
+    policy = ExplorerPolicy(stepper, ctx.picker([ctx.cfg.explorer.seed]))
+    return summarize_stats(play(ctx, policy, "explorer"), ctx.cfg, 0)
+
+
+def expgen_controller_config(cfg: Config, members: int) -> ControllerConfig:
+    """The game's controller settings for ``members`` members, with the config's overrides."""
+    e = cfg.expgen
+    overrides: dict[str, Any] = dict(mode=e.controller, burst=e.burst, burst_p=e.burst_p,
+                                     burst_length=e.burst_length, random_explorer=e.random_explorer)
+    if e.threshold > 0:
+        if e.threshold > members:
+            raise ConfigError(
+                f"expgen.threshold={e.threshold} exceeds the {members} members evaluated: "
+                "consensus would be impossible"
+            )
+        overrides["threshold"] = e.threshold
+    return controller_config_for_game(cfg.env.game, members, **overrides)
+
+
+def evaluate_expgen(ctx: EvalContext) -> dict[str, Any]:
+    """ExpGen: consensus action or explorer bursts per env; also explore fraction and vote counts."""
+    cfg, agents, m = ctx.cfg, ctx.agents, ctx.agents.size
+    ccfg = expgen_controller_config(cfg, m)
+    generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
+    controller = ExpGenController(ccfg, ctx.num_envs, ctx.device, generator)
+    tally = ExpGenTally(quotas(cfg.eval.episodes, ctx.num_envs), m)
+    stepper = None if agents.explorer is None else ExplorerStepper(agents.explorer, ctx.num_envs, ctx.device)
+    policy = ExpGenPolicy(agents.population, ctx.picker(agents.member_seeds), stepper,
+                          ctx.picker([cfg.explorer.seed]), controller, tally)
+    result = summarize_stats(play(ctx, policy, "expgen"), cfg, 0)
+    steps = max(tally.steps, 1)
+    mean_votes = float((np.arange(m + 1) * tally.votes).sum() / steps)
+    result.update(
+        explore_fraction=tally.explore_steps / steps,
+        consensus_fraction=tally.consensus_steps / steps,
+        agreement=mean_votes / m,
+        mean_votes=mean_votes,
+        vote_histogram=tally.votes.tolist(),
+        steps=tally.steps,
+        controller={"mode": ccfg.mode, "threshold": ccfg.threshold, "burst": ccfg.burst,
+                    "burst_p": ccfg.burst_p, "burst_length": ccfg.burst_length,
+                    "four_classes": ccfg.four_classes, "random_explorer": ccfg.random_explorer},
+    )
+    return result
+
+
+MODE_FUNCTIONS: dict[str, Callable[[EvalContext], dict[str, Any]]] = {
+    "member": evaluate_member,
+    "vote": evaluate_vote,
+    "explorer": evaluate_explorer,
+    "expgen": evaluate_expgen,
+}
+assert set(MODE_FUNCTIONS) == set(EVAL_MODES)
+
+
+def missing_requirement(mode: str, cfg: Config, agents: EvalAgents) -> str | None:
+    """Why ``mode`` cannot run with these agents, or None when it can."""
+    needs_explorer = mode == "explorer" or (mode == "expgen" and not cfg.expgen.random_explorer)
+    if needs_explorer and agents.explorer is None:
+        return agents.explorer_missing
+    return None
+
+
+def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Evaluate every mode of ``eval.modes`` on a run directory; returns the JSON-ready results.
+
+    Modes whose agent is missing (no explorer checkpoint) are skipped with a printed note and listed
+    under ``skipped``. Videos (``eval.video`` > 0) are written to ``<run>/eval/videos``.
+    """
+    cfg = load_eval_config(run_dir, overrides)
+    device = resolve_device(cfg.device)
+    split = get_split(cfg.eval.split, cfg.train_levels)
+    agents = load_agents(cfg, device)
+    expgen_controller_config(cfg, agents.size)  # fail on a bad threshold before any mode runs
+    ctx = EvalContext(cfg, agents, device, num_envs=min(cfg.eval.num_envs, cfg.eval.episodes))
+    results: dict[str, Any] = {
+        "run": cfg.name,
+        "game": cfg.env.game,
+        "distribution_mode": cfg.env.distribution_mode,
+        "split": cfg.eval.split,
+        "levels": split.describe(),
+        "train_levels": cfg.train_levels.describe(),
+        "episodes": cfg.eval.episodes,
+        "seed": cfg.eval.seed,
+        "num_envs": ctx.num_envs,
+        "sample": cfg.expgen.sample,
+        "members": agents.size,
+        "checkpoints": {
+            **{f"member_{m}": s for m, s in enumerate(agents.member_steps)},
+            **({"explorer": agents.explorer_step} if agents.explorer is not None else {}),
+        },
+        "modes": {},
+        "skipped": {},
+    }
+    for mode in dict.fromkeys(cfg.eval.modes):  # de-duplicated, in the order asked
+        reason = missing_requirement(mode, cfg, agents)
+        if reason is not None:
+            log.warning("skipping mode %r: %s", mode, reason)
+            results["skipped"][mode] = reason
+            continue
+        start = time.perf_counter()
+        results["modes"][mode] = MODE_FUNCTIONS[mode](ctx)
+        log.info("%s: %d episodes on %s in %.1fs", mode, cfg.eval.episodes, split.describe(),
+                 time.perf_counter() - start)
+    if ctx.videos:
+        results["videos"] = ctx.videos
+    return results

@@ -1,0 +1,128 @@
+"""A population of identical actor-critics whose parameters are stacked on a leading member axis.
+
+A single agent is a population of one: there is one code path. Parameter ``w`` of the network
+becomes a tensor of shape ``(M, *w.shape)``; inputs and outputs are shaped ``(M, batch, ...)``.
+Because members share no parameter, the sum of their losses has, for each member, exactly the
+gradient of that member's own loss, and Adam is element-wise: a member in a population is trained
+exactly as it would be alone. Per-member gradient-norm clipping keeps it that way (``clip_grad_norms_``).
+
+Two ways to run the stacked network (``forward_mode``):
+- ``vmap``: ``torch.func.vmap`` over ``functional_call``; convolutions become one grouped
+  convolution for all members: few, large kernels, which is what a GPU wants.
+- ``loop``: one ``functional_call`` per member on a view of its parameters. On a CPU the arithmetic
+  is the cost and grouped convolutions are slower than plain ones (0.65-0.95x, DESIGN.md), so this is
+  the CPU default. ``auto`` picks ``vmap`` on CUDA and ``loop`` elsewhere.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from agents.networks import ActorCritic, NetworkSpec, RecurrentActorCritic
+
+FORWARD_MODES = ("auto", "vmap", "loop")
+
+
+class Population(nn.Module):
+    """M actor-critics of one ``NetworkSpec``, member ``m`` initialised from ``seeds[m]``."""
+
+    def __init__(self, spec: NetworkSpec, seeds: list[int], forward_mode: str = "auto") -> None:
+        super().__init__()
+        if forward_mode not in FORWARD_MODES:
+            raise ValueError(
+                f"unknown forward_mode {forward_mode!r}; choose one of: {', '.join(FORWARD_MODES)}"
+            )
+        self.spec = spec
+        self.seeds = list(seeds)
+        self.forward_mode = forward_mode
+        members = [_seeded_network(spec, s) for s in self.seeds]
+        stacked, _ = stack_module_state(members)
+        self.names = list(stacked)
+        # ParameterDict keys cannot contain dots.
+        self.stacked = nn.ParameterDict(
+            {k.replace(".", "/"): nn.Parameter(v.detach().clone()) for k, v in stacked.items()}
+        )
+        base = copy.deepcopy(members[0]).to("meta")  # structure only; weights come from `stacked`
+        object.__setattr__(self, "_base", base)  # not a submodule: its meta tensors are not state
+
+    @property
+    def size(self) -> int:
+        return len(self.seeds)
+
+    def member_params(self) -> list[torch.Tensor]:
+        return [self.stacked[k.replace(".", "/")] for k in self.names]
+
+    def _mode(self, device: torch.device) -> str:
+        if self.forward_mode == "auto":
+            return "vmap" if device.type == "cuda" and self.size > 1 else "loop"
+        return self.forward_mode
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Run every member on its own slice of each input (leading axis M).
+
+        Feed-forward members: uint8 frames (M, B, 64, 64, 3) -> logits (M, B, A), values (M, B).
+        Recurrent members take and return their state too (see RecurrentActorCritic).
+        """
+        params = self.member_params()
+        if self._mode(inputs[0].device) == "vmap":
+
+            def one(p: tuple[torch.Tensor, ...], *x: torch.Tensor):
+                return functional_call(self._base, dict(zip(self.names, p)), x)
+
+            return vmap(one)(tuple(params), *inputs)
+        per_member = zip(*(p.unbind(0) for p in params))  # unbind's backward is one stack
+        outs = [
+            functional_call(self._base, dict(zip(self.names, p)), tuple(x[m] for x in inputs))
+            for m, p in enumerate(per_member)
+        ]
+        return tuple(torch.stack(o) for o in zip(*outs))
+
+    def member_state_dict(self, m: int) -> dict[str, torch.Tensor]:
+        """Member ``m`` as the state dict of a plain ``ActorCritic``: the checkpoint format."""
+        return {k: p[m].detach().clone() for k, p in zip(self.names, self.member_params())}
+
+    def load_member_state_dict(self, m: int, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.names) ^ set(state)
+        if missing:
+            raise ValueError(f"state dict does not match the network: keys {sorted(missing)}")
+        with torch.no_grad():
+            for k, p in zip(self.names, self.member_params()):
+                p[m].copy_(state[k])
+
+    def member_network(self, m: int) -> ActorCritic | RecurrentActorCritic:
+        net = self.spec.build()
+        net.load_state_dict(self.member_state_dict(m))
+        return net
+
+    @classmethod
+    def from_state_dicts(
+        cls, spec: NetworkSpec, states: list[dict[str, torch.Tensor]], forward_mode: str = "auto"
+    ) -> "Population":
+        pop = cls(spec, list(range(len(states))), forward_mode)
+        for m, state in enumerate(states):
+            pop.load_member_state_dict(m, state)
+        return pop
+
+
+def _seeded_network(spec: NetworkSpec, seed: int) -> ActorCritic | RecurrentActorCritic:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return spec.build()
+
+
+def clip_grad_norms_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` for each member separately: returns the (M,) pre-clipping norms.
+
+    A member's scale depends on its own gradients only, so a NaN or huge gradient in one member
+    leaves every other member's update unchanged.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    sq = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0)
+    norms = sq.sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+    return norms

@@ -1,0 +1,40 @@
+"""Per-member random streams and batched categorical sampling.
+
+Each member owns its generators, seeded from its own seed, so that what a member draws does not
+depend on which other members share its population (the equivalence property of DESIGN.md).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def make_generators(seeds: list[int], device: torch.device | str, salt: int) -> list[torch.Generator]:
+    """One generator per member on ``device``; ``salt`` separates streams used for different things."""
+    gens = []
+    for s in seeds:
+        g = torch.Generator(device=device)
+        g.manual_seed(hash((int(s), int(salt))) & 0x7FFF_FFFF_FFFF_FFFF)
+        gens.append(g)
+    return gens
+
+
+def sample_actions(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """Sample from Categorical(logits) for (M, N, A) logits, member m drawing from generators[m].
+
+    Gumbel-max: argmax(logits + Gumbel noise) is an exact sample. Only the noise is drawn per member
+    (M calls); the rest is one batched operation.
+    """
+    m, n, a = logits.shape
+    u = torch.stack(
+        [torch.rand(n, a, generator=g, device=logits.device) for g in generators[:m]]
+    )
+    gumbel = -torch.log(-torch.log(u.clamp_(min=1e-20, max=1.0 - 1e-7)))
+    return (logits + gumbel).argmax(-1)
+
+
+def log_prob_entropy(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of ``actions`` and entropy of Categorical(logits), batched over any prefix."""
+    logp = torch.log_softmax(logits, -1)
+    chosen = logp.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return chosen, entropy

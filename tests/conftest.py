@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny, fast configurations that write only under pytest's tmp_path."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from agents.config import Config, load_config  # noqa: E402
+
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+# The smallest config that still exercises every part of an iteration: 4 envs x 8 steps,
+# two minibatches, one member, small CNN, no held-out evaluation, a checkpoint every update.
+SMALL = [
+    "device=cpu",
+    "logging.progress=false",
+    "env.num_envs=4",
+    "ppo.num_steps=8",
+    "ppo.num_minibatches=2",
+    "ppo.epochs=1",
+    "ppo.total_steps=64",
+    "network.kind=small",
+    "ensemble.size=1",
+    "logging.eval_interval=0",
+    "logging.checkpoint_interval=1",
+]
+
+
+def make_small_cfg(runs_dir: Path, *overrides: str, name: str = "t") -> Config:
+    """quickstart.yaml shrunk to ``SMALL``, then ``overrides`` (later ones win)."""
+    return load_config(QUICKSTART, [f"runs_dir={runs_dir}", *SMALL, *overrides], name=name)
+
+
+@pytest.fixture
+def small_cfg(tmp_path: Path):
+    """Factory: ``small_cfg("ppo.lr=1e-3", name="x")`` -> a Config whose runs_dir is tmp_path."""
+
+    def make(*overrides: str, name: str = "t") -> Config:
+        return make_small_cfg(tmp_path, *overrides, name=name)
+
+    return make
+
+
+@pytest.fixture
+def small_cli_args(tmp_path: Path):
+    """Factory of train.py argv lists equivalent to ``small_cfg``."""
+
+    def make(*overrides: str, resume: bool = False) -> list[str]:
+        args = ["--config", str(QUICKSTART)]
+        if resume:
+            args.append("--resume")
+        return args + [f"runs_dir={tmp_path}", *SMALL, *overrides]
+
+    return make

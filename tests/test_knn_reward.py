@@ -1,0 +1,130 @@
+"""Tests for the explorer's episodic k-NN reward (agents/knn_reward.py, EXPGEN.md section 2)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agents.knn_reward import EpisodicKNNReward, embed_frames, embedding_dim
+
+
+class ReferenceKNN:
+    """Brute-force per-env reference: a Python list of this episode's frames, last B kept."""
+
+    def __init__(self, k: int, buffer_size: int) -> None:
+        self.k, self.buffer_size = k, buffer_size
+        self.frames: list[list[np.ndarray]] = []
+
+    def reset(self, first: np.ndarray) -> None:
+        self.frames = [[row.astype(np.float64)] for row in first]
+
+    def step(self, x: np.ndarray, done: np.ndarray) -> np.ndarray:
+        rewards = np.zeros(len(x))
+        for i, (row, finished) in enumerate(zip(x.astype(np.float64), done)):
+            if finished:
+                self.frames[i] = [row]
+                continue
+            dists = sorted(float(np.linalg.norm(row - f)) for f in self.frames[i])
+            rewards[i] = dists[self.k - 1] if len(dists) >= self.k else dists[-1]
+            self.frames[i] = (self.frames[i] + [row])[-self.buffer_size:]
+        return rewards
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 8])
+def test_matches_bruteforce_reference(k: int) -> None:
+    rng = np.random.default_rng(k)
+    num_envs, dim, buffer_size, steps = 5, 6, 7, 120
+    module = EpisodicKNNReward(num_envs, dim, k=k, buffer_size=buffer_size)
+    reference = ReferenceKNN(k, buffer_size)
+    first = rng.normal(size=(num_envs, dim)).astype(np.float32)
+    module.reset(torch.from_numpy(first))
+    reference.reset(first)
+    for _ in range(steps):
+        x = rng.normal(size=(num_envs, dim)).astype(np.float32)
+        # Short and long episodes: some envs end often, others wrap the 7-slot buffer many times.
+        done = rng.random(num_envs) < np.array([0.0, 0.02, 0.1, 0.3, 0.6])
+        got = module.step(torch.from_numpy(x), torch.from_numpy(done))
+        assert got.dtype == torch.float32 and got.shape == (num_envs,)
+        np.testing.assert_allclose(got.numpy(), reference.step(x, done), rtol=1e-5, atol=1e-5)
+
+
+def test_repeated_frame_earns_exactly_zero_once_stored_k_times() -> None:
+    k = 3
+    rng = np.random.default_rng(0)
+    frames = torch.from_numpy(rng.integers(0, 256, size=(4, 2, 64, 64, 3), dtype=np.uint8))
+    distinct, repeated = [embed_frames(f) for f in frames[:3]], embed_frames(frames[3])
+    module = EpisodicKNNReward(2, embedding_dim(), k=k, buffer_size=500)
+    not_done = torch.zeros(2, dtype=torch.bool)
+    module.reset(distinct[0])
+    for emb in distinct[1:]:
+        assert (module.step(emb, not_done) > 0).all()
+    # The repeated frame is stored 0, 1, 2 times before these calls: still a distinct frame among
+    # the k nearest, so the reward stays positive.
+    for _ in range(k):
+        assert (module.step(repeated, not_done) > 0).all()
+    # From now on k copies of the frame are stored: exactly zero, not a rounding residue.
+    for _ in range(5):
+        assert torch.equal(module.step(repeated, not_done), torch.zeros(2))
+
+
+def test_done_gives_zero_and_restarts_buffer() -> None:
+    module = EpisodicKNNReward(2, 4, k=3, buffer_size=10)
+    old, new, probe = torch.zeros(2, 4), torch.full((2, 4), 5.0), torch.full((2, 4), 1.0)
+    module.reset(old)
+    for _ in range(4):
+        module.step(old, torch.zeros(2, dtype=torch.bool))
+    reward = module.step(new, torch.tensor([True, False]))
+    assert reward[0] == 0.0 and reward[1] == pytest.approx(10.0)
+    assert module.counts.tolist() == [1, 6]
+    # Env 0's buffer holds only the new episode's first frame, so the old frames no longer count:
+    # the reward is the distance to that single frame (largest available, fewer than k stored).
+    reward = module.step(probe, torch.zeros(2, dtype=torch.bool))
+    assert reward[0] == pytest.approx(8.0)  # ||(1,1,1,1) - (5,5,5,5)||
+    assert reward[1] == pytest.approx(2.0)  # 3rd nearest of five zeros and one 5-vector
+
+
+def test_state_dict_round_trip_resumes_identically() -> None:
+    gen = torch.Generator().manual_seed(0)
+    module = EpisodicKNNReward(3, 5, k=2, buffer_size=4)
+    module.reset(torch.randn(3, 5, generator=gen))
+    for _ in range(6):
+        module.step(torch.randn(3, 5, generator=gen), torch.rand(3, generator=gen) < 0.2)
+    restored = EpisodicKNNReward(3, 5, k=2, buffer_size=4)
+    restored.load_state_dict(module.state_dict())
+    for _ in range(6):
+        x, done = torch.randn(3, 5, generator=gen), torch.rand(3, generator=gen) < 0.2
+        assert torch.equal(module.step(x, done), restored.step(x, done))
+    with pytest.raises(ValueError):
+        EpisodicKNNReward(3, 5, k=2, buffer_size=8).load_state_dict(module.state_dict())
+
+
+def test_embed_frames_matches_numpy_average_pooling() -> None:
+    frames = np.random.default_rng(1).integers(0, 256, size=(2, 64, 64, 3), dtype=np.uint8)
+    got = embed_frames(torch.from_numpy(frames))
+    assert got.shape == (2, 1323) and got.dtype == torch.float32 and embedding_dim() == 1323
+    pooled = (frames[:, :63, :63].astype(np.float64) / 255.0).reshape(2, 21, 3, 21, 3, 3).mean((2, 4))
+    expected = pooled.transpose(0, 3, 1, 2).reshape(2, -1)  # channels-first flatten
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [{"k": 0}, {"k": -1}, {"buffer_size": 0}, {"k": 1.5},
+                                    {"num_envs": 0}, {"dim": 0}])
+def test_bad_constructor_arguments_raise(kwargs: dict) -> None:
+    args = {"num_envs": 2, "dim": 3, **kwargs}
+    with pytest.raises(ValueError):
+        EpisodicKNNReward(**args)
+
+
+def test_bad_inputs_raise() -> None:
+    module = EpisodicKNNReward(2, 3)
+    with pytest.raises(RuntimeError):
+        module.step(torch.zeros(2, 3), torch.zeros(2, dtype=torch.bool))
+    with pytest.raises(ValueError):
+        module.reset(torch.zeros(3, 3))
+    module.reset(torch.zeros(2, 3))
+    with pytest.raises(ValueError):
+        module.step(torch.zeros(2, 3), torch.zeros(3, dtype=torch.bool))
+    with pytest.raises(ValueError):
+        embed_frames(torch.zeros(2, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError):
+        embed_frames(torch.zeros(1, 64, 64, 3, dtype=torch.uint8), pool=0)
