@@ -170,8 +170,14 @@ def load_config(path: str | Path | None, overrides: list[str] = (), name: str | 
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"overrides must look like key=value, got {bad}")
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*layers)
+        for override in overrides:  # one at a time, so that an error can name its key
+            try:
+                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+            except OmegaConfBaseException as e:
+                if getattr(e, "full_key", None) is None:
+                    e.full_key = override.split("=", 1)[0]
+                raise
         if OmegaConf.is_missing(merged, "name"):
             merged.name = name or (path.stem if path is not None else "run")
         cfg: Config = OmegaConf.to_object(merged)
@@ -201,12 +207,13 @@ def _positive(key: str, value: float, strict: bool = True) -> None:
 
 def validate(cfg: Config) -> None:
     """Reject values that type checks cannot: unknown names, bad ranges, inconsistent sizes."""
-    try:
-        get_game(cfg.env.game)
-        check_distribution_mode(cfg.env.distribution_mode)
-        cfg.train_levels  # noqa: B018 - validates the level range
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    for key, check in (("env.game", lambda: get_game(cfg.env.game)),
+                       ("env.distribution_mode", lambda: check_distribution_mode(cfg.env.distribution_mode)),
+                       ("env.start_level/env.num_levels", lambda: cfg.train_levels)):
+        try:
+            check()
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
     _choice("network.kind", cfg.network.kind, NETWORK_KINDS)
     _choice("population.forward_mode", cfg.population.forward_mode, FORWARD_MODES)
     _choice("ppo.norm_adv", cfg.ppo.norm_adv, ("batch", "minibatch", "off"))

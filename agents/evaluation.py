@@ -182,6 +182,8 @@ def member_actions(pop: Population, pick: ActionPicker, obs: torch.Tensor) -> to
 
 
 class VotePolicy(Policy):
+    """The plurality of the members' exact actions (ties to the smallest id); never explores."""
+
     def __init__(self, pop: Population, pick: ActionPicker) -> None:
         self.pop, self.pick = pop, pick
 
@@ -211,6 +213,8 @@ class ExplorerStepper:
 
 
 class ExplorerPolicy(Policy):
+    """The explorer alone."""
+
     def __init__(self, stepper: ExplorerStepper, pick: ActionPicker) -> None:
         self.stepper, self.pick = stepper, pick
 
@@ -499,24 +503,15 @@ def missing_requirement(mode: str, cfg: Config, agents: EvalAgents) -> str | Non
     return None
 
 
-def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Evaluate every mode of ``eval.modes`` on a run directory; returns the JSON-ready results.
-
-    Modes whose agent is missing (no explorer checkpoint) are skipped with a printed note and listed
-    under ``skipped``. Videos (``eval.video`` > 0) are written to ``<run>/eval/videos``.
-    """
-    cfg = load_eval_config(run_dir, overrides)
-    device = resolve_device(cfg.device)
-    split = get_split(cfg.eval.split, cfg.train_levels)
-    agents = load_agents(cfg, device)
-    expgen_controller_config(cfg, agents.size)  # fail on a bad threshold before any mode runs
-    ctx = EvalContext(cfg, agents, device, num_envs=min(cfg.eval.num_envs, cfg.eval.episodes))
-    results: dict[str, Any] = {
+def results_header(ctx: EvalContext) -> dict[str, Any]:
+    """What was evaluated, on which levels, with which seed and checkpoints."""
+    cfg, agents = ctx.cfg, ctx.agents
+    return {
         "run": cfg.name,
         "game": cfg.env.game,
         "distribution_mode": cfg.env.distribution_mode,
         "split": cfg.eval.split,
-        "levels": split.describe(),
+        "levels": get_split(cfg.eval.split, cfg.train_levels).describe(),
         "train_levels": cfg.train_levels.describe(),
         "episodes": cfg.eval.episodes,
         "seed": cfg.eval.seed,
@@ -527,18 +522,38 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
             **{f"member_{m}": s for m, s in enumerate(agents.member_steps)},
             **({"explorer": agents.explorer_step} if agents.explorer is not None else {}),
         },
-        "modes": {},
-        "skipped": {},
     }
-    for mode in dict.fromkeys(cfg.eval.modes):  # de-duplicated, in the order asked
-        reason = missing_requirement(mode, cfg, agents)
+
+
+def evaluation_context(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> EvalContext:
+    """Config, device and networks, checked before any episode is played."""
+    cfg = load_eval_config(run_dir, overrides)
+    try:
+        device = resolve_device(cfg.device)
+    except RuntimeError as e:  # e.g. device=cuda without a GPU: a setting, not a crash
+        raise ConfigError(str(e)) from None
+    agents = load_agents(cfg, device)
+    expgen_controller_config(cfg, agents.size)  # a bad threshold fails now, not after other modes
+    return EvalContext(cfg, agents, device, num_envs=min(cfg.eval.num_envs, cfg.eval.episodes))
+
+
+def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Evaluate every mode of ``eval.modes`` on a run directory; returns the JSON-ready results.
+
+    Modes whose agent is missing (no explorer checkpoint) are skipped with a printed note and listed
+    under ``skipped``. Videos (``eval.video`` > 0) are written to ``<run>/eval/videos``.
+    """
+    ctx = evaluation_context(run_dir, overrides)
+    results: dict[str, Any] = {**results_header(ctx), "modes": {}, "skipped": {}}
+    for mode in dict.fromkeys(ctx.cfg.eval.modes):  # de-duplicated, in the order asked
+        reason = missing_requirement(mode, ctx.cfg, ctx.agents)
         if reason is not None:
             log.warning("skipping mode %r: %s", mode, reason)
             results["skipped"][mode] = reason
             continue
         start = time.perf_counter()
         results["modes"][mode] = MODE_FUNCTIONS[mode](ctx)
-        log.info("%s: %d episodes on %s in %.1fs", mode, cfg.eval.episodes, split.describe(),
+        log.info("%s: %d episodes on %s in %.1fs", mode, ctx.cfg.eval.episodes, results["levels"],
                  time.perf_counter() - start)
     if ctx.videos:
         results["videos"] = ctx.videos

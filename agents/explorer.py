@@ -130,6 +130,8 @@ class ExplorerTrainer(Trainer):
             adv = normalise(adv.flatten(1)).view_as(adv)
         metrics = ppo_epochs(self._sequence_minibatches(adv, ret), self.params, self.opt, p)
         metrics["explained_variance"] = explained_variance(ro.values.flatten(1), ret.flatten(1))
+        # Per-step reward: unlike the episode sum, it does not grow just because episodes get longer.
+        metrics["explore/intrinsic_reward_per_step"] = ro.rewards.flatten(1).mean(1)
         return metrics
 
     def _sequence_minibatches(self, adv: torch.Tensor, ret: torch.Tensor) -> Minibatches:

@@ -24,7 +24,9 @@ def tune_allocator() -> bool:
         return _done
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+        # mallopt takes an int but stores the threshold as size_t: -1 means "never trim". Any
+        # positive int caps it at 2 GB, below the ~4 GB an IMPALA minibatch frees at once.
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
     _done = ok

@@ -7,6 +7,7 @@ sync) -> TensorBoard -> checkpoint. Members are independent learners that merely
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from agents.checkpoint import checkpoint_steps, load_latest, network_payload, save_checkpoint
+from agents.checkpoint import CheckpointError, checkpoint_steps, load_latest, network_payload, save_checkpoint
 from agents.config import Config
 from agents.memory import tune_allocator
 from agents.episodes import run_episodes
@@ -86,6 +87,7 @@ class Trainer:
     num_updates: int
     update: int = 0
     writers: list[SummaryWriter] = []
+    summary: SummaryWriter | None = None
     last_heldout: dict[str, list[float]] = {}
 
     @property
@@ -96,6 +98,8 @@ class Trainer:
     def train(self, progress: Progress | None = None) -> dict[str, Any]:
         """Train until the step budget; Ctrl-C saves a checkpoint before re-raising."""
         self.writers = [SummaryWriter(d / "tb") for d in self.agent_dirs]
+        # A population of several members also gets summary curves across its members.
+        self.summary = self._summary_writer() if len(self.agent_dirs) > 1 else None
         log = self.cfg.logging
         try:
             while self.update < self.num_updates:
@@ -105,6 +109,8 @@ class Trainer:
                 self.update += 1
                 sps = self.steps_per_update * len(self.agent_dirs) / (time.perf_counter() - start)
                 self._log_iteration(metrics, episodes, sps)
+                if self.summary is not None:
+                    self._log_population(metrics, episodes, sps)
                 last = self.update == self.num_updates
                 if log.eval_interval and (self.update % log.eval_interval == 0 or last):
                     self.last_heldout = self.evaluate_heldout()
@@ -116,7 +122,7 @@ class Trainer:
             self.save()
             raise
         finally:
-            for w in self.writers:
+            for w in self.writers + ([self.summary] if self.summary else []):
                 w.close()
         return {"agents": [d.name for d in self.agent_dirs], "steps": self.global_step,
                 "heldout": self.last_heldout}
@@ -124,14 +130,31 @@ class Trainer:
     def _log_iteration(self, metrics: dict[str, np.ndarray], episodes: EpisodeLog, sps: float) -> None:
         step = self.global_step
         for i, w in enumerate(self.writers):
-            for k, v in metrics.items():
-                w.add_scalar(f"losses/{k}", float(v[i]), step)
+            for k, v in metrics.items():  # a bare name is a loss term; others carry their section
+                w.add_scalar(k if "/" in k else f"losses/{k}", float(v[i]), step)
             w.add_scalar("charts/SPS", sps / len(self.writers), step)
             w.add_scalar("charts/learning_rate", self.opt.param_groups[0]["lr"], step)
             for name in episodes.values:
                 value = episodes.means(name, i)
                 if value is not None:
                     w.add_scalar(name, value, step)
+
+    def _summary_writer(self) -> SummaryWriter:
+        names = [d.name.removeprefix("member_") for d in self.agent_dirs]
+        return SummaryWriter(self.cfg.run_dir / f"population_{names[0]}-{names[-1]}" / "tb")
+
+    def _log_population(self, metrics: dict[str, np.ndarray], episodes: EpisodeLog, sps: float) -> None:
+        """Aggregate SPS and the spread of the members' curves (mean, min, max over members)."""
+        w, step = self.summary, self.global_step
+        w.add_scalar("charts/SPS", sps, step)
+        per_member = [episodes.means("charts/episodic_return", i) for i in range(len(self.writers))]
+        returns = np.array([r for r in per_member if r is not None])
+        if len(returns):
+            for name, fn in (("mean", np.mean), ("min", np.min), ("max", np.max)):
+                w.add_scalar(f"population/episodic_return_{name}", float(fn(returns)), step)
+        for k in ("value_loss", "approx_kl", "grad_norm"):
+            if k in metrics:
+                w.add_scalar(f"population/{k}_max", float(metrics[k].max()), step)
 
     def _log_heldout(self, split: str, returns: np.ndarray, successes: np.ndarray) -> None:
         for i, w in enumerate(self.writers):
@@ -159,7 +182,7 @@ class Trainer:
     def _check_network(self, ckpt: dict[str, Any]) -> None:
         expected = network_payload(self.spec, {})["network"]
         if ckpt["network"] != expected:
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint network {ckpt['network']} differs from the config's {expected}; "
                 "use a new run name or restore the original network settings"
             )
@@ -203,14 +226,17 @@ class PopulationTrainer(Trainer):
         self.host_obs = np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, self.seeds)])
         self.next_obs = torch.from_numpy(self.host_obs).to(self.device)
         self.next_done = torch.zeros(m, n, device=self.device)
+        self.host_rewards = np.zeros((m, n), np.float32)
+        self.host_dones = np.zeros((m, n), np.float32)
+        # procgen releases the GIL inside its C++ step, so members' env batches step in parallel:
+        # on a GPU machine stepping 10 batches one after another would dominate the rollout.
+        self.env_threads = ThreadPoolExecutor(m) if m > 1 else _Serial()
         self.steps_per_update = p.num_steps * n
         self.num_updates = -(-p.total_steps // self.steps_per_update)
 
     @torch.no_grad()
     def collect(self) -> EpisodeLog:
         ro, episodes = self.ro, EpisodeLog()
-        rewards = np.zeros(self.next_done.shape, np.float32)
-        dones = np.zeros(self.next_done.shape, np.float32)
         for t in range(self.cfg.ppo.num_steps):
             ro.obs[:, t] = self.next_obs
             ro.dones[:, t] = self.next_done
@@ -218,17 +244,22 @@ class PopulationTrainer(Trainer):
             actions = sample_actions(logits, self.sample_gens)
             ro.actions[:, t], ro.values[:, t] = actions, values
             ro.logprobs[:, t] = log_prob_entropy(logits, actions)[0]
-            host_actions = actions.cpu().numpy()
-            for m, env in enumerate(self.envs):
-                self.host_obs[m], rewards[m], dones[m], _, info = env.step(host_actions[m])
+            self.host_actions = actions.cpu().numpy()
+            infos = self.env_threads.map(self._step_member, range(len(self.envs)))
+            for m, info in enumerate(infos):
                 if "episode" in info:
                     mask = info["_episode"]
                     episodes.add("charts/episodic_return", m, info["episode"]["r"][mask])
                     episodes.add("charts/episodic_length", m, info["episode"]["l"][mask])
-            ro.rewards[:, t] = torch.from_numpy(rewards).to(self.device)
-            self.next_done = torch.from_numpy(dones).to(self.device)
+            ro.rewards[:, t] = torch.from_numpy(self.host_rewards).to(self.device)
+            self.next_done = torch.from_numpy(self.host_dones).to(self.device)
             self.next_obs = torch.from_numpy(self.host_obs).to(self.device)
         return episodes
+
+    def _step_member(self, m: int) -> dict[str, Any]:
+        """Step member m's env batch, writing into the shared host buffers at row m."""
+        self.host_obs[m], self.host_rewards[m], self.host_dones[m], _, info = self.envs[m].step(self.host_actions[m])
+        return info
 
     def learn(self) -> dict[str, torch.Tensor]:
         p, ro = self.cfg.ppo, self.ro
@@ -284,5 +315,16 @@ class PopulationTrainer(Trainer):
         self.next_done[i] = ckpt["next_done"].to(self.device)
 
     def close(self) -> None:
+        self.env_threads.shutdown()
         for env in self.envs:
             env.close()
+
+
+class _Serial:
+    """The ``map``/``shutdown`` of an executor, run in the calling thread (a population of one)."""
+
+    def map(self, fn, items):
+        return map(fn, items)
+
+    def shutdown(self) -> None:
+        pass

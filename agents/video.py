@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import imageio.v2 as imageio
+import imageio.v3 as iio
 import numpy as np
 
 log = logging.getLogger("expgen")
+_mp4_error: str | None = None  # set at the first MP4 failure: later videos go straight to GIF
 
 FPS = 15  # procgen's own rendering rate
 SCALE = 4
@@ -70,15 +72,20 @@ def write_video(path: Path, frames: np.ndarray, fps: int = FPS) -> Path:
     """MP4 at ``path`` (suffix replaced), or a GIF beside it when ffmpeg is unavailable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    global _mp4_error
     mp4 = path.with_suffix(".mp4")
-    try:
-        imageio.mimwrite(mp4, list(frames), fps=fps, codec="libx264", macro_block_size=1)
-        return mp4
-    except Exception as e:  # missing or broken ffmpeg: imageio raises several types
-        mp4.unlink(missing_ok=True)
-        log.warning("MP4 writing failed (%s: %s); writing a GIF instead", type(e).__name__, e)
+    if _mp4_error is None:
+        try:
+            imageio.mimwrite(mp4, list(frames), format="FFMPEG", fps=fps, codec="libx264",
+                             macro_block_size=1)
+            return mp4
+        except Exception as e:  # missing or broken ffmpeg: imageio raises several types
+            mp4.unlink(missing_ok=True)
+            _mp4_error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            log.warning("cannot write MP4 (%s); writing GIFs instead. For MP4: pip install -U "
+                        "imageio-ffmpeg (gym3's pin, < 0.4, predates imageio 2.38)", _mp4_error)
     gif = path.with_suffix(".gif")
-    imageio.mimwrite(gif, list(frames), format="GIF", duration=1.0 / fps, loop=0)
+    iio.imwrite(gif, np.asarray(frames), duration=1000 / fps, loop=0)  # pillow: milliseconds
     return gif
 
 

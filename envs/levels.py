@@ -1,8 +1,11 @@
 """Named level splits: defined once, used by train.py (held-out curves) and eval.py.
 
-ProcGen generates level ``start_level + i`` for ``i`` in ``[0, num_levels)``; ``num_levels = 0`` means
-the unbounded distribution starting at ``start_level``. EXPGEN.md section 4: agents train on
-levels [0, 200); the reference tests on [201, 401), the ProcGen paper on the full distribution.
+ProcGen draws level seeds uniformly from ``[start_level, start_level + num_levels)``. With
+``num_levels = 0`` it ignores ``start_level`` and draws from every seed in ``[0, 2**31 - 1)``: the full
+distribution, which contains the 200 training seeds with probability ~1e-7 per episode (negligible,
+but not zero; and in easy mode some *different* seeds generate the same layout, EXPGEN.md section 4).
+EXPGEN.md section 4: agents train on levels [0, 200); the reference tests on [201, 401), the
+ProcGen paper on the full distribution.
 """
 from __future__ import annotations
 
@@ -33,19 +36,19 @@ class LevelRange:
 
     def contains(self, seed: int) -> bool:
         if self.num_levels == 0:
-            return seed >= self.start_level
+            return 0 <= seed <= MAX_LEVEL_SEED
         return self.start_level <= seed < self.start_level + self.num_levels
 
     def describe(self) -> str:
         if self.num_levels == 0:
-            return f"levels >= {self.start_level} (full distribution)"
+            return "all levels (the full distribution)"
         return f"levels [{self.start_level}, {self.start_level + self.num_levels})"
 
 
 SPLITS: dict[str, LevelRange] = {
     "train": LevelRange(0, 200),
     "test": LevelRange(201, 200),
-    "test-full": LevelRange(201, 0),
+    "test-full": LevelRange(0, 0),
 }
 
 

@@ -15,7 +15,8 @@ from agents.config import Config, load_config  # noqa: E402
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 # The smallest config that still exercises every part of an iteration: 4 envs x 8 steps,
-# two minibatches, one member, small CNN, no held-out evaluation, a checkpoint every update.
+# two minibatches, one member, small CNN, no held-out evaluation, a checkpoint every update,
+# no exploration agent.
 SMALL = [
     "device=cpu",
     "logging.progress=false",
@@ -28,6 +29,7 @@ SMALL = [
     "ensemble.size=1",
     "logging.eval_interval=0",
     "logging.checkpoint_interval=1",
+    "explorer.enabled=false",
 ]
 
 

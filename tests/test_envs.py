@@ -1,11 +1,14 @@
 """ProcgenVecEnv: batched stepping, level splits, episode statistics, state round-trips, errors."""
 from __future__ import annotations
 
+import gc
+import sys
+
 import numpy as np
 import pytest
 
 from envs.games import DISTRIBUTION_MODES, GAMES, check_distribution_mode, get_game
-from envs.levels import SPLITS, LevelRange, get_split
+from envs.levels import MAX_LEVEL_SEED, SPLITS, LevelRange, get_split
 from envs.procgen_vec import OBS_SHAPE, ProcgenVecEnv
 
 # chaser: short random episodes with many small, fractional rewards,
@@ -63,7 +66,8 @@ def test_level_seeds_stay_in_split(split):
     elif split == "test":
         assert all(201 <= s < 401 for s in seen | finished)
     else:
-        assert all(s >= 201 for s in seen | finished)
+        assert all(0 <= s <= MAX_LEVEL_SEED for s in seen | finished)
+        assert len(seen | finished) > 50  # the unbounded distribution: (almost) never a repeat
 
 
 def test_episode_statistics_match_reference_sums():
@@ -191,6 +195,23 @@ def test_split_contains_and_train_override():
     assert SPLITS["test"].contains(201) and SPLITS["test"].contains(400)
     assert not SPLITS["test"].contains(200) and not SPLITS["test"].contains(401)
     assert not SPLITS["train"].contains(200) and SPLITS["train"].contains(0)
-    assert SPLITS["test-full"].contains(10**9) and not SPLITS["test-full"].contains(200)
+    assert SPLITS["test-full"].contains(10**9) and SPLITS["test-full"].num_levels == 0
     own = LevelRange(5, 1)
     assert get_split("train", own) is own and get_split("test", own) is SPLITS["test"]
+
+
+def test_failed_construction_leaves_no_error_in_del(monkeypatch):
+    """A constructor that rejects its arguments must not leave a half-built env whose ``__del__``
+    (gymnasium's VectorEnv.__del__ -> close) raises AttributeError."""
+    errors = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: errors.append(repr(u.exc_value)))
+    for bad in ({"game": "mazee"}, {"distribution_mode": "medium"}, {"num_envs": 0}):
+        kwargs = {"game": "maze", "num_envs": 2, "levels": SPLITS["train"], **bad}
+        try:
+            ProcgenVecEnv(**kwargs)
+        except ValueError:
+            pass
+        else:
+            pytest.fail(f"{bad} was accepted")
+        gc.collect()
+    assert errors == []

@@ -1,0 +1,29 @@
+# Two entry points for a fresh clone (see README.md):
+#   make quickstart   set up .venv if needed, train the quickstart run, evaluate it on unseen levels
+#   make test         set up .venv if needed, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+# A CPU build of torch; on a CUDA machine use TORCH=torch (or install torch yourself first).
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: quickstart test install clean-runs
+
+quickstart: $(VENV)/.installed
+	$(BIN)/python train.py --config configs/quickstart.yaml
+	$(BIN)/python eval.py runs/quickstart
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q tests
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+clean-runs:
+	rm -rf runs/quickstart

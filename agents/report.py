@@ -1,0 +1,201 @@
+"""Present ``agents/evaluation.py``'s results: terminal table, JSON, Markdown, PNG, TensorBoard.
+
+Every view is built from the same rows (``summary_rows``): one per member, the members' IQM, then the
+vote, the explorer and ExpGen, so the terminal, the Markdown file and the plot always agree.
+Files go to ``runs/<name>/eval/``: ``results.json``, ``results.md``, ``results.png`` and ``tb/<split>/``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed (and none on servers)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+
+MODE_COLORS = {"member": "#9e9e9e", "iqm": "#616161", "vote": "#1f77b4", "explorer": "#ff7f0e",
+               "expgen": "#2ca02c"}
+
+
+@dataclass
+class Row:
+    """One line of every view: an agent (or aggregate) and its numbers."""
+
+    label: str
+    kind: str  # member | iqm | vote | explorer | expgen
+    ret: float
+    low: float
+    high: float
+    success: float
+    normalised: float
+    length: float | None
+    episodes: str
+    note: str = ""
+
+
+def _row(label: str, kind: str, r: dict[str, Any], episodes: str, note: str = "") -> Row:
+    low, high = r["return_ci"]
+    return Row(label, kind, r["return"], low, high, r["success"], r["normalised"],
+               r.get("length"), episodes, note)
+
+
+def expgen_note(r: dict[str, Any]) -> str:
+    return f"explores {r['explore_fraction']:.0%} of steps, agreement {r['agreement']:.2f}"
+
+
+def summary_rows(results: dict[str, Any]) -> list[Row]:
+    """Rows in display order; the member mode contributes one row per member and the IQM."""
+    rows, n = [], str(results["episodes"])
+    for mode, r in results["modes"].items():
+        if mode == "member":
+            rows += [_row(f"member {m['member']}", "member", m, n, f"step {m['step']:,}")
+                     for m in r["members"]]
+            rows.append(_row("members (IQM)", "iqm", r["iqm"], f"{len(r['members'])}x{n}",
+                             "CI across members"))
+        else:
+            rows.append(_row(mode, mode, r, n, expgen_note(r) if mode == "expgen" else ""))
+    return rows
+
+
+def title(results: dict[str, Any]) -> str:
+    return (f"{results['run']}: {results['game']} ({results['distribution_mode']}), "
+            f"split {results['split']} = {results['levels']}, {results['episodes']} episodes per agent, "
+            f"seed {results['seed']}")
+
+
+# ---- terminal ------------------------------------------------------------------------------------
+
+
+def render_table(results: dict[str, Any]) -> Table:
+    """A rich table of every mode side by side (one row each)."""
+    table = Table(title=title(results), title_justify="left")
+    for name, justify in [("agent", "left"), ("return", "right"), ("95% CI", "right"),
+                          ("success", "right"), ("normalised", "right"), ("length", "right"),
+                          ("episodes", "right"), ("", "left")]:
+        table.add_column(name, justify=justify)
+    for row in summary_rows(results):
+        style = "bold" if row.kind in ("iqm", "expgen") else None
+        table.add_row(row.label, f"{row.ret:.2f}", f"[{row.low:.2f}, {row.high:.2f}]",
+                      f"{row.success:.0%}", f"{row.normalised:.2f}",
+                      "-" if row.length is None else f"{row.length:.0f}", row.episodes, row.note,
+                      style=style)
+    return table
+
+
+def print_table(results: dict[str, Any], console: Console | None = None) -> None:
+    # Off a terminal rich assumes 80 columns and wraps every cell; a log file can be wider.
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    console.print(render_table(results))
+    for mode, reason in results.get("skipped", {}).items():
+        console.print(f"[yellow]skipped {mode}[/yellow]: {reason}")
+
+
+# ---- files ---------------------------------------------------------------------------------------
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The results as Markdown: a heading naming the split's levels, the table, ExpGen's vote counts."""
+    lines = [f"## {title(results)}", "",
+             "| agent | return | 95% CI | success | normalised | length | episodes | notes |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for row in summary_rows(results):
+        length = "-" if row.length is None else f"{row.length:.0f}"
+        lines.append(f"| {row.label} | {row.ret:.2f} | [{row.low:.2f}, {row.high:.2f}] | "
+                     f"{row.success:.0%} | {row.normalised:.2f} | {length} | {row.episodes} | {row.note} |")
+    expgen = results["modes"].get("expgen")
+    if expgen is not None:
+        c = expgen["controller"]
+        counts = ", ".join(f"{v}: {k}" for v, k in enumerate(expgen["vote_histogram"]) if k)
+        lines += ["", f"ExpGen controller: {c['mode']} votes, threshold {c['threshold']} of "
+                      f"{results['members']}, {c['burst']} bursts; steps per vote count: {counts}."]
+    for mode, reason in results.get("skipped", {}).items():
+        lines += ["", f"Skipped `{mode}`: {reason}"]
+    checkpoints = ", ".join(f"{k} {v:,}" for k, v in results["checkpoints"].items())
+    lines += ["", f"Checkpoint steps: {checkpoints}. Actions {'sampled' if results['sample'] else 'argmax'}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(results: dict[str, Any], path: Path) -> Path:
+    """Bar chart of mean return per agent with 95% CI error bars (PNG)."""
+    rows = summary_rows(results)
+    x = np.arange(len(rows))
+    means = np.array([r.ret for r in rows])
+    err = np.array([[r.ret - r.low for r in rows], [r.high - r.ret for r in rows]]).clip(min=0)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(rows) + 2), 4))
+    try:
+        ax.bar(x, means, yerr=err, capsize=4, color=[MODE_COLORS[r.kind] for r in rows])
+        ax.set_xticks(x, [r.label for r in rows], rotation=30, ha="right")
+        ax.set_ylabel("mean episode return")
+        ax.set_title(f"{results['game']}: {results['split']} {results['levels']}, "
+                     f"{results['episodes']} episodes, 95% bootstrap CI", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def global_step(results: dict[str, Any]) -> int:
+    """The members' newest checkpoint step: evaluations of later checkpoints plot further right."""
+    steps = [v for k, v in results["checkpoints"].items() if k.startswith("member_")]
+    return max(steps, default=0)
+
+
+def write_tensorboard(results: dict[str, Any], folder: Path) -> Path:
+    """Scalars per mode, ExpGen's explore fraction, agreement and vote histogram, the Markdown table."""
+    step = global_step(results)
+    writer = SummaryWriter(str(folder))
+    try:
+        for mode, r in results["modes"].items():
+            headline = r["iqm"] if mode == "member" else r
+            writer.add_scalar(f"eval/{mode}_return", headline["return"], step)
+            writer.add_scalar(f"eval/{mode}_success", headline["success"], step)
+            writer.add_scalar(f"eval/{mode}_normalised", headline["normalised"], step)
+        expgen = results["modes"].get("expgen")
+        if expgen is not None:
+            writer.add_scalar("expgen/explore_fraction", expgen["explore_fraction"], step)
+            writer.add_scalar("expgen/agreement", expgen["agreement"], step)
+            _vote_histogram(writer, expgen["vote_histogram"], step)
+        writer.add_text("eval/summary", markdown_table(results), step)
+    finally:
+        writer.close()
+    return folder
+
+
+def _vote_histogram(writer: SummaryWriter, counts: list[int], step: int) -> None:
+    """Exact histogram of vote counts 0..M: one bucket per count, right edges at v + 0.5."""
+    hist = np.asarray(counts, dtype=np.float64)
+    if hist.sum() == 0:
+        return
+    votes = np.arange(len(hist), dtype=np.float64)
+    present = np.flatnonzero(hist)
+    writer.add_histogram_raw(
+        "expgen/votes", min=float(votes[present[0]]), max=float(votes[present[-1]]),
+        num=int(hist.sum()), sum=float((votes * hist).sum()), sum_squares=float((votes**2 * hist).sum()),
+        bucket_limits=(votes + 0.5).tolist(), bucket_counts=hist.tolist(), global_step=step,
+    )
+
+
+def write_report(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write results.json, results.md, results.png and TensorBoard events into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md",
+             "plot": out_dir / "results.png", "tensorboard": out_dir / "tb" / results["split"]}
+    paths["json"].write_text(json.dumps(results, indent=2) + "\n")
+    paths["markdown"].write_text(markdown_table(results))
+    if summary_rows(results):
+        plot_results(results, paths["plot"])
+    else:  # every mode skipped: nothing to plot, and an older plot would mislead
+        paths.pop("plot").unlink(missing_ok=True)
+    write_tensorboard(results, paths["tensorboard"])
+    return paths

@@ -1,0 +1,144 @@
+"""Config loading: bad keys and values fail before any work, naming the key; overrides; train.py."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import train
+from agents.config import ConfigError, load_config
+from tests.conftest import QUICKSTART
+
+
+def error_of(*overrides: str, path: Path | None = QUICKSTART) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_config(path, list(overrides))
+    return str(e.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("ppo.lrr=1", "ppo.lrr"),
+    ("foo=1", "foo"),
+    ("env.gamee=maze", "env.gamee"),
+])
+def test_unknown_key(override, key):
+    msg = error_of(override)
+    assert f"'{key}'" in msg and "unknown" in msg
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("env:\n  game: maze\nppo:\n  learning_rate: 0.1\n")
+    assert "ppo.learning_rate" in error_of(path=path)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("ppo.num_steps=abc", "ppo.num_steps"),
+    ("ensemble.size=1.5", "ensemble.size"),
+    ("ppo.clip_vloss=maybe", "ppo.clip_vloss"),
+    ("env=3", "env"),  # a scalar where a section belongs
+])
+def test_bad_type_names_the_key(override, key):
+    assert f"'{key}'" in error_of(override)
+
+
+def test_bad_type_in_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("ppo:\n  epochs: three\n")
+    assert "ppo.epochs" in error_of(path=path)
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("env.game=pong", "env.game", ["maze", "coinrun", "heist"]),
+    ("env.distribution_mode=medium", "env.distribution_mode", ["easy", "hard"]),
+])
+def test_unknown_game_or_mode_names_key_and_allowed_values(override, key, allowed):
+    msg = error_of(override)
+    assert override.split("=")[1] in msg
+    assert all(a in msg for a in allowed)
+    assert key in msg, f"the message should name the config key {key!r}: {msg}"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("env.num_levels=-1", "env.num_levels"),
+    ("env.start_level=-3", "env.start_level"),
+])
+def test_bad_level_range_names_the_key(override, key):
+    msg = error_of(override)
+    assert key.split(".")[1] in msg
+    assert key in msg, f"the message should name the config key {key!r}: {msg}"
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("network.kind=huge", "network.kind", ["impala", "small"]),
+    ("ppo.norm_adv=sometimes", "ppo.norm_adv", ["batch", "minibatch", "off"]),
+    ("population.forward_mode=magic", "population.forward_mode", ["auto", "vmap", "loop"]),
+    ("eval.split=validation", "eval.split", ["train", "test", "test-full"]),
+    ("logging.eval_splits=[train,val]", "logging.eval_splits", ["train", "test"]),
+])
+def test_bad_choice_names_key_and_allowed_values(override, key, allowed):
+    msg = error_of(override)
+    assert key in msg and all(a in msg for a in allowed)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["ppo.lr=0"], "ppo.lr"),
+    (["env.num_envs=0"], "env.num_envs"),
+    (["ppo.epochs=-1"], "ppo.epochs"),
+    (["ensemble.seeds=[1,2,3]", "ensemble.size=2"], "ensemble.seeds"),
+    (["ppo.gamma=1.5"], "ppo.gamma"),
+    (["device=tpu"], "device"),
+])
+def test_bad_values_name_the_key(overrides, key):
+    assert key in error_of(*overrides)
+
+
+def test_indivisible_minibatches():
+    msg = error_of("env.num_envs=3", "ppo.num_steps=5", "ppo.num_minibatches=4")
+    assert "ppo.num_minibatches" in msg and "15" in msg
+
+
+def test_missing_config_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    assert str(missing) in error_of(path=missing)
+
+
+def test_malformed_override():
+    assert "key=value" in error_of("ppo.lr")
+
+
+def test_overrides_apply_and_name_defaults_to_stem(tmp_path):
+    cfg = load_config(QUICKSTART, [f"runs_dir={tmp_path}", "ppo.lr=1e-3", "env.num_envs=8",
+                                   "ensemble.size=2", "ensemble.seeds=[5,9]", "network.kind=impala"])
+    assert cfg.name == "quickstart"
+    assert cfg.run_dir == tmp_path / "quickstart"
+    assert cfg.ppo.lr == pytest.approx(1e-3)
+    assert cfg.env.num_envs == 8 and cfg.network.kind == "impala"
+    assert cfg.member_seeds == [5, 9]
+    assert cfg.ppo.num_steps == 128  # from the YAML file
+    assert cfg.ppo.gamma == pytest.approx(0.999)  # schema default, untouched by the file
+    # later overrides win; seeds default to seed + m
+    cfg = load_config(QUICKSTART, ["seed=10", "ensemble.size=3", "env.num_envs=4", "env.num_envs=16"])
+    assert cfg.member_seeds == [10, 11, 12] and cfg.env.num_envs == 16
+
+
+def test_name_override_and_argument(tmp_path):
+    assert load_config(QUICKSTART, ["name=mine"]).name == "mine"
+    assert load_config(QUICKSTART, [], name="other").name == "other"
+    assert load_config(None, []).name == "run"
+    copy = tmp_path / "maze_fast.yaml"
+    copy.write_text(QUICKSTART.read_text())
+    assert load_config(copy).name == "maze_fast"
+
+
+def test_train_cli_reports_bad_key_and_exits_2(tmp_path, capsys):
+    code = train.main(["--config", str(QUICKSTART), f"runs_dir={tmp_path}", "ppo.lrr=1"])
+    out = capsys.readouterr()
+    assert code == 2
+    assert "ppo.lrr" in out.err and out.err.startswith("error:")
+    assert not any(tmp_path.iterdir()), "nothing may be written before the config is valid"
+
+
+def test_train_cli_missing_config_exits_2(tmp_path, capsys):
+    assert train.main(["--config", str(tmp_path / "absent.yaml")]) == 2
+    assert "absent.yaml" in capsys.readouterr().err

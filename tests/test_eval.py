@@ -1,0 +1,243 @@
+"""Tests of evaluation (agents/evaluation.py, agents/report.py, agents/video.py, eval.py).
+
+End to end on a tiny run directory: three members trained for one update and an untrained explorer
+checkpoint, on bigfish (random-ish agents finish its episodes in ~150 steps, against 500 in maze)
+whose threshold (8 of 10 -> 3 of 3) makes ExpGen explore. Small unit tests cover the pieces that
+need no environment.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import eval as eval_cli
+from agents.checkpoint import network_payload, save_checkpoint
+from agents.config import load_config
+from agents.evaluation import ExpGenTally, ExplorerStepper, bootstrap_ci, evaluate_run, iqm
+from agents.networks import NetworkSpec
+from agents.report import markdown_table, write_report
+from agents.runner import train_run
+from agents import video
+from agents.video import MARK_COLOR, EpisodeRecorder, render_frames, write_video
+
+EPISODES = 8
+DEVICE = os.environ.get("EXPGEN_TEST_DEVICE", "cpu")  # e.g. cuda, to check evaluation on a GPU
+EVAL_ARGS = ["--episodes", str(EPISODES), "--device", DEVICE, "eval.num_envs=8"]
+MODES = ("member", "vote", "explorer", "expgen")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: batches here are tiny, and on a busy 2-core machine two OpenMP threads
+    wait on each other (measured 8x slower per forward under load); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 members after one PPO update, plus an untrained recurrent explorer."""
+    tmp = tmp_path_factory.mktemp("runs")
+    cfg = load_config("configs/quickstart.yaml", [
+        f"runs_dir={tmp}", "name=tiny", "env.game=bigfish", "ppo.total_steps=64", "ppo.num_steps=8",
+        "env.num_envs=8", "ppo.num_minibatches=2", "ensemble.size=3", "logging.eval_interval=0",
+        "logging.progress=false", "explorer.enabled=false", f"device={DEVICE}",
+    ])
+    train_run(cfg)
+    spec = NetworkSpec(kind="small", recurrent=True)
+    torch.manual_seed(0)
+    net = spec.build()
+    payload = {**network_payload(spec, net.state_dict()), "agent": "explorer"}
+    save_checkpoint(cfg.run_dir / "explorer", 5, payload)
+    return cfg.run_dir
+
+
+def copy_run(run_dir: Path, dest: Path, explorer: bool = True) -> Path:
+    ignore = shutil.ignore_patterns("eval", "tb", *([] if explorer else ["explorer"]))
+    return Path(shutil.copytree(run_dir, dest / run_dir.name, ignore=ignore))
+
+
+@pytest.fixture(scope="module")
+def cli_results(run_dir: Path) -> dict:
+    """eval.py on the tiny run with every mode; its results.json."""
+    assert eval_cli.main([str(run_dir), *EVAL_ARGS]) == 0
+    return json.loads((run_dir / "eval" / "results.json").read_text())
+
+
+# ---- end to end ----------------------------------------------------------------------------------
+
+
+def test_cli_writes_every_output(run_dir: Path, cli_results: dict) -> None:
+    out = run_dir / "eval"
+    for name in ("results.json", "results.md", "results.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert list((out / "tb" / "test").glob("events.out.tfevents.*"))
+    assert list(cli_results["modes"]) == list(MODES)
+    assert cli_results["skipped"] == {}
+    assert cli_results["split"] == "test" and cli_results["levels"] == "levels [201, 401)"
+    assert cli_results["episodes"] == EPISODES and cli_results["game"] == "bigfish"
+    assert cli_results["checkpoints"] == {"member_0": 64, "member_1": 64, "member_2": 64, "explorer": 5}
+    md = (out / "results.md").read_text()
+    assert "levels [201, 401)" in md
+    assert all(f"| {m} |" in md for m in ("member 2", "members (IQM)", "vote", "explorer", "expgen"))
+
+
+def check_summary(r: dict, episodes: int) -> None:
+    low, high = r["return_ci"]
+    assert low <= r["return"] <= high
+    assert 0.0 <= r["success"] <= 1.0
+    assert r["episodes"] == episodes and r["length"] >= 1
+
+
+def test_numbers_are_in_range(cli_results: dict) -> None:
+    modes = cli_results["modes"]
+    for mode in ("vote", "explorer", "expgen"):
+        check_summary(modes[mode], EPISODES)
+    member = modes["member"]
+    check_summary(member, 3 * EPISODES)
+    assert [m["member"] for m in member["members"]] == [0, 1, 2]
+    for m in member["members"]:
+        check_summary(m, EPISODES)
+    returns = np.array([m["return"] for m in member["members"]])
+    assert member["iqm"]["return"] == pytest.approx(float(iqm(returns)))
+    assert member["iqm"]["return_ci"][0] <= member["iqm"]["return"] <= member["iqm"]["return_ci"][1]
+    # bigfish's easy range is (1, 40).
+    assert modes["vote"]["normalised"] == pytest.approx((modes["vote"]["return"] - 1) / 39)
+
+
+def test_expgen_statistics(cli_results: dict) -> None:
+    r = cli_results["modes"]["expgen"]
+    hist = np.array(r["vote_histogram"])
+    assert len(hist) == cli_results["members"] + 1 and hist[0] == 0  # the anchor votes for itself
+    assert hist.sum() == r["steps"] == round(r["length"] * r["episodes"])  # counted episodes' steps
+    assert 0.0 <= r["explore_fraction"] <= 1.0 and 0.0 < r["agreement"] <= 1.0
+    assert r["controller"]["threshold"] == 3  # bigfish's k = 8 of 10, scaled to 3 members
+    # Below threshold 3 there is no consensus, and no consensus always explores.
+    assert r["explore_fraction"] >= (hist[:3].sum() / hist.sum()) - 1e-9
+
+
+def test_same_seed_same_numbers(run_dir: Path, cli_results: dict) -> None:
+    """Each mode is seeded on its own: re-running two modes reproduces their numbers exactly."""
+    again = evaluate_run(run_dir, [f"eval.episodes={EPISODES}", "eval.num_envs=8", f"device={DEVICE}",
+                                   "eval.modes=[member,expgen]"])
+    again = json.loads(json.dumps(again))
+    for mode in ("member", "expgen"):
+        assert again["modes"][mode] == cli_results["modes"][mode]
+
+
+def test_missing_explorer_skips_its_modes(run_dir: Path, tmp_path: Path) -> None:
+    bare = copy_run(run_dir, tmp_path, explorer=False)
+    results = evaluate_run(bare, ["eval.modes=[explorer,expgen]", f"device={DEVICE}"])
+    assert results["modes"] == {} and set(results["skipped"]) == {"explorer", "expgen"}
+    assert "no explorer checkpoint" in results["skipped"]["explorer"]
+    assert "Skipped `explorer`" in markdown_table(results)
+    write_report(results, bare / "eval")  # nothing to plot, but the rest is written
+    assert (bare / "eval" / "results.json").is_file()
+    # The random-explorer ablation needs no explorer.
+    results = evaluate_run(bare, ["eval.modes=[explorer,expgen]", "expgen.random_explorer=true",
+                                  "eval.episodes=2", "eval.num_envs=2", f"device={DEVICE}"])
+    assert list(results["modes"]) == ["expgen"] and list(results["skipped"]) == ["explorer"]
+
+
+def test_video_output(run_dir: Path, tmp_path: Path) -> None:
+    run = copy_run(run_dir, tmp_path)
+    assert eval_cli.main([str(run), "--video", "1", "--modes", "vote,expgen", "--episodes", "2",
+                          "--device", DEVICE, "eval.num_envs=2"]) == 0
+    results = json.loads((run / "eval" / "results.json").read_text())
+    videos = sorted((run / "eval" / "videos").iterdir())
+    assert [p.name.split("_")[0] for p in videos] == ["expgen", "vote"]
+    assert all(p.suffix in (".mp4", ".gif") and p.stat().st_size > 0 for p in videos)
+    assert sorted(results["videos"]) == [str(p.relative_to(run)) for p in videos]
+
+
+def test_cli_errors(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert eval_cli.main([str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert eval_cli.main([str(empty)]) == 2
+    assert "no config.yaml" in capsys.readouterr().err
+    shutil.copy(run_dir / "config.yaml", empty / "config.yaml")
+    assert eval_cli.main([str(empty)]) == 2
+    assert "no readable checkpoint" in capsys.readouterr().err
+    assert eval_cli.main([str(run_dir), "--split", "validation"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.split" in err and "test-full" in err
+    assert eval_cli.main([str(run_dir), "--modes", "member,dance"]) == 2
+    assert "eval.modes" in capsys.readouterr().err
+    assert eval_cli.main([str(run_dir), "expgen.threshold=4"]) == 2  # 3 members: 4 is impossible
+    assert "expgen.threshold" in capsys.readouterr().err
+
+
+# ---- pieces --------------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci() -> None:
+    assert bootstrap_ci(np.full(5, 10.0)) == (10.0, 10.0)  # no spread, no interval
+    assert bootstrap_ci(np.array([3.0])) == (3.0, 3.0)
+    x = np.random.default_rng(0).normal(5.0, 1.0, 200)
+    low, high = bootstrap_ci(x, seed=1)
+    assert low < x.mean() < high and high - low < 0.6
+    assert bootstrap_ci(x, seed=1) == (low, high)  # seeded
+    low, high = bootstrap_ci(x, iqm, seed=1)
+    assert low < float(iqm(x)) < high
+
+
+def test_tally_counts_only_counted_episodes() -> None:
+    """Env 0 may count 1 episode, env 1 none: steps after a quota is met are left out."""
+    tally = ExpGenTally(np.array([1, 0]), members=3)
+    no, yes = np.array([False, False]), np.array([True, True])
+    tally.step(np.array([3, 1]), np.array([False, True]), np.array([True, False]), no)
+    tally.step(np.array([1, 1]), np.array([True, True]), np.array([False, False]), yes)
+    tally.step(np.array([2, 2]), yes, no, yes)  # after every quota: ignored
+    assert tally.votes.tolist() == [0, 1, 0, 1] and tally.steps == 2
+    assert tally.explore_steps == 1 and tally.consensus_steps == 1
+
+
+def test_explorer_state_resets_at_episode_start() -> None:
+    torch.manual_seed(0)
+    net = NetworkSpec(kind="small", recurrent=True).build().eval().to(DEVICE)
+    obs = torch.randint(0, 256, (1, 2, 64, 64, 3), dtype=torch.uint8, device=DEVICE)
+    with torch.no_grad():
+        stepper = ExplorerStepper(net, 2, torch.device(DEVICE))
+        fresh = stepper.logits(obs)
+        stepper.observe(np.array([True, False]))
+        later = stepper.logits(obs)
+    assert torch.allclose(later[0, 0], fresh[0, 0], atol=1e-6)  # env 0 restarted: memory cleared
+    assert not torch.allclose(later[0, 1], fresh[0, 1])  # env 1 carries its state
+
+
+def test_recorder_and_marks() -> None:
+    rec = EpisodeRecorder(episodes=1)
+    frame = np.zeros((64, 64, 3), np.uint8)
+    for t, (marked, done) in enumerate([(True, False), (False, True), (True, False)]):
+        rec.add(frame + t, marked)
+        rec.end_step(done, level_seed=7)
+    assert not rec.active and len(rec.finished) == 1
+    ep = rec.finished[0]
+    assert len(ep.frames) == 2 and ep.marks == [True, False] and ep.level_seed == 7
+    video = render_frames(ep.frames, ep.marks, scale=4, border=2)
+    assert video.shape == (2, 256, 256, 3)
+    assert (video[0, 0, 100] == MARK_COLOR).all() and (video[0, 100, -1] == MARK_COLOR).all()
+    assert (video[1, 0, 100] == 1).all() and (video[0, 100, 100] == 0).all()  # unmarked, interior
+
+
+def test_gif_fallback_keeps_the_frame_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    monkeypatch.setattr(video, "_mp4_error", "ffmpeg unavailable (simulated)")
+    frames = render_frames([np.full((64, 64, 3), 40 * i, np.uint8) for i in range(3)], [True, False, True])
+    path = write_video(tmp_path / "clip", frames, fps=15)
+    assert path.suffix == ".gif"
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3 and gif.size == (256, 256)
+        gif.seek(1)
+        assert 60 <= gif.info["duration"] <= 70  # 1000 / 15 ms, in GIF's 10 ms steps
