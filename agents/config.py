@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from agents.networks import NETWORK_KINDS
+from agents.networks import NETWORK_KINDS, PRECISIONS
 from agents.population import FORWARD_MODES
 from envs.games import check_distribution_mode, get_game
 from envs.levels import SPLITS, LevelRange
@@ -40,6 +40,9 @@ class EnvConfig:
 @dataclass
 class NetworkConfig:
     kind: str = "impala"  # impala | small
+    # auto: bf16 autocast for the convolutional trunk where the device has native bf16 (CUDA
+    # Ampere+, CPUs with AVX512-BF16/AMX), else fp32. Weights, optimiser, heads, losses: fp32.
+    precision: str = "auto"  # auto | fp32 | bf16
     channels: list[int] = field(default_factory=lambda: [16, 32, 32])
     hidden: int = 256
 
@@ -215,6 +218,7 @@ def validate(cfg: Config) -> None:
         except ValueError as e:
             raise ConfigError(f"{key}: {e}") from None
     _choice("network.kind", cfg.network.kind, NETWORK_KINDS)
+    _choice("network.precision", cfg.network.precision, PRECISIONS)
     _choice("population.forward_mode", cfg.population.forward_mode, FORWARD_MODES)
     _choice("ppo.norm_adv", cfg.ppo.norm_adv, ("batch", "minibatch", "off"))
     _choice("eval.split", cfg.eval.split, list(SPLITS))

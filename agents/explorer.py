@@ -22,7 +22,7 @@ from agents.config import Config
 from agents.episodes import run_episodes
 from agents.knn_reward import EpisodicKNNReward, embed_frames, embedding_dim
 from agents.memory import tune_allocator
-from agents.networks import NetworkSpec
+from agents.networks import NetworkSpec, resolve_precision
 from agents.population import Population
 from agents.ppo import Batch, Minibatches, explained_variance, normalise, ppo_epochs
 from agents.rollout import Rollout, compute_gae
@@ -75,6 +75,7 @@ class ExplorerTrainer(Trainer):
         self.agent_dirs = [explorer_dir(cfg)]
         self.spec = explorer_spec(cfg)
         self.pop = Population(self.spec, [ex.seed], "loop").to(self.device)
+        self.pop.set_bf16(resolve_precision(cfg.network.precision, self.device))
         self.params = self.pop.member_params()
         self.opt = torch.optim.Adam(self.params, lr=p.lr, eps=p.adam_eps)
         self.envs = FullViewPair(functools.partial(make_env, cfg, n, "train", ex.seed))

@@ -48,6 +48,11 @@ class Population(nn.Module):
         base = copy.deepcopy(members[0]).to("meta")  # structure only; weights come from `stacked`
         object.__setattr__(self, "_base", base)  # not a submodule: its meta tensors are not state
 
+    def set_bf16(self, enabled: bool) -> "Population":
+        """Run the members' trunks in bf16 autocast (see ``networks.run_trunk``)."""
+        self._base.bf16 = enabled
+        return self
+
     @property
     def size(self) -> int:
         return len(self.seeds)

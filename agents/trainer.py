@@ -19,7 +19,7 @@ from agents.checkpoint import CheckpointError, checkpoint_steps, load_latest, ne
 from agents.config import Config
 from agents.memory import tune_allocator
 from agents.episodes import run_episodes
-from agents.networks import NetworkSpec
+from agents.networks import NetworkSpec, resolve_precision
 from agents.population import Population
 from agents.ppo import Batch, explained_variance, ppo_update
 from agents.progress import Progress
@@ -216,6 +216,7 @@ class PopulationTrainer(Trainer):
         p, n, m = cfg.ppo, cfg.env.num_envs, len(self.members)
         self.spec = network_spec(cfg)
         self.pop = Population(self.spec, self.seeds, cfg.population.forward_mode).to(self.device)
+        self.pop.set_bf16(resolve_precision(cfg.network.precision, self.device))
         self.params = self.pop.member_params()
         self.opt = torch.optim.Adam(self.params, lr=p.lr, eps=p.adam_eps)
         self.envs = [make_env(cfg, n, "train", s) for s in self.seeds]

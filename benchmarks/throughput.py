@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from agents.config import load_config  # noqa: E402
+from agents.networks import resolve_precision  # noqa: E402
 from agents.trainer import PopulationTrainer, make_env, resolve_device  # noqa: E402
 
 PAPER = ["env.game=maze", "network.kind=impala", "env.num_envs=64", "ppo.num_steps=256",
@@ -76,8 +77,10 @@ def main() -> None:
         machine = torch.cuda.get_device_name(device)
     else:
         machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    bf16 = resolve_precision(cfg.network.precision, device)
     print(f"machine: {machine}; torch {torch.__version__}; game {cfg.env.game}; "
-          f"network {cfg.network.kind}; {cfg.env.num_envs} envs x {cfg.ppo.num_steps} steps, "
+          f"network {cfg.network.kind}, trunk in {'bf16' if bf16 else 'fp32'} "
+          f"(precision={cfg.network.precision}); {cfg.env.num_envs} envs x {cfg.ppo.num_steps} steps, "
           f"{cfg.ppo.epochs} epochs x {cfg.ppo.num_minibatches} minibatches")
     print(f"env only: {env_steps_per_second(cfg):,.0f} steps/s ({cfg.env.num_envs} envs, random actions)")
     single = None
