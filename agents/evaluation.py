@@ -44,6 +44,7 @@ from agents.controller import (
     plurality_votes,
 )
 from agents.episodes import EpisodeStats, quotas, run_episodes
+from agents.networks import resolve_precision
 from agents.population import Population
 from agents.sampling import make_generators, sample_actions
 from agents.trainer import make_env, resolve_device
@@ -114,6 +115,7 @@ def load_members(cfg: Config, device: torch.device) -> tuple[Population, list[in
     pop = Population.from_state_dicts(
         specs[0], [c["model"] for c in ckpts], cfg.population.forward_mode
     )
+    pop.set_bf16(resolve_precision(cfg.network.precision, device))  # as in training
     return pop.to(device).eval(), [int(c["step"]) for c in ckpts]
 
 
@@ -129,6 +131,7 @@ def load_explorer(cfg: Config, device: torch.device) -> tuple[torch.nn.Module | 
         net, ckpt = load_agent_network(agent_dir, device)
     except CheckpointError as e:
         return None, None, str(e)
+    net.bf16 = resolve_precision(cfg.network.precision, device)  # read by networks.run_trunk
     return net, int(ckpt["step"]), None
 
 

@@ -67,6 +67,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", default="1", help="population sizes to measure, e.g. 1,2,4,10")
     parser.add_argument("--iterations", type=int, default=2, help="timed PPO iterations per size")
+    parser.add_argument("--precisions", default="auto",
+                        help="network.precision values to compare in this run, e.g. auto,fp32")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     sizes = [int(m) for m in args.members.split(",")]
@@ -77,19 +79,23 @@ def main() -> None:
         machine = torch.cuda.get_device_name(device)
     else:
         machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    bf16 = resolve_precision(cfg.network.precision, device)
-    print(f"machine: {machine}; torch {torch.__version__}; game {cfg.env.game}; "
-          f"network {cfg.network.kind}, trunk in {'bf16' if bf16 else 'fp32'} "
-          f"(precision={cfg.network.precision}); {cfg.env.num_envs} envs x {cfg.ppo.num_steps} steps, "
+    print(f"machine: {machine}; torch {torch.__version__}; game {cfg.env.game}; network {cfg.network.kind}; "
+          f"{cfg.env.num_envs} envs x {cfg.ppo.num_steps} steps, "
           f"{cfg.ppo.epochs} epochs x {cfg.ppo.num_minibatches} minibatches")
     print(f"env only: {env_steps_per_second(cfg):,.0f} steps/s ({cfg.env.num_envs} envs, random actions)")
-    single = None
-    for m in sizes:
-        sps = training_steps_per_second(cfg, m, args.iterations, device)
-        single = sps if m == 1 else single
-        ratio = f"  {sps / single:.2f}x the aggregate of {m} single-agent runs" if single and m > 1 else ""
-        print(f"native PPO, population {m:>2}: {sps:,.0f} steps/s aggregate, "
-              f"{sps / m:,.0f} per member, peak memory {peak_memory_mb(device):,.0f} MB{ratio}")
+    first = None
+    for precision in args.precisions.split(","):
+        cfg.network.precision = precision
+        trunk = "bf16" if resolve_precision(precision, device) else "fp32"
+        single = None
+        for m in sizes:
+            sps = training_steps_per_second(cfg, m, args.iterations, device)
+            single = sps if m == 1 else single
+            first = first or sps
+            ratio = f", {sps / single:.2f}x the aggregate of {m} single-agent runs" if single and m > 1 else ""
+            print(f"native PPO, precision={precision} (trunk {trunk}), population {m:>2}: "
+                  f"{sps:,.0f} steps/s aggregate ({sps / first:.2f}x the first line), "
+                  f"{sps / m:,.0f} per member, peak memory so far {peak_memory_mb(device):,.0f} MB{ratio}")
 
 
 if __name__ == "__main__":
