@@ -17,7 +17,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 
 from agents.checkpoint import network_payload, save_checkpoint  # noqa: E402
 from agents.config import load_config, save_config  # noqa: E402
