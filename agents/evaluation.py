@@ -36,17 +36,21 @@ from agents.checkpoint import (
     spec_from_checkpoint,
 )
 from agents.config import EVAL_MODES, Config, ConfigError, load_config
-from agents.controller import (
-    ControllerConfig,
-    ExpGenController,
-    controller_config_for_game,
-    plurality_votes,
-)
+from agents.controller import ControllerConfig, ExpGenController, controller_config_for_game
 from agents.episodes import EpisodeStats, quotas, run_episodes
 from agents.networks import resolve_precision
 from agents.population import Population
 from agents.statistics import iqm_summary, summarize_stats
-from agents.sampling import make_generators, sample_actions
+from agents.policies import (
+    ActionPicker,
+    ExpGenPolicy,
+    ExpGenTally,
+    ExplorerPolicy,
+    ExplorerStepper,
+    MemberPolicy,
+    Policy,
+    VotePolicy,
+)
 from agents.trainer import make_env, resolve_device
 from agents.video import EpisodeRecorder, write_episodes
 from envs.levels import get_split
@@ -136,165 +140,6 @@ def load_agents(cfg: Config, device: torch.device) -> EvalAgents:
     pop, steps = load_members(cfg, device)
     explorer, explorer_step, missing = load_explorer(cfg, device)
     return EvalAgents(pop, steps, cfg.member_seeds[: pop.size], explorer, explorer_step, missing)
-
-
-# ---- acting --------------------------------------------------------------------------------------
-
-
-class ActionPicker:
-    """Sampled (one generator per policy, so streams do not depend on each other) or argmax actions."""
-
-    def __init__(self, seeds: list[int], device: torch.device, salt: int, sample: bool) -> None:
-        self.sample = sample
-        self.generators = make_generators(seeds, device, salt) if sample else []
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        """(P, N, A) logits -> (P, N) actions."""
-        return sample_actions(logits, self.generators) if self.sample else logits.argmax(-1)
-
-
-class Policy:
-    """What a mode plays: ``act`` maps frames (G, N, 64, 64, 3) to actions (G, N); ``groups`` = G."""
-
-    groups = 1
-    explored: torch.Tensor | None = None  # (N,) True where this step's action was exploration
-
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def observe(self, info: dict) -> None:
-        """Called after every env step of group ``info['group']`` (``terminated`` marks episode ends)."""
-
-
-class MemberPolicy(Policy):
-    """Member m plays env batch m: one batched forward for all members."""
-
-    def __init__(self, pop: Population, pick: ActionPicker) -> None:
-        self.pop, self.pick, self.groups = pop, pick, pop.size
-
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.pick(self.pop(obs)[0])
-
-
-def member_actions(pop: Population, pick: ActionPicker, obs: torch.Tensor) -> torch.Tensor:
-    """Every member's action on one env batch (1, N, ...): (M, N). ``expand`` shares the frames."""
-    return pick(pop(obs.expand(pop.size, *obs.shape[1:]))[0])
-
-
-class VotePolicy(Policy):
-    """The plurality of the members' exact actions (ties to the smallest id); never explores."""
-
-    def __init__(self, pop: Population, pick: ActionPicker) -> None:
-        self.pop, self.pick = pop, pick
-
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        return plurality_votes(member_actions(self.pop, self.pick, obs))[1].unsqueeze(0)
-
-
-class ExplorerStepper:
-    """Runs the explorer one step at a time, carrying its GRU state and zeroing it at episode starts."""
-
-    def __init__(self, net: torch.nn.Module, num_envs: int, device: torch.device) -> None:
-        self.net = net
-        self.recurrent = bool(getattr(net.spec, "recurrent", False))
-        self.state = net.initial_state(num_envs, device) if self.recurrent else None
-        self.first = torch.ones(num_envs, device=device)  # reset() frames start episodes
-
-    def logits(self, obs: torch.Tensor) -> torch.Tensor:
-        """(1, N, ...) frames -> (1, N, A) logits; the state advances on every call."""
-        if not self.recurrent:
-            return self.net(obs[0])[0].unsqueeze(0)
-        logits, _, self.state = self.net(obs, self.state, self.first.unsqueeze(0))
-        return logits
-
-    def observe(self, terminated: np.ndarray) -> None:
-        # Procgen resets in the same step: the next frame of a terminated env starts an episode.
-        self.first = torch.as_tensor(terminated, dtype=torch.float32, device=self.first.device)
-
-
-class ExplorerPolicy(Policy):
-    """The explorer alone."""
-
-    def __init__(self, stepper: ExplorerStepper, pick: ActionPicker) -> None:
-        self.stepper, self.pick = stepper, pick
-
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.pick(self.stepper.logits(obs))
-
-    def observe(self, info: dict) -> None:
-        self.stepper.observe(info["terminated"])
-
-
-@dataclass
-class ExpGenTally:
-    """Explore steps, consensus steps and vote counts, over the steps of counted episodes only.
-
-    Env j's episodes beyond its quota are not in the returns, so their steps are not counted either;
-    per-env accumulators are added to the totals when a counted episode ends.
-    """
-
-    quota: np.ndarray
-    members: int
-    done: np.ndarray = field(init=False)
-    ep_votes: np.ndarray = field(init=False)  # (N, M + 1) vote-count histogram of running episodes
-    ep_explore: np.ndarray = field(init=False)
-    ep_consensus: np.ndarray = field(init=False)
-    votes: np.ndarray = field(init=False)
-    explore_steps: int = 0
-    consensus_steps: int = 0
-
-    def __post_init__(self) -> None:
-        n = len(self.quota)
-        self.done = np.zeros(n, np.int64)
-        self.ep_votes = np.zeros((n, self.members + 1), np.int64)
-        self.ep_explore = np.zeros(n, np.int64)
-        self.ep_consensus = np.zeros(n, np.int64)
-        self.votes = np.zeros(self.members + 1, np.int64)
-
-    def step(self, votes: np.ndarray, explored: np.ndarray, consensus: np.ndarray,
-             terminated: np.ndarray) -> None:
-        self.ep_votes[np.arange(len(votes)), votes] += 1
-        self.ep_explore += explored
-        self.ep_consensus += consensus
-        counted = terminated & (self.done < self.quota)
-        self.votes += self.ep_votes[counted].sum(0)
-        self.explore_steps += int(self.ep_explore[counted].sum())
-        self.consensus_steps += int(self.ep_consensus[counted].sum())
-        for acc in (self.ep_votes, self.ep_explore, self.ep_consensus):
-            acc[terminated] = 0
-        self.done += terminated
-
-    @property
-    def steps(self) -> int:
-        return int(self.votes.sum())
-
-
-class ExpGenPolicy(Policy):
-    """All members and the explorer act every step; the controller picks per env (EXPGEN.md 3)."""
-
-    def __init__(self, pop: Population, pick: ActionPicker, stepper: ExplorerStepper | None,
-                 explorer_pick: ActionPicker, controller: ExpGenController, tally: ExpGenTally) -> None:
-        self.pop, self.pick, self.stepper, self.explorer_pick = pop, pick, stepper, explorer_pick
-        self.controller, self.tally = controller, tally
-        self.out = None
-
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        actions = member_actions(self.pop, self.pick, obs)
-        if self.stepper is not None:  # advanced on every real frame, used or not
-            explorer = self.explorer_pick(self.stepper.logits(obs))[0]
-        else:  # random_explorer ablation without an explorer: the controller draws the actions
-            explorer = torch.zeros_like(actions[0])
-        self.out = self.controller.step(actions, explorer)
-        self.explored = self.out.explored
-        return self.out.action.unsqueeze(0)
-
-    def observe(self, info: dict) -> None:
-        term = np.asarray(info["terminated"], bool)
-        self.tally.step(self.out.votes.cpu().numpy(), self.out.explored.cpu().numpy(),
-                        self.out.consensus.cpu().numpy(), term)
-        self.controller.reset(torch.from_numpy(term))
-        if self.stepper is not None:
-            self.stepper.observe(term)
 
 
 # ---- playing -------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ import torch
 import eval as eval_cli
 from agents.checkpoint import network_payload, save_checkpoint
 from agents.config import load_config
-from agents.evaluation import ExpGenTally, ExplorerStepper, evaluate_run
+from agents.evaluation import evaluate_run
+from agents.policies import ExpGenTally, ExplorerStepper
 from agents.statistics import bootstrap_ci, iqm
 from agents.networks import NetworkSpec
 from agents.report import markdown_table, write_report
