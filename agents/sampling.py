@@ -13,7 +13,8 @@ def make_generators(seeds: list[int], device: torch.device | str, salt: int) -> 
     gens = []
     for s in seeds:
         g = torch.Generator(device=device)
-        g.manual_seed(hash((int(s), int(salt))) & 0x7FFF_FFFF_FFFF_FFFF)
+        # An explicit mix rather than hash(): the streams must not depend on the Python version.
+        g.manual_seed((int(s) * 1_000_003 + int(salt) * 7_919) & 0x7FFF_FFFF_FFFF_FFFF)
         gens.append(g)
     return gens
 
