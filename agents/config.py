@@ -20,6 +20,7 @@ from envs.levels import SPLITS, LevelRange
 
 
 EVAL_MODES = ("member", "vote", "explorer", "expgen")
+ENGINES = ("native", "sb3", "rllib")
 
 
 class ConfigError(ValueError):
@@ -125,11 +126,46 @@ class EvalConfig:
 
 
 @dataclass
+class RLlibConfig:
+    """``engine=rllib``: how RLlib spreads one reward agent's sampling and updates (agents/rllib_engine.py)."""
+
+    num_env_runners: int = 0  # 0: sample in the learner's own process
+    num_envs_per_env_runner: int = 0  # 0: env.num_envs split evenly over the runners
+    num_learners: int = 0  # 0: update in the driver's (trial's) process
+    num_gpus_per_learner: float = 0.0
+
+
+@dataclass
+class ResourcesConfig:
+    """What each Ray Tune trial asks the cluster for (``ray: true``); see agents/distributed.py.
+
+    A trial is one population shard of reward agents (``population.size`` members) or the explorer.
+    GPUs < 0 means auto: the cluster's GPUs shared evenly by the trials (0 on a machine without).
+    """
+
+    shard_cpus: float = 1.0
+    shard_gpus: float = -1.0
+    explorer_cpus: float = 1.0
+    explorer_gpus: float = -1.0
+    max_failures: int = 3  # restarts of a crashed trial (from its newest checkpoint) before giving up
+
+
+@dataclass
+class DebugConfig:
+    """Test-only switches."""
+
+    fail_at_update: int = 0  # > 0: every agent raises once after this update (fault-tolerance tests)
+
+
+@dataclass
 class Config:
     name: str = MISSING  # run directory name under runs_dir
     runs_dir: str = "runs"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0  # base seed: member m uses seeds[m] (default seed + m)
+    engine: str = "native"  # native | sb3 | rllib: who trains the reward agents
+    ray: bool = True  # distribute agents as Ray Tune trials; false: train in-process, one after another
+    ray_address: str = ""  # "": start Ray locally; "auto" or host:port: join that cluster
     env: EnvConfig = field(default_factory=EnvConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -139,6 +175,9 @@ class Config:
     explorer: ExplorerConfig = field(default_factory=ExplorerConfig)
     expgen: ExpGenConfig = field(default_factory=ExpGenConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    rllib: RLlibConfig = field(default_factory=RLlibConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -217,6 +256,7 @@ def validate(cfg: Config) -> None:
             check()
         except ValueError as e:
             raise ConfigError(f"{key}: {e}") from None
+    _choice("engine", cfg.engine, ENGINES)
     _choice("network.kind", cfg.network.kind, NETWORK_KINDS)
     _choice("network.precision", cfg.network.precision, PRECISIONS)
     _choice("population.forward_mode", cfg.population.forward_mode, FORWARD_MODES)
@@ -243,6 +283,9 @@ def validate(cfg: Config) -> None:
         _positive(key, getattr(getattr(cfg, section), name))
     _positive("logging.eval_interval", cfg.logging.eval_interval, strict=False)
     _positive("population.size", cfg.population.size, strict=False)
+    for key in ("shard_cpus", "explorer_cpus"):
+        _positive(f"resources.{key}", getattr(cfg.resources, key))
+    _positive("resources.max_failures", cfg.resources.max_failures, strict=False)
     batch = cfg.env.num_envs * cfg.ppo.num_steps
     if batch % cfg.ppo.num_minibatches:
         raise ConfigError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -72,6 +72,10 @@ class EpisodeLog:
         return float(v.mean()) if len(v) else None
 
 
+class InjectedFault(RuntimeError):
+    """The crash that ``debug.fail_at_update`` asks for."""
+
+
 class Trainer:
     """The loop shared by every agent kind: collect -> learn -> log -> evaluate -> checkpoint.
 
@@ -80,6 +84,7 @@ class Trainer:
     """
 
     cfg: Config
+    device: torch.device
     agent_dirs: list[Path]
     params: list[torch.Tensor]
     opt: torch.optim.Optimizer
@@ -95,9 +100,17 @@ class Trainer:
         """Env steps taken by each agent."""
         return self.update * self.steps_per_update
 
-    def train(self, progress: Progress | None = None) -> dict[str, Any]:
-        """Train until the step budget; Ctrl-C saves a checkpoint before re-raising."""
-        self.writers = [SummaryWriter(d / "tb") for d in self.agent_dirs]
+    def train(self, progress: Progress | None = None,
+              on_iteration: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Train until the step budget; Ctrl-C saves a checkpoint before re-raising.
+
+        ``on_iteration`` receives, after every update, the agents' steps, SPS, mean episodic return,
+        held-out returns and whether a checkpoint was written (Ray Tune reports these).
+        """
+        # purge_step: a run resumed from a checkpoint at step S hides the events that an
+        # interrupted run logged after S, so curves have neither gaps nor repeated steps.
+        purge = self.global_step + 1 if self.update else None
+        self.writers = [SummaryWriter(d / "tb", purge_step=purge) for d in self.agent_dirs]
         # A population of several members also gets summary curves across its members.
         self.summary = self._summary_writer() if len(self.agent_dirs) > 1 else None
         log = self.cfg.logging
@@ -114,10 +127,16 @@ class Trainer:
                 last = self.update == self.num_updates
                 if log.eval_interval and (self.update % log.eval_interval == 0 or last):
                     self.last_heldout = self.evaluate_heldout()
-                if self.update % log.checkpoint_interval == 0 or last:
+                saved = self.update % log.checkpoint_interval == 0 or last
+                if saved:
                     self.save()
+                mean_return = episodes.means("charts/episodic_return")
                 if progress is not None:
-                    progress.advance(self.steps_per_update, sps, episodes.means("charts/episodic_return"))
+                    progress.advance(self.steps_per_update, sps, mean_return)
+                if on_iteration is not None:
+                    on_iteration({"steps": self.global_step, "sps": sps, "episodic_return": mean_return,
+                                  "heldout": self.last_heldout, "checkpoint": saved, "done": last})
+                self._maybe_inject_fault()
         except KeyboardInterrupt:
             self.save()
             raise
@@ -126,6 +145,17 @@ class Trainer:
                 w.close()
         return {"agents": [d.name for d in self.agent_dirs], "steps": self.global_step,
                 "heldout": self.last_heldout}
+
+    def _maybe_inject_fault(self) -> None:
+        """Test-only (``debug.fail_at_update``): crash once, to exercise Ray Tune's restarts.
+
+        A marker file makes the crash happen once per agent, not again after the restart.
+        """
+        at = self.cfg.debug.fail_at_update
+        marker = self.agent_dirs[0] / ".fault_injected"
+        if at and self.update == at and not marker.exists():
+            marker.touch()
+            raise InjectedFault(f"{self.agent_dirs[0].name}: injected fault after update {at}")
 
     def _log_iteration(self, metrics: dict[str, np.ndarray], episodes: EpisodeLog, sps: float) -> None:
         step = self.global_step
@@ -156,6 +186,23 @@ class Trainer:
             if k in metrics:
                 w.add_scalar(f"population/{k}_max", float(metrics[k].max()), step)
 
+    @torch.no_grad()
+    def _evaluate_feedforward(self, pop: Population, seeds: list[int]) -> dict[str, list[float]]:
+        """Sampled-action returns of every member of ``pop`` on each configured split (same levels
+        for all), logged as ``eval/<split>_return`` and ``eval/<split>_success``."""
+        log, results = self.cfg.logging, {}
+        n = min(self.cfg.env.num_envs, log.eval_episodes)
+        gens = make_generators(seeds, self.device, salt=3 + self.update)
+        act = lambda obs: sample_actions(pop(obs)[0], gens)
+        for split in log.eval_splits:
+            envs = [make_env(self.cfg, n, split, rand_seed=10_000 + self.update) for _ in seeds]
+            stats = run_episodes(act, envs, log.eval_episodes, self.device, seed=10_000 + self.update)
+            for env in envs:
+                env.close()
+            self._log_heldout(split, stats.returns, stats.successes)
+            results[split] = stats.returns.mean(1).tolist()
+        return results
+
     def _log_heldout(self, split: str, returns: np.ndarray, successes: np.ndarray) -> None:
         for i, w in enumerate(self.writers):
             w.add_scalar(f"eval/{split}_return", float(returns[i].mean()), self.global_step)
@@ -163,7 +210,8 @@ class Trainer:
 
     def save(self) -> None:
         for i, d in enumerate(self.agent_dirs):
-            payload = {"agent": d.name, "update": self.update, **self._payload(i)}
+            heldout = {split: returns[i] for split, returns in self.last_heldout.items()}
+            payload = {"agent": d.name, "update": self.update, "heldout": heldout, **self._payload(i)}
             save_checkpoint(d, self.global_step, payload)
 
     def restore(self) -> bool:
@@ -280,21 +328,8 @@ class PopulationTrainer(Trainer):
         metrics["explained_variance"] = explained_variance(batch.values, batch.returns)
         return metrics
 
-    @torch.no_grad()
     def evaluate_heldout(self) -> dict[str, list[float]]:
-        """Sampled-action returns of every member on each configured split (same levels for all)."""
-        log, results = self.cfg.logging, {}
-        n = min(self.cfg.env.num_envs, log.eval_episodes)
-        gens = make_generators(self.seeds, self.device, salt=3 + self.update)
-        act = lambda obs: sample_actions(self.pop(obs)[0], gens)
-        for split in log.eval_splits:
-            envs = [make_env(self.cfg, n, split, rand_seed=10_000 + self.update) for _ in self.members]
-            stats = run_episodes(act, envs, log.eval_episodes, self.device, seed=10_000 + self.update)
-            for env in envs:
-                env.close()
-            self._log_heldout(split, stats.returns, stats.successes)
-            results[split] = stats.returns.mean(1).tolist()
-        return results
+        return self._evaluate_feedforward(self.pop, self.seeds)
 
     def _payload(self, i: int) -> dict[str, Any]:
         return {

@@ -19,6 +19,7 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 # no exploration agent.
 SMALL = [
     "device=cpu",
+    "ray=false",
     "logging.progress=false",
     "env.num_envs=4",
     "ppo.num_steps=8",

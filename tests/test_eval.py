@@ -51,7 +51,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = load_config("configs/quickstart.yaml", [
         f"runs_dir={tmp}", "name=tiny", "env.game=bigfish", "ppo.total_steps=64", "ppo.num_steps=8",
         "env.num_envs=8", "ppo.num_minibatches=2", "ensemble.size=3", "logging.eval_interval=0",
-        "logging.progress=false", "explorer.enabled=false", f"device={DEVICE}",
+        "logging.progress=false", "explorer.enabled=false", f"device={DEVICE}", "ray=false",
     ])
     train_run(cfg)
     spec = NetworkSpec(kind="small", recurrent=True)
