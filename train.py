@@ -1,8 +1,11 @@
-"""Train ExpGen's agents from a config.
+"""Train ExpGen's agents from a config: N reward agents and the explorer, as Ray Tune trials.
 
     python train.py --config configs/maze.yaml [key=value ...]
+    python train.py --config configs/maze.yaml --ray-address auto     # join a running Ray cluster
+    python train.py --config configs/quickstart.yaml ray=false        # in-process, no Ray
 
-Re-running the same command continues from the newest valid checkpoints.
+Re-running the same command continues every unfinished agent from its newest checkpoint and skips
+finished ones.
 """
 from __future__ import annotations
 
@@ -10,9 +13,24 @@ import argparse
 import logging
 import sys
 
+from rich.console import Console
+from rich.table import Table
+
 from agents.checkpoint import CheckpointError
 from agents.config import ConfigError, load_config
 from agents.runner import train_run
+
+
+def summary_table(summary: dict) -> Table:
+    table = Table(title=f"{summary['run_dir']}: {summary['wall_s']:.0f} s wall time "
+                        f"({'Ray' if summary['ray'] else 'in-process'})")
+    for col in ("agent", "steps", "train return", "test return", "job wall time"):
+        table.add_column(col, justify="left" if col == "agent" else "right")
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"
+    for a in summary["agents"]:
+        table.add_row(a["agent"], f"{a['steps']:,}", fmt(a.get("train_return")), fmt(a.get("test_return")),
+                      f"{a['job_wall_s']:.0f} s" if a["job_wall_s"] else "(already done)")
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,22 +38,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/quickstart.yaml")
     parser.add_argument("--resume", action="store_true",
                         help="require existing checkpoints (by default training resumes when there are some)")
+    parser.add_argument("--ray-address", default=None,
+                        help="join this Ray cluster ('auto' or host:port); default: start Ray locally")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. ppo.lr=3e-4 ensemble.size=4")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    overrides = args.overrides + ([f"ray_address={args.ray_address}"] if args.ray_address else [])
     try:
-        cfg = load_config(args.config, args.overrides)
-        summaries = train_run(cfg, require_resume=args.resume)
+        cfg = load_config(args.config, overrides)
+        summary = train_run(cfg, require_resume=args.resume)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: checkpoint saved; re-run the same command to continue", file=sys.stderr)
+        print("interrupted: checkpoints kept; re-run the same command to continue", file=sys.stderr)
         return 130
-    for s in summaries:
-        heldout = "  ".join(f"{split}: {', '.join(f'{r:.2f}' for r in v)}" for split, v in s["heldout"].items())
-        print(f"{', '.join(s['agents'])}: {s['steps']:,} steps each in {s['wall_s']:.0f}s  {heldout}")
-    print(f"run directory: {cfg.run_dir}")
+    except RuntimeError as e:  # trials that failed more often than resources.max_failures
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    Console().print(summary_table(summary))
+    print(f"run directory: {cfg.run_dir} (summary.json there; evaluate with: python eval.py {cfg.run_dir})")
     return 0
 
 

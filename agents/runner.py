@@ -7,6 +7,7 @@ after another. Either way a job resumes from its newest checkpoints and a finish
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from agents.checkpoint import checkpoint_steps
+from agents.checkpoint import checkpoint_steps, load_latest
 from agents.config import Config, save_config
 from agents.progress import Progress
 from agents.explorer import ExplorerTrainer, explorer_dir
@@ -110,17 +111,8 @@ def train_job(cfg: Config, job: Job, device: torch.device, progress: bool = True
         trainer.close()
 
 
-def train_run(cfg: Config, require_resume: bool = False) -> list[dict[str, Any]]:
-    """Train (or continue) every agent of the run; returns one summary per job."""
-    if require_resume and not has_checkpoints(cfg):
-        raise FileNotFoundError(
-            f"--resume: no checkpoints under {cfg.run_dir}; drop --resume to start a new run"
-        )
-    save_config(cfg, cfg.run_dir / "config.yaml")
-    if cfg.ray:
-        from agents.distributed import train_with_ray  # Ray is imported only when it is used
-
-        return train_with_ray(cfg)
+def train_in_process(cfg: Config) -> list[dict[str, Any]]:
+    """``ray: false``: the unfinished jobs one after another in this process."""
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     summaries = []
@@ -130,3 +122,36 @@ def train_run(cfg: Config, require_resume: bool = False) -> list[dict[str, Any]]
             continue
         summaries.append(train_job(cfg, job, device, cfg.logging.progress))
     return summaries
+
+
+def run_summary(cfg: Config, trained: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    """Per agent, from its newest checkpoint: steps and the last held-out returns; per job, the
+    wall time this invocation spent on it (0 for jobs that were already finished)."""
+    job_wall = {s["job"]: s["wall_s"] for s in trained}
+    agents = []
+    for job in plan(cfg):
+        for d in job_dirs(cfg, job):
+            ckpt = load_latest(d) or {}
+            heldout = {f"{split}_return": value for split, value in ckpt.get("heldout", {}).items()}
+            agents.append({"agent": d.name, "job": job.name, "steps": ckpt.get("step", 0),
+                           "job_wall_s": job_wall.get(job.name, 0.0), **heldout})
+    summary = {"run_dir": str(cfg.run_dir), "wall_s": wall_s, "ray": cfg.ray, "agents": agents}
+    (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def train_run(cfg: Config, require_resume: bool = False) -> dict[str, Any]:
+    """Train (or continue) every agent of the run; returns the run summary (``run_summary``)."""
+    if require_resume and not has_checkpoints(cfg):
+        raise FileNotFoundError(
+            f"--resume: no checkpoints under {cfg.run_dir}; drop --resume to start a new run"
+        )
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    start = time.perf_counter()
+    if cfg.ray:
+        from agents.distributed import train_with_ray  # Ray is imported only when it is used
+
+        trained = train_with_ray(cfg)
+    else:
+        trained = train_in_process(cfg)
+    return run_summary(cfg, trained, time.perf_counter() - start)

@@ -1,0 +1,160 @@
+"""Train a run's jobs as Ray Tune trials: one trial per population shard and one for the explorer.
+
+Why Tune: it places each trial where its resource request fits (fractional GPUs included),
+restarts a trial that crashed or whose node died (``FailureConfig``), and runs on whatever cluster
+``ray.init`` joined. What Tune does not own is the run directory: every trial reads and writes
+``runs/<name>/<agent>/`` exactly as in-process training does, so a restarted trial resumes from its
+agent's newest checkpoint, ``tensorboard --logdir runs/<name>`` shows every agent, and eval.py does
+not know Ray was involved. On a multi-node cluster ``runs_dir`` must therefore be on storage that
+every node sees (NFS or similar), and the project installed on every node.
+
+Tune's own bookkeeping (experiment state, per-trial logs, checkpoint pointers) goes to
+``runs/<name>/ray/``. A re-run after the driver died plans only the jobs that have not reached
+their budget; those resume from their checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agents.config import Config, ConfigError
+from agents.runner import Job, job_finished, plan, train_job
+from agents.trainer import resolve_device
+from agents.trial_table import TrialTable
+
+log = logging.getLogger("expgen")
+
+
+def init_ray(address: str) -> None:
+    """Join ``address`` ("auto" or host:port), or start Ray on this machine when it is empty."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Tune's default loggers would write a second set of TensorBoard files into the run directory
+    # (its JSON and CSV loggers are added back in ``train_with_ray``).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Tune snapshots its experiment state at every reported checkpoint: cheap here, so no warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Trials find the run directory by absolute path; Ray need not change their working directory.
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    ray.init(address=address or None, include_dashboard=False, configure_logging=False,
+             log_to_driver=False)
+
+
+def trial_resources(cfg: Config, job: Job, trials: int, cluster_gpus: float) -> dict[str, float]:
+    """The CPUs and GPUs one job asks for; GPUs < 0 (auto) share the cluster's GPUs evenly."""
+    r = cfg.resources
+    cpus, gpus = (r.explorer_cpus, r.explorer_gpus) if job.kind == "explorer" else (r.shard_cpus, r.shard_gpus)
+    if gpus < 0:
+        gpus = min(1.0, cluster_gpus / trials) if cluster_gpus else 0.0
+    if gpus > 1 and gpus != int(gpus):
+        raise ConfigError(f"{job.name}: a trial asks for {gpus} GPUs; above 1 it must be a whole number")
+    return {"CPU": cpus, "GPU": gpus}
+
+
+def check_fits(cfg: Config, requests: dict[str, dict[str, float]], nodes: list[dict[str, float]]) -> None:
+    """Fail before training when a trial could never be scheduled (Tune would wait forever)."""
+    for name, req in requests.items():
+        if not any(all(node.get(k, 0.0) >= v for k, v in req.items()) for node in nodes):
+            largest = {k: max(node.get(k, 0.0) for node in nodes) for k in req}
+            kind = "explorer" if name == "explorer" else "shard"
+            raise ConfigError(
+                f"{name} asks for {req['CPU']:g} CPUs and {req['GPU']:g} GPUs, but the largest Ray node "
+                f"has {largest['CPU']:g} CPUs and {largest['GPU']:g} GPUs; lower resources.{kind}_cpus / "
+                f"resources.{kind}_gpus or join a bigger cluster (--ray-address)"
+            )
+        if cfg.device.startswith("cuda") and req["GPU"] == 0:
+            raise ConfigError(f"device={cfg.device} but {name} gets no GPU from Ray: set "
+                              f"resources.{'explorer' if name == 'explorer' else 'shard'}_gpus or device=auto")
+
+
+def trial_device(cfg: Config) -> torch.device:
+    """``device=auto`` inside a trial: CUDA only if Ray gave the trial a GPU."""
+    import ray
+
+    if cfg.device == "auto":
+        return torch.device("cuda" if ray.get_gpu_ids() else "cpu")
+    return resolve_device(cfg.device)
+
+
+def run_trial(params: dict[str, Any], cfg: Config, cpus: dict[str, float]) -> None:
+    """The Tune trainable: train one job, reporting every update and every checkpoint to Tune."""
+    from ray import tune
+
+    job = next(j for j in plan(cfg) if j.name == params["job"])
+    torch.set_num_threads(max(1, int(cpus[job.name])))  # the trial's CPU share, not the whole node
+    torch.manual_seed(cfg.seed)
+    if tune.get_checkpoint() is not None:
+        log.info("%s: restarted by Ray Tune; resuming from the newest checkpoint", job.name)
+
+    def report(info: dict[str, Any]) -> None:
+        metrics = {"steps": info["steps"], "sps": info["sps"], "done": info["done"],
+                   "episodic_return": info["episodic_return"],
+                   **{f"{split}_return": sum(v) / len(v) for split, v in info["heldout"].items()}}
+        if not info["checkpoint"]:
+            tune.report(metrics)
+            return
+        # The agents' checkpoints stay in the run directory; Tune's checkpoint records which step
+        # is safe to resume from, so that Tune knows the trial has progress to restart from.
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "expgen_checkpoint.json").write_text(json.dumps({"job": job.name, "step": info["steps"]}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    train_job(cfg, job, trial_device(cfg), progress=False, on_iteration=report)
+
+
+def train_with_ray(cfg: Config) -> list[dict[str, Any]]:
+    """Train every unfinished job of the run as a Tune trial; returns one summary per trained job."""
+    import ray
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    cfg = replace(cfg, runs_dir=str(Path(cfg.runs_dir).resolve()))  # trials may run elsewhere
+    jobs = [j for j in plan(cfg) if not job_finished(cfg, j)]
+    for j in plan(cfg):
+        if j not in jobs:
+            log.info("%s: already trained to its budget, skipped", j.name)
+    if not jobs:
+        return []
+    init_ray(cfg.ray_address)
+    cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
+    requests = {j.name: trial_resources(cfg, j, len(jobs), cluster_gpus) for j in jobs}
+    check_fits(cfg, requests, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, cfg=cfg, cpus={k: v["CPU"] for k, v in requests.items()}),
+        lambda params: requests[params["job"]],
+    )
+    callbacks = [JsonLoggerCallback(), CSVLoggerCallback()]
+    callbacks += [TrialTable(cfg, jobs)] if cfg.logging.progress else []
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"job": tune.grid_search([j.name for j in jobs])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=len(jobs), reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=time.strftime("train_%Y%m%d-%H%M%S"),
+            storage_path=str(cfg.run_dir / "ray"),
+            failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
+    results = tuner.fit()
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        names = ", ".join(f"{r.config['job']} ({type(r.error).__name__}: {r.error})" for r in failed)
+        raise RuntimeError(
+            f"trials failed more than resources.max_failures={cfg.resources.max_failures} times: {names}. "
+            f"Their checkpoints are kept; re-run the same command to resume. Logs: {cfg.run_dir / 'ray'}"
+        )
+    return [{"job": r.config["job"], "steps": r.metrics.get("steps", 0),
+             "wall_s": r.metrics.get("time_total_s", 0.0)} for r in results]

@@ -1,0 +1,268 @@
+"""``engine: rllib``: one reward agent trained by RLlib's PPO (new API stack) inside our ``Trainer`` loop.
+
+- Network: ``ExpGenRLModule`` wraps the ``ActorCritic`` that ``NetworkSpec.build()`` makes (one
+  definition for every engine), initialised from the member's seed exactly as the native trainer
+  does, so the exported state dict is a plain ``ActorCritic`` checkpoint that eval.py reads.
+- Env: our batched procgen, one ``ProcgenVecEnv`` per env runner (envs/rllib_env.py says why and
+  what RLlib's NEXT_STEP autoreset assumption costs).
+- One ``Trainer`` iteration is one ``algo.train()``: sampling happens in ``collect``, the update is
+  read back in ``learn``; logging, held-out evaluation and checkpoints are the shared loop's.
+
+Hyper-parameters (``ppo_config``), ours -> RLlib's, and where they differ:
+- ``lr``, ``adam_eps`` (via our Learner's optimiser), ``gamma``, ``gae_lambda`` -> ``lambda_``,
+  ``clip_coef`` -> ``clip_param``, ``ent_coef`` -> ``entropy_coeff``, ``vf_coef`` -> ``vf_loss_coeff``,
+  ``max_grad_norm`` -> ``grad_clip`` by global norm, ``epochs`` -> ``num_epochs``; ``anneal_lr`` -> a
+  linear lr schedule over the env steps; no KL penalty, no reward or observation normalisation.
+- Batch: ``num_steps * num_envs`` steps per update, ``num_minibatches`` minibatches per epoch.
+- Advantages: RLlib always standardises them over the whole train batch = our ``norm_adv=batch``
+  (``minibatch``/``off`` have no RLlib counterpart).
+- Value clipping differs: ours (``clip_vloss``, CleanRL) clips the new value to within ``clip_coef``
+  of the value at collection time; RLlib's ``vf_clip_param`` clips the squared error itself at an
+  absolute level, which for returns of 10 (maze) would zero the gradient of every error above
+  ~sqrt(clip). We therefore leave RLlib's value loss unclipped (``vf_clip_param=inf``).
+- Metrics are those of the last minibatch (RLlib logs loss terms with window 1), not epoch means.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.checkpoint import network_payload
+from agents.config import Config
+from agents.networks import ActorCritic, NetworkSpec, resolve_precision, run_trunk
+from agents.population import Population, _seeded_network
+from agents.trainer import EpisodeLog, Trainer, member_dir, network_spec, resolve_device
+from envs.rllib_env import register_rllib_env, rllib_env_config
+
+import ray
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis import ValueFunctionAPI
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.core.rl_module.torch import TorchRLModule
+
+# RLlib seeds runner r of an algorithm with ``config.seed + r``: spacing members' seeds this far
+# apart keeps every (member, runner) pair on its own procgen level stream.
+RUNNER_SEED_STRIDE = 1000
+EPISODE_RETURNS = "expgen_episode_return"
+EPISODE_LENGTHS = "expgen_episode_length"
+ENV_STEPS = "expgen_env_steps"
+
+
+class ExpGenRLModule(TorchRLModule, ValueFunctionAPI):
+    """Our ``ActorCritic`` as an RLlib module: uint8 frames (B, 64, 64, 3) -> logits, values.
+
+    ``model_config``: ``network`` (NetworkSpec fields), ``seed`` (initialisation) and
+    ``precision`` (``network.precision``, resolved against the device the batch lives on, since
+    env runners and learners may sit on different devices).
+    """
+
+    net: ActorCritic
+
+    def setup(self) -> None:
+        c = self.model_config
+        spec = NetworkSpec(**{**c["network"], "channels": tuple(c["network"]["channels"])})
+        self.net = _seeded_network(spec, c["seed"])
+
+    def _set_precision(self, obs: torch.Tensor) -> None:
+        self.net.bf16 = _bf16(self.model_config["precision"], obs.device.type)
+
+    def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        self._set_precision(batch[Columns.OBS])
+        return {Columns.ACTION_DIST_INPUTS: self.net(batch[Columns.OBS])[0]}
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        # The trunk features ride along as embeddings, so the value loss reuses them.
+        self._set_precision(batch[Columns.OBS])
+        h = run_trunk(self.net, batch[Columns.OBS])
+        return {Columns.ACTION_DIST_INPUTS: self.net.actor(h), Columns.EMBEDDINGS: h}
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
+        if embeddings is None:
+            self._set_precision(batch[Columns.OBS])
+            embeddings = run_trunk(self.net, batch[Columns.OBS])
+        return self.net.critic(embeddings).squeeze(-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _bf16(precision: str, device_type: str) -> bool:
+    return resolve_precision(precision, torch.device(device_type))
+
+
+class ExpGenPPOLearner(PPOTorchLearner):
+    """RLlib's PPO learner with our Adam epsilon and CleanRL's ``approx_kl``/``clipfrac`` metrics."""
+
+    def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
+        params = self.get_parameters(self._module[module_id])
+        optimizer = torch.optim.Adam(params, eps=config.learner_config_dict["adam_eps"])
+        self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params,
+                                lr_or_lr_schedule=config.lr)
+
+    def compute_loss_for_module(self, *, module_id: str, config: Any, batch: dict[str, Any],
+                                fwd_out: dict[str, Any]) -> torch.Tensor:
+        loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
+        with torch.no_grad():
+            dist_cls = self.module[module_id].unwrapped().get_train_action_dist_cls()
+            logratio = (dist_cls.from_logits(fwd_out[Columns.ACTION_DIST_INPUTS]).logp(batch[Columns.ACTIONS])
+                        - batch[Columns.ACTION_LOGP])
+            if Columns.LOSS_MASK in batch:  # RLlib's artificial bootstrap steps are not samples
+                logratio = logratio[batch[Columns.LOSS_MASK]]
+            ratio = logratio.exp()
+            self.metrics.log_dict({
+                "approx_kl": ((ratio - 1) - logratio).mean(),
+                "clipfrac": ((ratio - 1).abs() > config.clip_param).float().mean(),
+            }, key=module_id, window=1)
+        return loss
+
+
+def _on_episode_end(*, episode: Any, metrics_logger: Any, **kwargs: Any) -> None:
+    """Log the finished episode's return and length as our env counted them (first step included)."""
+    stats = episode.get_infos(-1).get("episode")
+    if stats is not None:
+        metrics_logger.log_value(EPISODE_RETURNS, float(stats["r"]), reduce="item_series")
+        metrics_logger.log_value(EPISODE_LENGTHS, int(stats["l"]), reduce="item_series")
+
+
+def _on_sample_end(*, env_runner: Any, metrics_logger: Any, **kwargs: Any) -> None:
+    """Log the env steps procgen really took in this ``sample`` call (RLlib's count misses some)."""
+    env = env_runner.env.unwrapped
+    metrics_logger.log_value(ENV_STEPS, env.steps_taken, reduce="sum")
+    env.steps_taken = 0
+
+
+def runner_layout(cfg: Config) -> tuple[int, int]:
+    """(env runners that sample, envs per runner); ``num_env_runners=0`` samples in the driver."""
+    r, n = cfg.rllib, cfg.env.num_envs
+    runners = max(r.num_env_runners, 1)
+    per_runner = r.num_envs_per_env_runner or n // runners
+    if per_runner * runners != n:
+        raise ValueError(
+            f"rllib: {runners} env runner(s) x {per_runner} envs != env.num_envs={n}; set "
+            "rllib.num_envs_per_env_runner or an env.num_envs divisible by rllib.num_env_runners"
+        )
+    return runners, per_runner
+
+
+def ppo_config(cfg: Config, member: int) -> PPOConfig:
+    """Our config's PPO, network and env settings for member ``member`` as an RLlib ``PPOConfig``."""
+    p, r, seed = cfg.ppo, cfg.rllib, cfg.member_seeds[member]
+    batch = p.num_steps * cfg.env.num_envs
+    learners = max(r.num_learners, 1)
+    runners, per_runner = runner_layout(cfg)
+    spec = network_spec(cfg)
+    env_config = rllib_env_config(cfg.env.game, cfg.train_levels, cfg.env.distribution_mode,
+                                  cfg.env.use_backgrounds, seed * RUNNER_SEED_STRIDE, cfg.env.num_threads)
+    lr = [[0, p.lr], [p.total_steps, 0.0]] if p.anneal_lr else p.lr
+    return (
+        PPOConfig()
+        .environment(env=register_rllib_env(), env_config=env_config, disable_env_checking=True)
+        .env_runners(num_env_runners=r.num_env_runners, num_envs_per_env_runner=per_runner,
+                     rollout_fragment_length=p.num_steps, gym_env_vectorize_mode="vector_entry_point")
+        .learners(num_learners=r.num_learners, num_gpus_per_learner=r.num_gpus_per_learner,
+                  learner_class=ExpGenPPOLearner, learner_config_dict={"adam_eps": p.adam_eps})
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=ExpGenRLModule, model_config={
+            "network": {"kind": spec.kind, "channels": list(spec.channels), "hidden": spec.hidden},
+            "seed": seed, "precision": cfg.network.precision,
+        }))
+        .training(
+            lr=lr, gamma=p.gamma, lambda_=p.gae_lambda, clip_param=p.clip_coef,
+            vf_clip_param=math.inf, entropy_coeff=p.ent_coef, vf_loss_coeff=p.vf_coef,
+            grad_clip=p.max_grad_norm, grad_clip_by="global_norm", use_kl_loss=False, kl_coeff=0.0,
+            num_epochs=p.epochs, train_batch_size_per_learner=batch // learners,
+            minibatch_size=batch // learners // p.num_minibatches, shuffle_batch_per_epoch=True,
+        )
+        .callbacks(on_episode_end=_on_episode_end, on_sample_end=_on_sample_end)
+        .debugging(seed=seed * RUNNER_SEED_STRIDE, log_level="WARN")
+    )
+
+
+def ensure_ray(cfg: Config) -> None:
+    """Use the Ray of the Tune trial we run in, else start a small local one for this agent."""
+    if not ray.is_initialized():
+        cpus = 1 + cfg.rllib.num_env_runners + cfg.rllib.num_learners
+        ray.init(num_cpus=cpus, num_gpus=math.ceil(cfg.rllib.num_gpus_per_learner * max(cfg.rllib.num_learners, 1)),
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+class _LearningRate:
+    """Stands in for ``Trainer.opt``: the shared loop reads only ``opt.param_groups[0]["lr"]``."""
+
+    def __init__(self, lr: float) -> None:
+        self.param_groups = [{"lr": lr}]
+
+
+class RLlibTrainer(Trainer):
+    """Trains ensemble member ``member`` with RLlib's PPO; checkpoints in our format."""
+
+    def __init__(self, cfg: Config, member: int, device: torch.device | None = None) -> None:
+        self.cfg, self.member = cfg, member
+        self.device = device or resolve_device(cfg.device)
+        self.seed = cfg.member_seeds[member]
+        self.spec = network_spec(cfg)
+        self.agent_dirs = [member_dir(cfg, member)]
+        self.params = []
+        self.steps_per_update = cfg.ppo.num_steps * cfg.env.num_envs
+        self.num_updates = -(-cfg.ppo.total_steps // self.steps_per_update)
+        ensure_ray(cfg)
+        self.algo: Algorithm = ppo_config(cfg, member).build_algo()
+        self.opt = _LearningRate(cfg.ppo.lr)
+        self._result: dict[str, Any] = {}
+
+    @property
+    def module(self) -> ExpGenRLModule:
+        """The learner's RLModule (the one updated; env runners get its weights after each update)."""
+        return self.algo.get_module(DEFAULT_MODULE_ID)
+
+    def collect(self) -> EpisodeLog:
+        """Run one whole RLlib iteration (sampling and update); return the episodes it finished."""
+        self._result = self.algo.train()
+        runners = self._result["env_runners"]
+        episodes = EpisodeLog()
+        for ours, theirs in (("charts/episodic_return", EPISODE_RETURNS), ("charts/episodic_length", EPISODE_LENGTHS)):
+            # RLlib reduces a series of one item to the bare item, so both shapes arrive.
+            values = np.atleast_1d(np.asarray(runners.get(theirs, []), np.float64))
+            if len(values):
+                episodes.add(ours, 0, values)
+        return episodes
+
+    def learn(self) -> dict[str, torch.Tensor]:
+        """The update's metrics, read from RLlib's learner results (the update ran in ``collect``)."""
+        learner = self._result["learners"][DEFAULT_MODULE_ID]
+        self.opt.param_groups[0]["lr"] = float(learner.get("default_optimizer_learning_rate", self.opt.param_groups[0]["lr"]))
+        names = {"policy_loss": "policy_loss", "value_loss": "vf_loss", "entropy": "entropy",
+                 "approx_kl": "approx_kl", "clipfrac": "clipfrac", "explained_variance": "vf_explained_var"}
+        metrics = {ours: torch.tensor([float(learner[theirs])]) for ours, theirs in names.items() if theirs in learner}
+        # Env steps procgen really took this iteration: at least steps_per_update (see envs/rllib_env.py).
+        metrics["charts/env_steps_sampled"] = torch.tensor([float(self._result["env_runners"].get(ENV_STEPS, 0))])
+        return metrics
+
+    def exported_state(self) -> dict[str, torch.Tensor]:
+        """The learner's network as a plain ``ActorCritic`` state dict on the CPU: the checkpoint format."""
+        return {k: v.detach().cpu().clone() for k, v in self.module.net.state_dict().items()}
+
+    def evaluate_heldout(self) -> dict[str, list[float]]:
+        pop = Population.from_state_dicts(self.spec, [self.exported_state()]).to(self.device)
+        pop.set_bf16(resolve_precision(self.cfg.network.precision, self.device))
+        return self._evaluate_feedforward(pop, [self.seed])
+
+    def _payload(self, i: int) -> dict[str, Any]:
+        # RLlib's own state (learner weights, Adam moments, lr schedule, counters) for resuming;
+        # env runners are left out: their envs restart from the seed on resume.
+        return {**network_payload(self.spec, self.exported_state()), "seed": self.seed,
+                "rllib": self.algo.get_state(components=["learner_group", "metrics_logger"])}
+
+    def _load(self, i: int, ckpt: dict[str, Any]) -> None:
+        self.algo.set_state(ckpt["rllib"])
+        # Push the restored weights to the env runners before they sample again.
+        self.algo.env_runner_group.sync_weights(from_worker_or_learner_group=self.algo.learner_group,
+                                                inference_only=True)
+
+    def close(self) -> None:
+        self.algo.stop()

@@ -1,0 +1,138 @@
+"""Training through Ray Tune (agents/distributed.py): placement, restarts, resuming a killed driver.
+
+A local Ray (2 CPUs) is started once for the module; trials ask for half a CPU each so that all of
+them run at once on this 2-core machine.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents.checkpoint import checkpoint_steps
+from agents.config import ConfigError
+from agents.distributed import check_fits, trial_resources
+from agents.runner import Job, job_total_steps, plan, train_run
+from tests.conftest import QUICKSTART, SMALL, make_small_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP = 8 * 16  # env steps per update below
+RAY = ["ray=true", "env.num_envs=8", "ppo.num_steps=16", "ppo.num_minibatches=2", "resources.shard_cpus=0.5",
+       "resources.explorer_cpus=0.5", "explorer.enabled=true", "explorer.total_steps=512"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def logged_steps(agent_dir: Path, tag: str = "charts/SPS") -> list[int]:
+    """Steps of ``tag`` as TensorBoard shows them (events purged by a restart are dropped)."""
+    acc = EventAccumulator(str(agent_dir / "tb"))
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def assert_complete_curve(agent_dir: Path, total: int) -> None:
+    assert logged_steps(agent_dir) == list(range(STEP, total + 1, STEP)), "gap or repeated step"
+
+
+def test_ray_trains_members_and_explorer(local_ray, tmp_path):
+    cfg = make_small_cfg(tmp_path, *RAY, "ensemble.size=2", "population.size=1", "ppo.total_steps=512",
+                         "logging.eval_interval=2", "logging.eval_episodes=4")
+    summary = train_run(cfg)
+    assert [j.name for j in plan(cfg)] == ["member_0", "member_1", "explorer"]
+    for agent in ("member_0", "member_1", "explorer"):
+        d = cfg.run_dir / agent
+        assert max(checkpoint_steps(d)) == 512
+        assert_complete_curve(d, 512)
+        assert logged_steps(d, "eval/test_return") == [256, 512]
+    assert {a["agent"]: a["steps"] for a in summary["agents"]} == {"member_0": 512, "member_1": 512, "explorer": 512}
+    assert all("test_return" in a for a in summary["agents"])
+    assert (cfg.run_dir / "summary.json").is_file()
+    experiments = list((cfg.run_dir / "ray").iterdir())
+    assert len(experiments) == 1 and len(list(experiments[0].glob("run_trial_*"))) == 3
+
+
+def test_crashed_trial_is_restarted_from_its_checkpoint(local_ray, tmp_path):
+    """Every agent crashes once after update 3 (checkpoints at 2 and 4): Tune restarts it, it
+    resumes at update 2, and its curve has every step once."""
+    cfg = make_small_cfg(tmp_path, *RAY, "ppo.total_steps=640", "explorer.total_steps=640",
+                         "logging.checkpoint_interval=2", "debug.fail_at_update=3", "resources.max_failures=1")
+    train_run(cfg)
+    for agent in ("member_0", "explorer"):
+        d = cfg.run_dir / agent
+        assert (d / ".fault_injected").exists()
+        assert max(checkpoint_steps(d)) == 640
+        assert_complete_curve(d, 640)
+        assert len(list((d / "tb").glob("events.*"))) == 2  # the first attempt and the restarted one
+
+
+def test_trial_failing_too_often_is_an_error_and_keeps_checkpoints(local_ray, tmp_path):
+    cfg = make_small_cfg(tmp_path, *RAY, "explorer.enabled=false", "ppo.total_steps=512",
+                         "logging.checkpoint_interval=2", "debug.fail_at_update=3", "resources.max_failures=0")
+    with pytest.raises(RuntimeError, match="re-run the same command"):
+        train_run(cfg)
+    assert max(checkpoint_steps(cfg.run_dir / "member_0")) == 2 * STEP
+    train_run(cfg)  # the fault fires once per agent: a re-run finishes the job
+    assert_complete_curve(cfg.run_dir / "member_0", 512)
+
+
+def test_killed_driver_resumes_without_redoing_finished_agents(tmp_path):
+    """SIGKILL the driver once the members are done and the explorer is half-way; re-run it."""
+    args = [sys.executable, str(ROOT / "train.py"), "--config", str(QUICKSTART), f"runs_dir={tmp_path}",
+            *SMALL, *RAY, "ppo.total_steps=256", "explorer.total_steps=8192", "logging.checkpoint_interval=2"]
+    cfg = make_small_cfg(tmp_path, *RAY, "ppo.total_steps=256", "explorer.total_steps=8192",
+                         "logging.checkpoint_interval=2", name="quickstart")
+    member, explorer = cfg.run_dir / "member_0", cfg.run_dir / "explorer"
+    driver = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (256 in checkpoint_steps(member) and checkpoint_steps(explorer)):
+            assert driver.poll() is None and time.monotonic() < deadline, "driver ended before the kill"
+            time.sleep(0.2)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    assert max(checkpoint_steps(explorer)) < job_total_steps(cfg, Job("explorer")), "killed too late"
+    member_files = {p: p.stat().st_mtime_ns for p in member.rglob("*") if p.is_file()}
+    time.sleep(2)  # Ray's raylet kills the orphaned trial workers when their driver dies
+
+    rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "member_0: already trained to its budget, skipped" in rerun.stderr
+    assert {p: p.stat().st_mtime_ns for p in member.rglob("*") if p.is_file()} == member_files
+    assert max(checkpoint_steps(explorer)) == 8192
+    assert_complete_curve(explorer, 8192)
+
+
+def test_resources_auto_share_the_gpus(tmp_path):
+    cfg = make_small_cfg(tmp_path, "ensemble.size=4", "population.size=2", "explorer.enabled=true")
+    jobs = plan(cfg)
+    assert [j.name for j in jobs] == ["members_0-1", "members_2-3", "explorer"]
+    assert trial_resources(cfg, jobs[0], len(jobs), cluster_gpus=0) == {"CPU": 1.0, "GPU": 0.0}
+    assert trial_resources(cfg, jobs[0], len(jobs), cluster_gpus=1)["GPU"] == pytest.approx(1 / 3)
+    assert trial_resources(cfg, jobs[2], len(jobs), cluster_gpus=8)["GPU"] == 1.0
+    cfg.resources.shard_gpus = 0.25
+    assert trial_resources(cfg, jobs[0], len(jobs), cluster_gpus=1)["GPU"] == 0.25
+
+
+def test_requests_that_no_node_can_hold_fail_before_training(tmp_path):
+    cfg = make_small_cfg(tmp_path, "resources.shard_cpus=4")
+    node = {"CPU": 2.0, "GPU": 0.0}
+    with pytest.raises(ConfigError, match=r"member_0 asks for 4 CPUs.*resources.shard_cpus"):
+        check_fits(cfg, {"member_0": {"CPU": 4.0, "GPU": 0.0}}, [node])
+    check_fits(cfg, {"member_0": {"CPU": 2.0, "GPU": 0.0}}, [node])
+    cfg.device = "cuda"
+    with pytest.raises(ConfigError, match="gets no GPU"):
+        check_fits(cfg, {"member_0": {"CPU": 1.0, "GPU": 0.0}}, [node])

@@ -1,0 +1,209 @@
+"""Tests of ``engine: sb3`` (agents/sb3_engine.py) and the SB3 VecEnv adapter (envs/sb3_vec_env.py).
+
+Runs use bigfish, whose episodes a random agent ends in tens of steps (maze's last 500), so a few
+tiny updates already contain finished episodes.
+"""
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor, VecVideoRecorder
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents.checkpoint import list_checkpoints, load_checkpoint, load_latest
+from agents.evaluation import evaluate_run
+from agents.networks import ActorCritic, NetworkSpec
+from agents.population import Population
+from agents.runner import train_run
+from agents.sb3_engine import SB3Trainer
+from envs.levels import LevelRange, get_split
+from envs.procgen_vec import ProcgenVecEnv
+from envs.sb3_vec_env import ProcgenSB3VecEnv
+
+SB3 = ["engine=sb3", "env.game=bigfish", "network.precision=fp32"]
+LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "explained_variance")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: batches here are tiny and the 2-core machine is shared (see test_eval.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def scalars(agent_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of an agent's TensorBoard directory (all event files), as (step, value) lists."""
+    acc = EventAccumulator(str(agent_dir / "tb"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def bigfish(num_envs: int, seed: int) -> ProcgenVecEnv:
+    return ProcgenVecEnv("bigfish", num_envs, get_split("train", LevelRange(0, 200)), rand_seed=seed)
+
+
+# ---- the engine in the shared training loop ------------------------------------------------------
+
+
+def test_train_run_writes_checkpoints_and_cleanrl_metrics(small_cfg) -> None:
+    cfg = small_cfg(*SB3, "ppo.num_steps=32", "ppo.total_steps=384", "ppo.anneal_lr=true",
+                    "logging.eval_interval=3", "logging.eval_episodes=2", "logging.eval_splits=[test]")
+    train_run(cfg)
+    agent = cfg.run_dir / "member_0"
+    steps = [128, 256, 384]
+    assert [load_checkpoint(p)["step"] for p in list_checkpoints(agent)] == steps[::-1]
+    logged = scalars(agent)
+    for tag in [f"losses/{k}" for k in LOSSES] + ["charts/SPS", "charts/learning_rate"]:
+        assert [s for s, _ in logged[tag]] == steps, tag
+    assert abs(logged["losses/entropy"][0][1] - np.log(15)) < 1e-3  # a fresh policy is near uniform
+    # anneal_lr follows the native schedule lr * (1 - update / num_updates).
+    lrs = [v for _, v in logged["charts/learning_rate"]]
+    assert np.allclose(lrs, [cfg.ppo.lr * (1 - u / 3) for u in range(3)])
+    assert logged["charts/episodic_return"] and logged["charts/episodic_length"]
+    assert [s for s, _ in logged["eval/test_return"]] == [384]
+
+
+def test_checkpoint_is_our_actor_critic_with_sb3_probabilities(small_cfg) -> None:
+    cfg = small_cfg(*SB3, "ppo.num_steps=16", "ensemble.seeds=[7]")
+    trainer = SB3Trainer(cfg, 0, torch.device("cpu"))
+    try:
+        # Untrained, the SB3 policy is exactly the native member of the same seed.
+        native = Population(trainer.spec, [7]).member_state_dict(0)
+        exported = trainer.policy.actor_critic_state()
+        assert exported.keys() == native.keys()
+        assert all(torch.equal(exported[k], native[k]) for k in native)
+        trainer.collect()
+        trainer.learn()
+        trainer.update = 1
+        trainer.save()
+        obs = trainer.model._last_obs  # real ProcGen frames, uint8 HWC
+        with torch.no_grad():
+            sb3_probs = trainer.policy.get_distribution(torch.as_tensor(obs)).distribution.probs
+            sb3_values = trainer.policy.predict_values(torch.as_tensor(obs)).squeeze(-1)
+    finally:
+        trainer.close()
+    ckpt = load_latest(cfg.run_dir / "member_0")
+    net = ActorCritic(NetworkSpec(**ckpt["network"]))
+    net.load_state_dict(ckpt["model"])  # strict: exactly ActorCritic's keys
+    assert not all(torch.equal(ckpt["model"][k], native[k]) for k in native)  # it did learn
+    with torch.no_grad():
+        logits, values = net(torch.as_tensor(obs))
+    torch.testing.assert_close(torch.softmax(logits, -1), sb3_probs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(values, sb3_values, atol=1e-5, rtol=1e-5)
+
+
+def test_eval_evaluates_sb3_trained_members(small_cfg) -> None:
+    cfg = small_cfg(*SB3, "ensemble.size=2", "explorer.enabled=false", "ppo.total_steps=32")
+    train_run(cfg)
+    results = evaluate_run(cfg.run_dir, ["eval.modes=[member,vote]", "eval.episodes=4",
+                                         "eval.num_envs=4", "device=cpu"])
+    members = results["modes"]["member"]["members"]
+    assert [m["member"] for m in members] == [0, 1] and [m["step"] for m in members] == [32, 32]
+    assert "vote" in results["modes"]
+
+
+def test_resume_continues_the_step_counter_exactly(small_cfg) -> None:
+    half = small_cfg(*SB3, "ppo.total_steps=64", name="resumed")
+    train_run(half)
+    train_run(small_cfg(*SB3, "ppo.total_steps=128", name="resumed"))
+    straight = small_cfg(*SB3, "ppo.total_steps=128", name="straight")
+    train_run(straight)
+    resumed_dir, straight_dir = half.run_dir / "member_0", straight.run_dir / "member_0"
+    assert [s for s, _ in scalars(resumed_dir)["losses/policy_loss"]] == [32, 64, 96, 128]
+    # Optimiser, random generators, ProcGen's state and SB3's episode starts were all restored:
+    # the resumed run ends with the very weights of a run that was never interrupted.
+    resumed, uninterrupted = load_latest(resumed_dir), load_latest(straight_dir)
+    assert resumed["step"] == uninterrupted["step"] == 128
+    for k, v in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][k], v), k
+
+
+# ---- the VecEnv adapter alone --------------------------------------------------------------------
+
+
+def test_vec_env_follows_sb3_contract() -> None:
+    venv, twin = ProcgenSB3VecEnv(bigfish(4, seed=0)), bigfish(4, seed=3)
+    monitor = VecMonitor(venv)
+    assert monitor.seed(3)[0] == 3
+    obs = monitor.reset()
+    assert isinstance(obs, np.ndarray) and obs.shape == (4, 64, 64, 3) and obs.dtype == np.uint8
+    np.testing.assert_array_equal(obs, twin.reset(seed=3)[0])  # seed() took effect at reset
+    rng, ours, theirs = np.random.default_rng(0), [], []
+    for _ in range(300):
+        actions = rng.integers(0, 15, 4)
+        new_obs, rewards, dones, infos = monitor.step(actions)
+        assert dones.dtype == bool and dones.shape == (4,) and rewards.dtype == np.float32
+        assert isinstance(infos, list) and len(infos) == 4
+        assert not any(info["TimeLimit.truncated"] for info in infos)
+        for i in np.flatnonzero(dones):
+            np.testing.assert_array_equal(infos[i]["terminal_observation"], obs[i])  # last frame seen
+            assert isinstance(infos[i]["is_success"], bool)
+            ours.append((infos[i]["episode"]["r"], infos[i]["episode"]["l"]))
+        assert all("episode" not in infos[i] for i in np.flatnonzero(~dones))
+        info = twin.step(actions)[4]
+        if "episode" in info:
+            mask = info["_episode"]
+            theirs += list(zip(info["episode"]["r"][mask], info["episode"]["l"][mask]))
+        obs = new_obs
+    assert len(ours) >= 4 and ours == theirs  # VecMonitor's episodes are ProcGen's own
+    assert monitor.get_attr("game") == ["bigfish"] * 4 and venv.env_is_wrapped(Monitor) == [False] * 4
+    assert venv.render().shape == (128, 128, 3)  # 4 frames tiled 2 x 2
+    with pytest.raises(ValueError, match="one batch"):
+        venv.set_attr("game", "maze", indices=[0])
+    monitor.close()
+    twin.close()
+
+
+def test_sb3_wrappers_and_algorithms_run_on_the_adapter(tmp_path: Path, monkeypatch) -> None:
+    frames = stub_moviepy(monkeypatch)
+    venv = VecFrameStack(VecMonitor(ProcgenSB3VecEnv(bigfish(2, seed=0))), n_stack=2)
+    recorder = VecVideoRecorder(venv, str(tmp_path), lambda step: step == 0, video_length=5)
+    obs = recorder.reset()
+    assert obs.shape == (2, 64, 64, 6)
+    for _ in range(100):
+        _, _, dones, infos = recorder.step(np.random.randint(0, 15, 2))
+        for i in np.flatnonzero(dones):
+            assert infos[i]["terminal_observation"].shape == (64, 64, 6)
+    recorder.close()
+    assert frames is not None or list(tmp_path.glob("*.mp4"))
+    if frames is not None:
+        assert len(frames) == 6 and frames[0].shape == (128, 64, 3)  # 2 envs tiled one above the other
+    # Any SB3 algorithm: the stock CNN policy, with SB3's own image transposing and scaling.
+    model = PPO("CnnPolicy", VecMonitor(ProcgenSB3VecEnv(bigfish(2, seed=0))), n_steps=16, batch_size=16,
+                n_epochs=1, seed=0, device="cpu").learn(64)
+    assert model.num_timesteps == 64
+    model.env.close()
+
+
+def stub_moviepy(monkeypatch) -> list[np.ndarray] | None:
+    """None if moviepy is installed (VecVideoRecorder writes a real MP4); otherwise a stand-in
+    ``ImageSequenceClip`` that keeps the recorded frames in the returned list."""
+    try:
+        import moviepy  # noqa: F401
+        return None
+    except ImportError:
+        pass
+    frames: list[np.ndarray] = []
+
+    class ImageSequenceClip:
+        def __init__(self, images: list[np.ndarray], fps: float) -> None:
+            frames.extend(images)
+
+        def write_videofile(self, path: str) -> None:
+            pass
+
+    clip_module = types.ModuleType("moviepy.video.io.ImageSequenceClip")
+    clip_module.ImageSequenceClip = ImageSequenceClip
+    for name in ("moviepy", "moviepy.video", "moviepy.video.io"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, clip_module.__name__, clip_module)
+    return frames
