@@ -20,7 +20,13 @@ Hyper-parameters (``ppo_config``), ours -> RLlib's, and where they differ:
   of the value at collection time; RLlib's ``vf_clip_param`` clips the squared error itself at an
   absolute level, which for returns of 10 (maze) would zero the gradient of every error above
   ~sqrt(clip). We therefore leave RLlib's value loss unclipped (``vf_clip_param=inf``).
-- Metrics are those of the last minibatch (RLlib logs loss terms with window 1), not epoch means.
+- Minibatches: RLlib appends one bootstrap row per episode chunk (masked out of the loss), so an
+  epoch can take one extra, partly repeated minibatch. ``anneal_lr`` follows RLlib's env-step
+  counter, which is one batch ahead of our update counter (update u uses lr * (1 - (u+1)/N)).
+- Metrics are those of the last minibatch (RLlib logs loss terms with window 1), not epoch means;
+  ``explained_variance`` compares the new values with the value targets (ours: the old values).
+- Resuming restores the learner (weights, Adam, lr schedule, counters); the envs restart from their
+  seeds, so unlike the native trainer a resumed run does not replay the interrupted one exactly.
 """
 from __future__ import annotations
 
@@ -30,14 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from agents.checkpoint import network_payload
-from agents.config import Config
-from agents.networks import ActorCritic, NetworkSpec, resolve_precision, run_trunk
-from agents.population import Population, _seeded_network
-from agents.trainer import EpisodeLog, Trainer, member_dir, network_spec, resolve_device
-from envs.rllib_env import register_rllib_env, rllib_env_config
-
 import ray
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.ppo import PPOConfig
@@ -47,6 +45,13 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis import ValueFunctionAPI
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.core.rl_module.torch import TorchRLModule
+
+from agents.checkpoint import network_payload
+from agents.config import Config
+from agents.networks import ActorCritic, NetworkSpec, resolve_precision, run_trunk
+from agents.population import Population, _seeded_network
+from agents.trainer import EpisodeLog, Trainer, member_dir, network_spec, resolve_device
+from envs.rllib_env import register_rllib_env, rllib_env_config
 
 # RLlib seeds runner r of an algorithm with ``config.seed + r``: spacing members' seeds this far
 # apart keeps every (member, runner) pair on its own procgen level stream.
@@ -184,11 +189,17 @@ def ppo_config(cfg: Config, member: int) -> PPOConfig:
 
 
 def ensure_ray(cfg: Config) -> None:
-    """Use the Ray of the Tune trial we run in, else start a small local one for this agent."""
-    if not ray.is_initialized():
-        cpus = 1 + cfg.rllib.num_env_runners + cfg.rllib.num_learners
-        ray.init(num_cpus=cpus, num_gpus=math.ceil(cfg.rllib.num_gpus_per_learner * max(cfg.rllib.num_learners, 1)),
-                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+    """Use the Ray we run in (a Tune trial), else join ``ray_address`` or start a small local Ray
+    with just the CPUs and GPUs this agent's runners and learners ask for."""
+    if ray.is_initialized():
+        return
+    if cfg.ray_address:
+        ray.init(address=cfg.ray_address, include_dashboard=False, configure_logging=False)
+        return
+    r = cfg.rllib
+    ray.init(num_cpus=1 + r.num_env_runners + r.num_learners,
+             num_gpus=math.ceil(r.num_gpus_per_learner * max(r.num_learners, 1)),
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 class _LearningRate:
@@ -207,7 +218,7 @@ class RLlibTrainer(Trainer):
         self.seed = cfg.member_seeds[member]
         self.spec = network_spec(cfg)
         self.agent_dirs = [member_dir(cfg, member)]
-        self.params = []
+        self.params = []  # RLlib's learner owns the parameters and the optimiser
         self.steps_per_update = cfg.ppo.num_steps * cfg.env.num_envs
         self.num_updates = -(-cfg.ppo.total_steps // self.steps_per_update)
         ensure_ray(cfg)

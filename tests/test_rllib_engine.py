@@ -16,12 +16,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from agents.checkpoint import checkpoint_steps, load_agent_network
 from agents.config import Config
 from agents.evaluation import evaluate_run
+from agents.population import _seeded_network
 from agents.runner import train_run
 from agents.trainer import make_env, member_dir
 from tests.conftest import make_small_cfg
 
 ray = pytest.importorskip("ray")
-from agents.rllib_engine import RLlibTrainer  # noqa: E402  (needs Ray)
+from agents.rllib_engine import RLlibTrainer, runner_layout  # noqa: E402  (needs Ray)
 
 RLLIB = ["engine=rllib", "env.game=bigfish", "network.precision=fp32", "ppo.total_steps=96"]
 CLEANRL = ("charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate",
@@ -91,13 +92,17 @@ def test_exported_network_matches_rllib_module(run: Config, resumed: RLlibTraine
     """The checkpoint's plain ActorCritic and RLlib's modules (learner and env runner, the latter
     after the weights sync of a resume) give the same action probabilities on real frames."""
     obs = real_observations(run)
-    net, _ = load_agent_network(member_dir(run, 0))
+    net, ckpt = load_agent_network(member_dir(run, 0))
+    initial = _seeded_network(net.spec, run.member_seeds[0]).state_dict()
+    assert any(not torch.equal(v, initial[k]) for k, v in ckpt["model"].items()), "not trained"
     with torch.no_grad():
-        ours = torch.softmax(net(obs)[0], -1)
+        logits = net(obs)[0]
         learner = resumed.module.forward_inference({"obs": obs})["action_dist_inputs"]
         runner = resumed.algo.env_runner.module.forward_exploration({"obs": obs})["action_dist_inputs"]
     for theirs in (learner, runner):
-        torch.testing.assert_close(torch.softmax(theirs, -1), ours, atol=1e-5, rtol=0)
+        # Logits, not only probabilities: the actor head's gain of 0.01 makes every policy near uniform.
+        torch.testing.assert_close(theirs, logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.softmax(theirs, -1), torch.softmax(logits, -1), atol=1e-5, rtol=0)
 
 
 def test_resume_continues_the_run(run: Config, resumed: RLlibTrainer) -> None:
@@ -114,3 +119,10 @@ def test_eval_evaluates_rllib_run(run: Config) -> None:
     assert list(results["modes"]) == ["member", "vote"]
     assert [m["member"] for m in results["modes"]["member"]["members"]] == [0]
     assert results["modes"]["vote"]["episodes"] == 4
+
+
+def test_runner_layout_splits_the_envs(tmp_path: Path) -> None:
+    assert runner_layout(make_small_cfg(tmp_path, *RLLIB)) == (1, 4)
+    assert runner_layout(make_small_cfg(tmp_path, *RLLIB, "rllib.num_env_runners=2")) == (2, 2)
+    with pytest.raises(ValueError, match="num_envs_per_env_runner"):
+        runner_layout(make_small_cfg(tmp_path, *RLLIB, "rllib.num_env_runners=3"))
