@@ -10,7 +10,7 @@ eval.py evaluates SB3-trained members unchanged.
 How ``ppo.*`` maps onto SB3's PPO, and where SB3's PPO differs from our native one:
 
 - ``num_steps`` -> ``n_steps``; ``num_steps * num_envs / num_minibatches`` -> ``batch_size``
-  (must divide evenly: SB3 would otherwise train on a short last minibatch); ``epochs`` ->
+  (the config requires it to divide evenly, so SB3 never trains a short last minibatch); ``epochs`` ->
   ``n_epochs``; ``adam_eps`` -> Adam's ``eps``; ``anneal_lr`` -> a learning-rate schedule that
   decays linearly per update, as the native loop does; ``clip_coef`` -> ``clip_range``.
 - ``norm_adv``: ``minibatch`` is SB3's own ``normalize_advantage``; ``batch`` (the native default)
@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from envs.sb3_vec_env import ProcgenSB3VecEnv  # first: it imports SB3 without gym's import banner
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -40,11 +42,10 @@ from stable_baselines3.common.type_aliases import Schedule
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 from agents.checkpoint import network_payload
-from agents.config import Config, ConfigError
+from agents.config import Config
 from agents.networks import NetworkSpec, build_trunk, resolve_precision, run_trunk
 from agents.population import Population
 from agents.trainer import EpisodeLog, Trainer, make_env, member_dir, network_spec
-from envs.sb3_vec_env import ProcgenSB3VecEnv
 
 
 class TrunkExtractor(BaseFeaturesExtractor):
@@ -95,7 +96,8 @@ class ExpGenSB3Policy(ActorCriticPolicy):
     def load_actor_critic_state(self, state: dict[str, torch.Tensor]) -> None:
         for name, module in self._parts().items():
             prefix = f"{name}."
-            module.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+            own = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            module.load_state_dict(own)  # strict: a missing or unexpected key of this part raises
 
 
 class ChannelsLastPPO(PPO):
@@ -148,10 +150,10 @@ class SB3Trainer(Trainer):
         self.bf16 = resolve_precision(cfg.network.precision, device)
         self.env = ProcgenSB3VecEnv(make_env(cfg, n, "train", self.seed))
         self.monitor = VecMonitor(self.env)
+        policy_kwargs = {"spec": self.spec, "init_seed": self.seed, "bf16": self.bf16,
+                         "optimizer_kwargs": {"eps": p.adam_eps}}
         self.model = ChannelsLastPPO(ExpGenSB3Policy, self.monitor, seed=self.seed, device=device,
-                                     **sb3_ppo_kwargs(cfg, self._learning_rate),
-                                     policy_kwargs={"spec": self.spec, "init_seed": self.seed, "bf16": self.bf16,
-                                                    "optimizer_kwargs": {"eps": p.adam_eps}})
+                                     policy_kwargs=policy_kwargs, **sb3_ppo_kwargs(cfg, self._learning_rate))
         # A silent logger of our own: SB3 would otherwise build a new one on every learn() call.
         self.model.set_logger(Logger(folder=None, output_formats=[]))
         self.policy: ExpGenSB3Policy = self.model.policy
@@ -230,12 +232,7 @@ class SB3Trainer(Trainer):
 def sb3_ppo_kwargs(cfg: Config, learning_rate: Schedule) -> dict[str, Any]:
     """``ppo.*`` as SB3 PPO arguments (see the module docstring for the mapping's fine print)."""
     p = cfg.ppo
-    samples = p.num_steps * cfg.env.num_envs
-    if samples % p.num_minibatches:
-        raise ConfigError(
-            f"engine=sb3: ppo.num_steps * env.num_envs = {samples} must be divisible by "
-            f"ppo.num_minibatches = {p.num_minibatches} (SB3 would train on a short last minibatch)"
-        )
+    samples = p.num_steps * cfg.env.num_envs  # config validation ensures num_minibatches divides it
     return {
         "learning_rate": learning_rate,
         "n_steps": p.num_steps,

@@ -31,12 +31,18 @@ What SB3 gets, and where ProcGen forces a choice:
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from contextlib import redirect_stderr
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
+
+# SB3 imports the unmaintained `gym` package when present (procgen installs it), which prints a
+# deprecation banner on import: silenced as in envs/procgen_vec.py.
+with open(os.devnull, "w") as _devnull, redirect_stderr(_devnull):
+    from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 from envs.procgen_vec import ProcgenVecEnv
 
