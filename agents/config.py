@@ -64,7 +64,7 @@ class PPOConfig:
     vf_coef: float = 0.5
     ent_coef: float = 0.01
     max_grad_norm: float = 0.5
-    norm_adv: str = "batch"  # batch | minibatch | off
+    norm_adv: str = "batch"  # batch | minibatch | none ("off" would parse as a YAML boolean)
 
 
 @dataclass
@@ -260,7 +260,7 @@ def validate(cfg: Config) -> None:
     _choice("network.kind", cfg.network.kind, NETWORK_KINDS)
     _choice("network.precision", cfg.network.precision, PRECISIONS)
     _choice("population.forward_mode", cfg.population.forward_mode, FORWARD_MODES)
-    _choice("ppo.norm_adv", cfg.ppo.norm_adv, ("batch", "minibatch", "off"))
+    _choice("ppo.norm_adv", cfg.ppo.norm_adv, ("batch", "minibatch", "none"))
     _choice("eval.split", cfg.eval.split, list(SPLITS))
     for mode in cfg.eval.modes:
         _choice("eval.modes", mode, EVAL_MODES)

@@ -61,6 +61,17 @@ def trial_resources(cfg: Config, job: Job, trials: int, cluster_gpus: float) -> 
     return {"CPU": cpus, "GPU": gpus}
 
 
+def trial_bundles(cfg: Config, job: Job, trials: int, cluster_gpus: float) -> list[dict[str, float]]:
+    """The trial's own request, then one bundle per RLlib env runner and learner it will start, so
+    that Tune reserves the workers of ``engine=rllib`` together with the trial (a placement group)."""
+    bundles = [trial_resources(cfg, job, trials, cluster_gpus)]
+    if cfg.engine == "rllib" and job.kind == "members":
+        r = cfg.rllib
+        bundles += [{"CPU": 1.0}] * r.num_env_runners
+        bundles += [{"CPU": 1.0, "GPU": r.num_gpus_per_learner}] * r.num_learners
+    return bundles
+
+
 def check_fits(cfg: Config, requests: dict[str, dict[str, float]], nodes: list[dict[str, float]]) -> None:
     """Fail before training when a trial could never be scheduled (Tune would wait forever)."""
     for name, req in requests.items():
@@ -127,11 +138,14 @@ def train_with_ray(cfg: Config) -> list[dict[str, Any]]:
         return []
     init_ray(cfg.ray_address)
     cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
-    requests = {j.name: trial_resources(cfg, j, len(jobs), cluster_gpus) for j in jobs}
-    check_fits(cfg, requests, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+    bundles = {j.name: trial_bundles(cfg, j, len(jobs), cluster_gpus) for j in jobs}
+    check_fits(cfg, {name: b[0] for name, b in bundles.items()},
+               [n["Resources"] for n in ray.nodes() if n["Alive"]])
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, cfg=cfg, cpus={k: v["CPU"] for k, v in requests.items()}),
-        lambda params: requests[params["job"]],
+        tune.with_parameters(run_trial, cfg=cfg, cpus={k: b[0]["CPU"] for k, b in bundles.items()}),
+        # Ray rejects zero-valued resources in a bundle.
+        lambda params: tune.PlacementGroupFactory(
+            [{k: v for k, v in b.items() if v > 0} for b in bundles[params["job"]]]),
     )
     callbacks = [JsonLoggerCallback(), CSVLoggerCallback()]
     callbacks += [TrialTable(cfg, jobs)] if cfg.logging.progress else []

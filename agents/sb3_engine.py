@@ -14,7 +14,7 @@ How ``ppo.*`` maps onto SB3's PPO, and where SB3's PPO differs from our native o
   ``n_epochs``; ``adam_eps`` -> Adam's ``eps``; ``anneal_lr`` -> a learning-rate schedule that
   decays linearly per update, as the native loop does; ``clip_coef`` -> ``clip_range``.
 - ``norm_adv``: ``minibatch`` is SB3's own ``normalize_advantage``; ``batch`` (the native default)
-  normalises the whole rollout's advantages once, in a callback after SB3's GAE; ``off`` disables
+  normalises the whole rollout's advantages once, in a callback after SB3's GAE; ``none`` disables
   both. All three therefore behave as natively.
 - Value loss: SB3 minimises ``vf_coef * mean((R - v)^2)`` where we minimise ``vf_coef * 0.5 *
   mean(...)``, so SB3 receives ``vf_coef / 2`` (same gradients) and ``losses/value_loss`` is logged

@@ -2,19 +2,26 @@
 
     python benchmarks/throughput.py                       # maze, IMPALA, 64 envs x 256 steps, 3x8
     python benchmarks/throughput.py --members 1,2,4,10    # population of M vs M single-agent runs
+    python benchmarks/throughput.py --engines native,sb3,rllib   # the same agent under each engine
     python benchmarks/throughput.py network.kind=small    # any config override
 
 Training steps/s counts env steps of every member per second of wall time, rollout and update
-included, after one warm-up iteration (allocator warm-up, cuDNN autotuning). Peak memory is the
-process's peak resident set on CPU and the peak allocated CUDA memory on GPU.
+included, after one warm-up iteration (allocator warm-up, cuDNN autotuning). Each measurement
+runs in a fresh process, so that peak memory (the process's peak resident set on CPU, the peak
+allocated CUDA memory on GPU) is that measurement's own and no engine inherits another's state.
+Engines sb3 and rllib train one member per process (their PPO has no population axis); rllib
+samples in the trial's own process here (``rllib.num_env_runners=0``), as the other two do.
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import platform
 import resource
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -22,9 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from agents.config import load_config  # noqa: E402
+from agents.config import load_config, validate  # noqa: E402
 from agents.networks import resolve_precision  # noqa: E402
-from agents.trainer import PopulationTrainer, make_env, resolve_device  # noqa: E402
+from agents.runner import Job, build_trainer  # noqa: E402
+from agents.trainer import make_env, resolve_device  # noqa: E402
 
 PAPER = ["env.game=maze", "network.kind=impala", "env.num_envs=64", "ppo.num_steps=256",
          "ppo.epochs=3", "ppo.num_minibatches=8", "logging.eval_interval=0", "logging.progress=false"]
@@ -48,8 +56,12 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def training_steps_per_second(cfg, members: int, iterations: int, device: torch.device) -> float:
-    trainer = PopulationTrainer(cfg, list(range(members)), device)
+def training_steps_per_second(cfg, members: int, iterations: int) -> tuple[float, float]:
+    """(aggregate steps/s, peak memory in MB) of ``members`` trained together by ``cfg.engine``."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    trainer = build_trainer(cfg, Job("members", tuple(range(members))), device)
     trainer.collect(), trainer.learn()  # warm-up
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
@@ -60,7 +72,13 @@ def training_steps_per_second(cfg, members: int, iterations: int, device: torch.
     sync()
     elapsed = time.perf_counter() - start
     trainer.close()
-    return iterations * trainer.steps_per_update * members / elapsed
+    return iterations * trainer.steps_per_update * members / elapsed, peak_memory_mb(device)
+
+
+def measure(cfg, members: int, iterations: int) -> tuple[float, float]:
+    """``training_steps_per_second`` in a fresh process (its own peak memory, threads, Ray)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(training_steps_per_second, cfg, members, iterations).result()
 
 
 def main() -> None:
@@ -69,13 +87,15 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=2, help="timed PPO iterations per size")
     parser.add_argument("--precisions", default="auto",
                         help="network.precision values to compare in this run, e.g. auto,fp32")
+    parser.add_argument("--engines", default="native",
+                        help="engines to compare in this run, e.g. native,sb3,rllib (one member each "
+                             "for sb3 and rllib)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     sizes = [int(m) for m in args.members.split(",")]
     cfg = load_config(None, PAPER + [f"ensemble.size={max(sizes)}"] + args.overrides, name="benchmark")
     device = resolve_device(cfg.device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
         machine = torch.cuda.get_device_name(device)
     else:
         machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
@@ -84,18 +104,20 @@ def main() -> None:
           f"{cfg.ppo.epochs} epochs x {cfg.ppo.num_minibatches} minibatches")
     print(f"env only: {env_steps_per_second(cfg):,.0f} steps/s ({cfg.env.num_envs} envs, random actions)")
     first = None
-    for precision in args.precisions.split(","):
-        cfg.network.precision = precision
-        trunk = "bf16" if resolve_precision(precision, device) else "fp32"
-        single = None
-        for m in sizes:
-            sps = training_steps_per_second(cfg, m, args.iterations, device)
-            single = sps if m == 1 else single
-            first = first or sps
-            ratio = f", {sps / single:.2f}x the aggregate of {m} single-agent runs" if single and m > 1 else ""
-            print(f"native PPO, precision={precision} (trunk {trunk}), population {m:>2}: "
-                  f"{sps:,.0f} steps/s aggregate ({sps / first:.2f}x the first line), "
-                  f"{sps / m:,.0f} per member, peak memory so far {peak_memory_mb(device):,.0f} MB{ratio}")
+    for engine in args.engines.split(","):
+        for precision in args.precisions.split(","):
+            run_cfg = replace(cfg, engine=engine, network=replace(cfg.network, precision=precision))
+            validate(run_cfg)
+            trunk = "bf16" if resolve_precision(precision, device) else "fp32"
+            single = None
+            for m in sizes if engine == "native" else [1]:
+                sps, peak = measure(run_cfg, m, args.iterations)
+                single = sps if m == 1 else single
+                first = first or sps
+                ratio = f", {sps / single:.2f}x the aggregate of {m} single-agent runs" if single and m > 1 else ""
+                print(f"{engine} PPO, precision={precision} (trunk {trunk}), population {m:>2}: "
+                      f"{sps:,.0f} steps/s aggregate ({sps / first:.2f}x the first line), "
+                      f"{sps / m:,.0f} per member, peak memory {peak:,.0f} MB{ratio}", flush=True)
 
 
 if __name__ == "__main__":

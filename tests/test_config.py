@@ -71,7 +71,7 @@ def test_bad_level_range_names_the_key(override, key):
 
 @pytest.mark.parametrize("override, key, allowed", [
     ("network.kind=huge", "network.kind", ["impala", "small"]),
-    ("ppo.norm_adv=sometimes", "ppo.norm_adv", ["batch", "minibatch", "off"]),
+    ("ppo.norm_adv=sometimes", "ppo.norm_adv", ["batch", "minibatch", "none"]),
     ("population.forward_mode=magic", "population.forward_mode", ["auto", "vmap", "loop"]),
     ("eval.split=validation", "eval.split", ["train", "test", "test-full"]),
     ("logging.eval_splits=[train,val]", "logging.eval_splits", ["train", "test"]),

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from agents.checkpoint import checkpoint_steps
 from agents.config import ConfigError
-from agents.distributed import check_fits, trial_resources
+from agents.distributed import check_fits, trial_bundles, trial_resources
 from agents.runner import Job, job_total_steps, plan, train_run
 from tests.conftest import QUICKSTART, SMALL, make_small_cfg
 
@@ -91,8 +91,8 @@ def test_trial_failing_too_often_is_an_error_and_keeps_checkpoints(local_ray, tm
 def test_killed_driver_resumes_without_redoing_finished_agents(tmp_path):
     """SIGKILL the driver once the members are done and the explorer is half-way; re-run it."""
     args = [sys.executable, str(ROOT / "train.py"), "--config", str(QUICKSTART), f"runs_dir={tmp_path}",
-            *SMALL, *RAY, "ppo.total_steps=256", "explorer.total_steps=8192", "logging.checkpoint_interval=2"]
-    cfg = make_small_cfg(tmp_path, *RAY, "ppo.total_steps=256", "explorer.total_steps=8192",
+            *SMALL, *RAY, "ppo.total_steps=256", "explorer.total_steps=4096", "logging.checkpoint_interval=2"]
+    cfg = make_small_cfg(tmp_path, *RAY, "ppo.total_steps=256", "explorer.total_steps=4096",
                          "logging.checkpoint_interval=2", name="quickstart")
     member, explorer = cfg.run_dir / "member_0", cfg.run_dir / "explorer"
     driver = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -112,8 +112,8 @@ def test_killed_driver_resumes_without_redoing_finished_agents(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "member_0: already trained to its budget, skipped" in rerun.stderr
     assert {p: p.stat().st_mtime_ns for p in member.rglob("*") if p.is_file()} == member_files
-    assert max(checkpoint_steps(explorer)) == 8192
-    assert_complete_curve(explorer, 8192)
+    assert max(checkpoint_steps(explorer)) == 4096
+    assert_complete_curve(explorer, 4096)
 
 
 def test_resources_auto_share_the_gpus(tmp_path):
@@ -125,6 +125,15 @@ def test_resources_auto_share_the_gpus(tmp_path):
     assert trial_resources(cfg, jobs[2], len(jobs), cluster_gpus=8)["GPU"] == 1.0
     cfg.resources.shard_gpus = 0.25
     assert trial_resources(cfg, jobs[0], len(jobs), cluster_gpus=1)["GPU"] == 0.25
+
+
+def test_rllib_trials_reserve_their_env_runners_and_learners(tmp_path):
+    cfg = make_small_cfg(tmp_path, "engine=rllib", "rllib.num_env_runners=2", "rllib.num_learners=1",
+                         "rllib.num_gpus_per_learner=0.5", "explorer.enabled=true")
+    member, explorer = plan(cfg)
+    assert trial_bundles(cfg, member, 2, cluster_gpus=0) == [
+        {"CPU": 1.0, "GPU": 0.0}, {"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 1.0, "GPU": 0.5}]
+    assert trial_bundles(cfg, explorer, 2, cluster_gpus=0) == [{"CPU": 1.0, "GPU": 0.0}]
 
 
 def test_requests_that_no_node_can_hold_fail_before_training(tmp_path):

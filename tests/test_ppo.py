@@ -99,7 +99,7 @@ def entropy_ref() -> float:
 
 
 def cfg(**kw) -> PPOConfig:
-    base = dict(clip_coef=0.2, ent_coef=0.01, vf_coef=0.5, clip_vloss=True, norm_adv="off")
+    base = dict(clip_coef=0.2, ent_coef=0.01, vf_coef=0.5, clip_vloss=True, norm_adv="none")
     return PPOConfig(**{**base, **kw})
 
 
