@@ -1,6 +1,8 @@
 """Checkpoints: exact resume, atomic writes, corrupt files, clear errors, train.py resume."""
 from __future__ import annotations
 
+import json
+
 import logging
 
 import pytest
@@ -170,7 +172,9 @@ def test_cli_rerun_with_larger_budget_continues(small_cli_args, small_cfg, monke
     assert checkpoint_steps(member_dir(cfg, 0)) == [128, 96, 64]
     assert load_latest(member_dir(cfg, 0))["update"] == 4
     assert "resuming at step 64" in caplog.text
-    assert "128 steps" in capsys.readouterr().out.replace(",", "")
+    summary = json.loads((cfg.run_dir / "summary.json").read_text())
+    assert [(a["agent"], a["steps"]) for a in summary["agents"]] == [("member_0", 128)]
+    assert "member_0" in capsys.readouterr().out  # the summary table
 
     # the same budget again: nothing left to do
     calls.clear()
