@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from agents.config import Config, ConfigError
-from agents.runner import Job, job_finished, plan, train_job
+from agents.runner import Job, pending_jobs, plan, train_job
 from agents.trainer import resolve_device
 from agents.trial_table import TrialTable
 
@@ -124,16 +124,13 @@ def run_trial(params: dict[str, Any], cfg: Config, cpus: dict[str, float]) -> No
 
 
 def train_with_ray(cfg: Config) -> list[dict[str, Any]]:
-    """Train every unfinished job of the run as a Tune trial; returns one summary per trained job."""
+    """Train every unfinished job of the run as a Tune trial; returns each trained job's wall time."""
     import ray
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     cfg = replace(cfg, runs_dir=str(Path(cfg.runs_dir).resolve()))  # trials may run elsewhere
-    jobs = [j for j in plan(cfg) if not job_finished(cfg, j)]
-    for j in plan(cfg):
-        if j not in jobs:
-            log.info("%s: already trained to its budget, skipped", j.name)
+    jobs = pending_jobs(cfg)
     if not jobs:
         return []
     init_ray(cfg.ray_address)
@@ -170,5 +167,4 @@ def train_with_ray(cfg: Config) -> list[dict[str, Any]]:
             f"trials failed more than resources.max_failures={cfg.resources.max_failures} times: {names}. "
             f"Their checkpoints are kept; re-run the same command to resume. Logs: {cfg.run_dir / 'ray'}"
         )
-    return [{"job": r.config["job"], "steps": r.metrics.get("steps", 0),
-             "wall_s": r.metrics.get("time_total_s", 0.0)} for r in results]
+    return [{"job": r.config["job"], "wall_s": r.metrics.get("time_total_s", 0.0)} for r in results]

@@ -49,8 +49,8 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from agents.checkpoint import network_payload
 from agents.config import Config
 from agents.networks import ActorCritic, NetworkSpec, resolve_precision, run_trunk
-from agents.population import Population, _seeded_network
-from agents.trainer import EpisodeLog, Trainer, member_dir, network_spec, resolve_device
+from agents.population import _seeded_network
+from agents.trainer import EngineTrainer, EpisodeLog, network_spec
 from envs.rllib_env import register_rllib_env, rllib_env_config
 
 # RLlib seeds runner r of an algorithm with ``config.seed + r``: spacing members' seeds this far
@@ -209,18 +209,12 @@ class _LearningRate:
         self.param_groups = [{"lr": lr}]
 
 
-class RLlibTrainer(Trainer):
+class RLlibTrainer(EngineTrainer):
     """Trains ensemble member ``member`` with RLlib's PPO; checkpoints in our format."""
 
     def __init__(self, cfg: Config, member: int, device: torch.device | None = None) -> None:
-        self.cfg, self.member = cfg, member
-        self.device = device or resolve_device(cfg.device)
-        self.seed = cfg.member_seeds[member]
-        self.spec = network_spec(cfg)
-        self.agent_dirs = [member_dir(cfg, member)]
+        super().__init__(cfg, member, device)
         self.params = []  # RLlib's learner owns the parameters and the optimiser
-        self.steps_per_update = cfg.ppo.num_steps * cfg.env.num_envs
-        self.num_updates = -(-cfg.ppo.total_steps // self.steps_per_update)
         ensure_ray(cfg)
         self.algo: Algorithm = ppo_config(cfg, member).build_algo()
         self.opt = _LearningRate(cfg.ppo.lr)
@@ -257,11 +251,6 @@ class RLlibTrainer(Trainer):
     def exported_state(self) -> dict[str, torch.Tensor]:
         """The learner's network as a plain ``ActorCritic`` state dict on the CPU: the checkpoint format."""
         return {k: v.detach().cpu().clone() for k, v in self.module.net.state_dict().items()}
-
-    def evaluate_heldout(self) -> dict[str, list[float]]:
-        pop = Population.from_state_dicts(self.spec, [self.exported_state()]).to(self.device)
-        pop.set_bf16(resolve_precision(self.cfg.network.precision, self.device))
-        return self._evaluate_feedforward(pop, [self.seed])
 
     def _payload(self, i: int) -> dict[str, Any]:
         # RLlib's own state (learner weights, Adam moments, lr schedule, counters) for resuming;

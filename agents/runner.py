@@ -70,6 +70,17 @@ def job_finished(cfg: Config, job: Job) -> bool:
     return all(total in checkpoint_steps(d) for d in job_dirs(cfg, job))
 
 
+def pending_jobs(cfg: Config) -> list[Job]:
+    """The jobs still to train; finished ones are logged as skipped."""
+    pending = []
+    for job in plan(cfg):
+        if job_finished(cfg, job):
+            log.info("%s: already trained to its budget, skipped", job.name)
+        else:
+            pending.append(job)
+    return pending
+
+
 def agent_dirs(cfg: Config) -> list[Path]:
     return [d for job in plan(cfg) for d in job_dirs(cfg, job)]
 
@@ -115,13 +126,7 @@ def train_in_process(cfg: Config) -> list[dict[str, Any]]:
     """``ray: false``: the unfinished jobs one after another in this process."""
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    summaries = []
-    for job in plan(cfg):
-        if job_finished(cfg, job):
-            log.info("%s: already trained to its budget, skipped", job.name)
-            continue
-        summaries.append(train_job(cfg, job, device, cfg.logging.progress))
-    return summaries
+    return [train_job(cfg, job, device, cfg.logging.progress) for job in pending_jobs(cfg)]
 
 
 def run_summary(cfg: Config, trained: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:

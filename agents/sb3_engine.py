@@ -43,9 +43,9 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 from agents.checkpoint import network_payload
 from agents.config import Config
-from agents.networks import NetworkSpec, build_trunk, resolve_precision, run_trunk
+from agents.networks import NetworkSpec, build_trunk, run_trunk
 from agents.population import Population
-from agents.trainer import EpisodeLog, Trainer, make_env, member_dir, network_spec
+from agents.trainer import EngineTrainer, EpisodeLog, make_env
 
 
 class TrunkExtractor(BaseFeaturesExtractor):
@@ -136,18 +136,12 @@ class IterationCallback(BaseCallback):
             buf.advantages = (buf.advantages - buf.advantages.mean()) / (buf.advantages.std(ddof=1) + 1e-8)
 
 
-class SB3Trainer(Trainer):
+class SB3Trainer(EngineTrainer):
     """Trains reward agent ``member`` (seed ``cfg.member_seeds[member]``) with SB3's PPO."""
 
-    def __init__(self, cfg: Config, member: int, device: torch.device) -> None:
-        p, n = cfg.ppo, cfg.env.num_envs
-        self.cfg, self.member, self.device = cfg, member, device
-        self.seed = cfg.member_seeds[member]
-        self.agent_dirs = [member_dir(cfg, member)]
-        self.spec = network_spec(cfg)
-        self.steps_per_update = p.num_steps * n
-        self.num_updates = -(-p.total_steps // self.steps_per_update)
-        self.bf16 = resolve_precision(cfg.network.precision, device)
+    def __init__(self, cfg: Config, member: int, device: torch.device | None = None) -> None:
+        super().__init__(cfg, member, device)
+        p, n, device = cfg.ppo, cfg.env.num_envs, self.device
         self.env = ProcgenSB3VecEnv(make_env(cfg, n, "train", self.seed))
         self.monitor = VecMonitor(self.env)
         policy_kwargs = {"spec": self.spec, "init_seed": self.seed, "bf16": self.bf16,
@@ -191,13 +185,12 @@ class SB3Trainer(Trainer):
         self.model.logger.dump(self.model.num_timesteps)  # clears the values for the next iteration
         return {k: torch.tensor([float(v)]) for k, v in metrics.items()}
 
-    def evaluate_heldout(self) -> dict[str, list[float]]:
-        pop = Population.from_state_dicts(self.spec, [self.policy.actor_critic_state()])
-        return self._evaluate_feedforward(pop.to(self.device).set_bf16(self.bf16), [self.seed])
+    def exported_state(self) -> dict[str, torch.Tensor]:
+        return self.policy.actor_critic_state()
 
     def _payload(self, i: int) -> dict[str, Any]:
         return {
-            **network_payload(self.spec, self.policy.actor_critic_state()),
+            **network_payload(self.spec, self.exported_state()),
             "seed": self.seed,
             "engine": "sb3",
             "optimizer": self.opt.state_dict(),

@@ -356,6 +356,30 @@ class PopulationTrainer(Trainer):
             env.close()
 
 
+class EngineTrainer(Trainer):
+    """Base of the trainers that hand one member's PPO to another library (agents/sb3_engine.py,
+    agents/rllib_engine.py). The library owns the network's copy it trains; ``exported_state``
+    returns it as a plain ``ActorCritic`` state dict, which is what checkpoints store and what
+    held-out evaluation plays, exactly as for a native member."""
+
+    def __init__(self, cfg: Config, member: int, device: torch.device | None = None) -> None:
+        self.cfg, self.member = cfg, member
+        self.device = device or resolve_device(cfg.device)
+        self.seed = cfg.member_seeds[member]
+        self.spec = network_spec(cfg)
+        self.bf16 = resolve_precision(cfg.network.precision, self.device)
+        self.agent_dirs = [member_dir(cfg, member)]
+        self.steps_per_update = cfg.ppo.num_steps * cfg.env.num_envs
+        self.num_updates = -(-cfg.ppo.total_steps // self.steps_per_update)
+
+    def exported_state(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def evaluate_heldout(self) -> dict[str, list[float]]:
+        pop = Population.from_state_dicts(self.spec, [self.exported_state()]).to(self.device)
+        return self._evaluate_feedforward(pop.set_bf16(self.bf16), [self.seed])
+
+
 class _Serial:
     """The ``map``/``shutdown`` of an executor, run in the calling thread (a population of one)."""
 
