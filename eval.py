@@ -13,10 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
-from agents.checkpoint import CheckpointError
-from agents.config import ConfigError
-from agents.evaluation import evaluate_run
-from agents.report import print_table, write_report
+from core.checkpoint import CheckpointError
+from core.config import ConfigError
+from core.run_layout import RunLayout
+from evaluation.evaluate import evaluate_run
+from evaluation.report import print_table, write_report
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:
@@ -51,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: no results written", file=sys.stderr)
         return 130
-    run_dir = Path(args.run_dir)
-    paths = write_report(results, run_dir / "eval")
+    layout = RunLayout(Path(args.run_dir))
+    paths = write_report(results, layout)
     print_table(results)
-    for path in [*paths.values(), *(run_dir / v for v in results.get("videos", []))]:
+    for path in [*paths.values(), *(layout.root / v for v in results.get("videos", []))]:
         print(f"wrote {path}")
     return 0
 

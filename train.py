@@ -16,9 +16,9 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from agents.checkpoint import CheckpointError
-from agents.config import ConfigError, load_config
-from agents.runner import train_run
+from core.checkpoint import CheckpointError
+from core.config import ConfigError, load_config
+from launch.run import train_run
 
 
 def summary_table(summary: dict) -> Table:
@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     Console().print(summary_table(summary))
-    print(f"run directory: {cfg.run_dir} (summary.json there; evaluate with: python eval.py {cfg.run_dir})")
+    root = cfg.layout.root
+    print(f"run directory: {root} (summary.json there; evaluate with: python eval.py {root})")
     return 0
 
 

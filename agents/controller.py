@@ -1,4 +1,4 @@
-"""ExpGen's test-time controller (EXPGEN.md section 3) as pure tensor logic.
+"""ExpGen's test-time controller (docs/expgen.md, "Controller") as pure tensor logic.
 
 The controller sees only actions: what each ensemble member proposes, shape ``(M, N)`` with member 0
 the anchor, and what the explorer proposes, shape ``(N,)``. It decides per env whether the ensemble
@@ -10,7 +10,8 @@ counter per env.
 Two agreement modes:
 - ``reference``: the authors' rule. Actions map to (overlapping) direction classes; the anchor's class
   is the first class, in table order, containing its action; votes = members whose action lies in it.
-  Their "else" class for non-anchor members counts action 9 instead of 4; that defect is not copied.
+  In the authors' evaluation script the "else" class of some members (1, 2, 3, 5, 7, 9) lists
+  action 9 where action 4 belongs; that slip is not copied (docs/expgen.md, "Departures").
 - ``plurality``: a clean variant; votes = count of the most common exact action (ties to the smallest
   id), and that plurality action is what gets executed.
 """
@@ -21,10 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from envs.games import NUM_ACTIONS, Game, get_game
-
-MODES = ("reference", "plurality")
-BURSTS = ("reference", "geometric", "fixed")
+from core.config import BURSTS, CONTROLLER_MODES, UNCLASSED_ANCHORS, ExpGenConfig
+from envs.games import NUM_ACTIONS, get_game
 
 # Procgen ids: 0 LD, 1 L, 2 LU, 3 D, 4 noop, 5 U, 6 RD, 7 R, 8 RU, 9-14 special keys.
 FOUR_CLASS_NAMES = ("up", "right", "down", "left")
@@ -50,7 +49,10 @@ SIX_CLASSES = _membership(SIX_CLASS_MEMBERS)
 
 @dataclass(kw_only=True)
 class ControllerConfig:
-    """How the controller votes and explores; see EXPGEN.md sections 3.2-3.4.
+    """How the controller votes and explores, resolved for one game and ensemble size.
+
+    Built from the config by ``controller_settings`` (the one place); constructing it directly is
+    for tests and library use, and its invariants are checked here.
 
     ``threshold`` is k for the ensemble actually used (see ``scaled_threshold``). ``burst_max`` caps
     geometric bursts; ``None`` leaves them uncapped. ``random_explorer`` is the ablation that replaces
@@ -65,10 +67,12 @@ class ControllerConfig:
     burst_max: int | None = 10
     random_explorer: bool = False
     four_classes: bool = False
+    unclassed_anchor: str = "up"  # up | exact: see ``reference_votes``
 
     def __post_init__(self) -> None:
-        _check_choice("mode", self.mode, MODES)
+        _check_choice("mode", self.mode, CONTROLLER_MODES)
         _check_choice("burst", self.burst, BURSTS)
+        _check_choice("unclassed_anchor", self.unclassed_anchor, UNCLASSED_ANCHORS)
         if not isinstance(self.threshold, int) or self.threshold < 1:
             raise ValueError(f"threshold must be an integer >= 1, got {self.threshold!r}")
         if not 0.0 < self.burst_p <= 1.0:
@@ -102,17 +106,16 @@ def scaled_threshold(k_of_10: int, ensemble_size: int) -> int:
     return min(max(k, 1), ensemble_size)
 
 
-def controller_config_for_game(
-    game: str | Game, ensemble_size: int, **overrides: object
-) -> ControllerConfig:
-    """The game's threshold (scaled to the ensemble) and class table; ``overrides`` win."""
-    g = get_game(game) if isinstance(game, str) else game
-    fields: dict[str, object] = {
-        "threshold": scaled_threshold(g.vote_threshold, ensemble_size),
-        "four_classes": g.four_direction_classes,
-    }
-    fields.update(overrides)
-    return ControllerConfig(**fields)  # type: ignore[arg-type]
+def controller_settings(expgen: ExpGenConfig, game: str, ensemble_size: int) -> ControllerConfig:
+    """The controller for ``ensemble_size`` members on ``game``: the config's ``expgen`` settings,
+    the game's class table, and its threshold scaled to the ensemble unless ``expgen.threshold``
+    (>= 1) sets it."""
+    g = get_game(game)
+    threshold = expgen.threshold if expgen.threshold > 0 else scaled_threshold(g.vote_threshold, ensemble_size)
+    return ControllerConfig(mode=expgen.controller, threshold=threshold, burst=expgen.burst,
+                            burst_p=expgen.burst_p, burst_length=expgen.burst_length,
+                            random_explorer=expgen.random_explorer, four_classes=g.four_direction_classes,
+                            unclassed_anchor=expgen.unclassed_anchor)
 
 
 def sample_burst_lengths(
@@ -152,12 +155,15 @@ class ControllerOutput:
     consensus: torch.Tensor  # (N,) bool, votes >= threshold
 
 
-def reference_votes(member_actions: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def reference_votes(member_actions: torch.Tensor, table: torch.Tensor,
+                    unclassed_anchor: str = "up") -> torch.Tensor:
     """Votes for the anchor's class: members (anchor included) whose action lies in it.
 
     The anchor's class is the first class, in table order, containing its action. An anchor action
-    in no class (noop or a special key in the 4-class games) is treated as a class of its own, so
-    only exact matches vote for it; this keeps votes >= 1 (the anchor agrees with itself).
+    in no class (noop or a special key in the 4-class games of maze and miner):
+    - ``up`` (the authors' code): their class lookup falls to class 0, so the votes counted are the
+      members choosing "up", possibly 0 (and the anchor's own action is executed on consensus);
+    - ``exact``: a class of its own, so only exact matches vote for it (votes >= 1).
     """
     anchor = member_actions[0]  # (N,)
     in_class = table[:, member_actions]  # (K, M, N)
@@ -165,6 +171,8 @@ def reference_votes(member_actions: torch.Tensor, table: torch.Tensor) -> torch.
     first = anchor_in.to(torch.int64).argmax(dim=0)  # (N,), first True; 0 if none
     per_class = in_class.sum(dim=1)  # (K, N)
     class_votes = per_class.gather(0, first.unsqueeze(0)).squeeze(0)
+    if unclassed_anchor == "up":
+        return class_votes
     exact_votes = (member_actions == anchor).sum(dim=0)
     return torch.where(anchor_in.any(dim=0), class_votes, exact_votes)
 
@@ -184,7 +192,7 @@ def plurality_votes(member_actions: torch.Tensor) -> tuple[torch.Tensor, torch.T
 class ExpGenController:
     """Per-env ensemble vote plus explorer bursts, for ``num_envs`` envs stepped in lockstep.
 
-    Ordering, our reading of EXPGEN.md 3.3 ("c is decremented every step. If there is no consensus
+    Ordering, our reading of the method's rule ("c is decremented every step. If there is no consensus
     and c <= 0, draw n and set c = n. While c > 0 take the explorer's action; otherwise the anchor's"):
     1. c -= 1 (first thing every step);
     2. if no consensus and c <= 0: c = n;
@@ -241,7 +249,7 @@ class ExpGenController:
 
     def _vote(self, member_actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.mode == "reference":
-            return reference_votes(member_actions, self.table), member_actions[0]
+            return reference_votes(member_actions, self.table, self.cfg.unclassed_anchor), member_actions[0]
         return plurality_votes(member_actions)
 
     def _explore_actions(self, explorer_actions: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Episodic k-nearest-neighbour state-entropy reward of the ExpGen exploration agent.
 
-EXPGEN.md section 2: the explorer is trained on an intrinsic reward only, a k-NN estimate of the
+docs/expgen.md ("Explorer"): the explorer is trained on an intrinsic reward only, a k-NN estimate of the
 entropy of the states visited within the current episode. A state is the fixed-camera frame, scaled
 to [0, 1] and average-pooled 3x3 with stride 3 (64x64x3 -> 3x21x21 = 1323 numbers). Arriving at
 o_{t+1} earns the k-th smallest L2 distance from phi(o_{t+1}) to the frames already stored for this

@@ -1,20 +1,20 @@
 """Actor-critic networks: the IMPALA CNN of the paper and a small CNN for CPU quickstarts.
 
-EXPGEN.md section 1: 3 IMPALA stacks (16, 32, 32 channels), each conv3x3 -> maxpool 3x3/2 -> two
+docs/expgen.md, "Reward agents": 3 IMPALA stacks (16, 32, 32 channels), each conv3x3 -> maxpool 3x3/2 -> two
 residual blocks; relu -> flatten -> Linear 256 -> relu; actor head orthogonal gain 0.01, critic head
 orthogonal gain 1. Inputs are uint8 RGB frames (..., 64, 64, 3), scaled to [0, 1] inside the network
 so that rollout storage stays uint8 (4x less memory and copying than float frames).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from core.config import NETWORK_KINDS
 from envs.games import NUM_ACTIONS
-
-NETWORK_KINDS = ("impala", "small")
 
 
 class ResidualBlock(nn.Module):
@@ -80,35 +80,32 @@ class NetworkSpec:
                 f"unknown network kind {self.kind!r}; choose one of: {', '.join(NETWORK_KINDS)}"
             )
 
-    def build(self) -> "ActorCritic | RecurrentActorCritic":
-        return RecurrentActorCritic(self) if self.recurrent else ActorCritic(self)
+    def build(self, bf16: bool = False) -> "ActorCritic | RecurrentActorCritic":
+        return RecurrentActorCritic(self, bf16) if self.recurrent else ActorCritic(self, bf16)
+
+    @classmethod
+    def from_config(cls, network: Any, recurrent: bool = False) -> "NetworkSpec":
+        """The spec of a config's ``network`` section (the explorer's adds the GRU)."""
+        return cls(kind=network.kind, channels=tuple(network.channels), hidden=network.hidden,
+                   recurrent=recurrent)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, as stored in checkpoints."""
+        return {**asdict(self), "channels": list(self.channels)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NetworkSpec":
+        return cls(**{**d, "channels": tuple(d["channels"])})
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bf16 in hardware (CUDA since Ampere; CPUs with AVX512-BF16/AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def resolve_precision(precision: str, device: torch.device) -> bool:
-    """True when the trunk should run in bf16 autocast."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    return precision == "bf16" or (precision == "auto" and native_bf16(device))
-
-
-def run_trunk(module: nn.Module, obs: torch.Tensor) -> torch.Tensor:
-    """The trunk, in bf16 autocast if ``module.bf16`` is set; features come back as float32.
+def run_trunk(trunk: nn.Module, obs: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """The trunk, in bf16 autocast if ``bf16``; features come back as float32.
 
     The convolutions are nearly all of the arithmetic; bf16 halves their cost where the hardware
     has bf16 dot products. Parameters, Adam, the heads, the GRU and every loss stay float32.
     """
-    with torch.autocast(obs.device.type, torch.bfloat16, enabled=getattr(module, "bf16", False)):
-        return module.trunk(preprocess(obs)).float()
+    with torch.autocast(obs.device.type, torch.bfloat16, enabled=bf16):
+        return trunk(preprocess(obs)).float()
 
 
 def preprocess(obs: torch.Tensor) -> torch.Tensor:
@@ -119,6 +116,21 @@ def preprocess(obs: torch.Tensor) -> torch.Tensor:
     return obs.permute(0, 3, 1, 2).float().mul_(1.0 / 255.0)
 
 
+def reference_init_(net: nn.Module) -> nn.Module:
+    """The authors' initialisation (``network.init=reference``): Xavier-uniform weights and zero
+    biases for every convolution and linear layer of the trunk, orthogonal GRU weights with zero
+    biases. The heads keep their orthogonal init (gain 0.01 actor, 1 critic), as in their code."""
+    for layer in net.trunk.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    gru = getattr(net, "gru", None)
+    if gru is not None:
+        for name, param in gru.named_parameters():
+            (nn.init.orthogonal_ if name.startswith("weight") else nn.init.zeros_)(param)
+    return net
+
+
 def build_trunk(spec: NetworkSpec) -> nn.Sequential:
     if spec.kind == "impala":
         return impala_trunk(tuple(spec.channels), spec.hidden)
@@ -126,36 +138,34 @@ def build_trunk(spec: NetworkSpec) -> nn.Sequential:
 
 
 class ActorCritic(nn.Module):
-    """Trunk -> (policy logits, value). ``forward`` takes uint8 frames of shape (B, 64, 64, 3)."""
+    """Trunk -> (policy logits, value). ``forward`` takes uint8 frames of shape (B, 64, 64, 3).
 
-    def __init__(self, spec: NetworkSpec) -> None:
+    ``bf16``: run the trunk in bf16 autocast (``core/runtime.py`` decides where that pays).
+    """
+
+    def __init__(self, spec: NetworkSpec, bf16: bool = False) -> None:
         super().__init__()
-        self.spec = spec
+        self.spec, self.bf16 = spec, bf16
         self.trunk = build_trunk(spec)
         self.actor = orthogonal_(nn.Linear(spec.hidden, spec.num_actions), 0.01)
         self.critic = orthogonal_(nn.Linear(spec.hidden, 1), 1.0)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = run_trunk(self, obs)
+        h = run_trunk(self.trunk, obs, self.bf16)
         return self.actor(h), self.critic(h).squeeze(-1)
 
 
-def param_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-
 class RecurrentActorCritic(nn.Module):
-    """The explorer's network (EXPGEN.md section 2): trunk -> GRU(hidden) -> (logits, value).
+    """The explorer's network (docs/expgen.md, "Explorer"): trunk -> GRU(hidden) -> (logits, value).
 
     The GRU state is zeroed where ``first`` marks an episode's first frame, so memory never crosses
     episodes. ``forward`` runs a whole (T, B) sequence: the trunk, which is nearly all the cost,
     sees all T*B frames in one batch; only the cheap GRU cell steps through time.
     """
 
-    def __init__(self, spec: NetworkSpec) -> None:
+    def __init__(self, spec: NetworkSpec, bf16: bool = False) -> None:
         super().__init__()
-        self.spec = spec
+        self.spec, self.bf16 = spec, bf16
         self.trunk = build_trunk(spec)
         self.gru = nn.GRUCell(spec.hidden, spec.hidden)
         self.actor = orthogonal_(nn.Linear(spec.hidden, spec.num_actions), 0.01)
@@ -170,7 +180,7 @@ class RecurrentActorCritic(nn.Module):
         """uint8 obs (T, B, 64, 64, 3), state (B, H), first (T, B) -> logits (T, B, A),
         values (T, B), final state (B, H)."""
         steps, batch = obs.shape[:2]
-        x = run_trunk(self, obs.flatten(0, 1)).view(steps, batch, -1)
+        x = run_trunk(self.trunk, obs.flatten(0, 1), self.bf16).view(steps, batch, -1)
         keep = (1.0 - first.float()).unsqueeze(-1)
         outs = []
         for t in range(steps):

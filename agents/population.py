@@ -10,7 +10,7 @@ Two ways to run the stacked network (``forward_mode``):
 - ``vmap``: ``torch.func.vmap`` over ``functional_call``; convolutions become one grouped
   convolution for all members: few, large kernels, which is what a GPU wants.
 - ``loop``: one ``functional_call`` per member on a view of its parameters. On a CPU the arithmetic
-  is the cost and grouped convolutions are slower than plain ones (0.65-0.95x, DESIGN.md), so this is
+  is the cost and grouped convolutions are slower than plain ones (0.65-0.95x measured on a 2-core CPU), so this is
   the CPU default. ``auto`` picks ``vmap`` on CUDA and ``loop`` elsewhere.
 """
 from __future__ import annotations
@@ -21,15 +21,18 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from agents.networks import ActorCritic, NetworkSpec, RecurrentActorCritic
-
-FORWARD_MODES = ("auto", "vmap", "loop")
+from agents.networks import ActorCritic, NetworkSpec, RecurrentActorCritic, reference_init_
+from core.config import FORWARD_MODES
 
 
 class Population(nn.Module):
-    """M actor-critics of one ``NetworkSpec``, member ``m`` initialised from ``seeds[m]``."""
+    """M actor-critics of one ``NetworkSpec``, member ``m`` initialised from ``seeds[m]``.
 
-    def __init__(self, spec: NetworkSpec, seeds: list[int], forward_mode: str = "auto") -> None:
+    ``bf16``: the members' trunks run in bf16 autocast (see ``networks.run_trunk``).
+    """
+
+    def __init__(self, spec: NetworkSpec, seeds: list[int], forward_mode: str = "auto",
+                 bf16: bool = False, init: str = "torch") -> None:
         super().__init__()
         if forward_mode not in FORWARD_MODES:
             raise ValueError(
@@ -38,7 +41,7 @@ class Population(nn.Module):
         self.spec = spec
         self.seeds = list(seeds)
         self.forward_mode = forward_mode
-        members = [_seeded_network(spec, s) for s in self.seeds]
+        members = [seeded_network(spec, s, init) for s in self.seeds]
         stacked, _ = stack_module_state(members)
         self.names = list(stacked)
         # ParameterDict keys cannot contain dots.
@@ -46,12 +49,12 @@ class Population(nn.Module):
             {k.replace(".", "/"): nn.Parameter(v.detach().clone()) for k, v in stacked.items()}
         )
         base = copy.deepcopy(members[0]).to("meta")  # structure only; weights come from `stacked`
+        base.bf16 = bf16
         object.__setattr__(self, "_base", base)  # not a submodule: its meta tensors are not state
 
-    def set_bf16(self, enabled: bool) -> "Population":
-        """Run the members' trunks in bf16 autocast (see ``networks.run_trunk``)."""
-        self._base.bf16 = enabled
-        return self
+    @property
+    def bf16(self) -> bool:
+        return self._base.bf16
 
     @property
     def size(self) -> int:
@@ -104,18 +107,22 @@ class Population(nn.Module):
 
     @classmethod
     def from_state_dicts(
-        cls, spec: NetworkSpec, states: list[dict[str, torch.Tensor]], forward_mode: str = "auto"
+        cls, spec: NetworkSpec, states: list[dict[str, torch.Tensor]], forward_mode: str = "auto",
+        bf16: bool = False,
     ) -> "Population":
-        pop = cls(spec, list(range(len(states))), forward_mode)
+        pop = cls(spec, list(range(len(states))), forward_mode, bf16)
         for m, state in enumerate(states):
             pop.load_member_state_dict(m, state)
         return pop
 
 
-def _seeded_network(spec: NetworkSpec, seed: int) -> ActorCritic | RecurrentActorCritic:
+def seeded_network(spec: NetworkSpec, seed: int, init: str = "torch") -> ActorCritic | RecurrentActorCritic:
+    """The network a member with ``seed`` starts from (the same for every engine); ``init`` is
+    ``network.init``: PyTorch's default layer init, or the authors' (``reference_init_``)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return spec.build()
+        net = spec.build()
+        return reference_init_(net) if init == "reference" else net
 
 
 def clip_grad_norms_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:

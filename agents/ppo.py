@@ -1,37 +1,28 @@
-"""PPO (Schulman et al. 2017) for a population: the loss, and the epoch/minibatch update.
+"""PPO (Schulman et al. 2017) for a population: the loss, the learning rate, and the update.
 
-Everything is per member: minibatch order (each member's own generator), advantage normalisation,
-loss means, gradient-norm clipping and metrics. Metrics stay on the device as (M,) tensors through
-the minibatch loop and are read once per update (one host sync, DESIGN.md).
+The one PPO data path of every native agent (reward members and the explorer):
+rollout -> GAE (agents/rollout.py) -> ``ppo_update``: batch advantage normalisation, then
+``epochs`` x ``num_minibatches`` optimiser steps over the minibatches a strategy cuts
+(agents/minibatches.py). Everything is per member: minibatch order, advantage normalisation, loss
+means, gradient-norm clipping and metrics. Metrics stay on the device as (M,) tensors through the
+minibatch loop and are read once per update (one host sync per iteration).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import replace
+from typing import Callable
 
 import torch
 
-from agents.config import PPOConfig
+from agents.minibatches import Batch, Minibatch, MinibatchStrategy
 from agents.population import clip_grad_norms_
 from agents.sampling import log_prob_entropy
+from core.config import PPOConfig
 
 
-
-@dataclass
-class Batch:
-    """A flattened rollout, (M, B, ...) with B = T * N samples per member."""
-
-    obs: torch.Tensor
-    actions: torch.Tensor
-    logprobs: torch.Tensor
-    values: torch.Tensor
-    advantages: torch.Tensor
-    returns: torch.Tensor
-
-    def select(self, idx: torch.Tensor) -> "Batch":
-        """Per-member sample indices (M, b) -> a (M, b, ...) minibatch."""
-        rows = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
-        return Batch(*(t[rows, idx] for t in vars(self).values()))
+def learning_rate(cfg: PPOConfig, update: int, num_updates: int) -> float:
+    """The learning rate of update ``update`` (0-based): constant, or linearly annealed to 0."""
+    return cfg.lr * (1.0 - update / num_updates) if cfg.anneal_lr else cfg.lr
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +33,8 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
 def ppo_loss(
     logits: torch.Tensor, values: torch.Tensor, mb: Batch, cfg: PPOConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The clipped PPO objective. Returns the scalar to minimise and (M,) per-member terms.
+    """The clipped PPO objective on a flat (M, b) minibatch. Returns the scalar to minimise and
+    (M,) per-member terms.
 
     The scalar is the sum over members of each member's own mean loss, so each member's gradient
     is that of its own loss alone.
@@ -72,25 +64,31 @@ def ppo_loss(
     return loss, terms
 
 
-Minibatches = Iterator[tuple[torch.Tensor, torch.Tensor, Batch]]
+Forward = Callable[[Minibatch], tuple[torch.Tensor, torch.Tensor]]
 
 
-def ppo_epochs(
-    minibatches: Minibatches,
+def ppo_update(
+    forward: Forward,
     params: list[torch.Tensor],
     optimizer: torch.optim.Optimizer,
+    batch: Batch,
     cfg: PPOConfig,
+    minibatches: MinibatchStrategy,
 ) -> dict[str, torch.Tensor]:
-    """The optimisation core shared by every agent: loss, backward, per-member clip, Adam step.
+    """``cfg.epochs`` passes over ``batch`` (M, T, N) in ``cfg.num_minibatches`` minibatches cut
+    by ``minibatches``: loss, backward, per-member gradient clipping, Adam step.
 
-    ``minibatches`` yields (logits (M, b, A), values (M, b), minibatch) computed with the current
-    parameters; it is consumed lazily, so each forward sees the previous step's update. Returns
-    the per-member (M,) means of the loss terms and gradient norms.
+    ``forward`` maps a minibatch to flat (M, b, A) logits and (M, b) values under the current
+    parameters; it runs lazily, so each forward sees the previous step's update. Returns the
+    per-member (M,) means of the loss terms and gradient norms.
     """
+    if cfg.norm_adv == "batch":
+        batch = replace(batch, advantages=normalise(batch.advantages.flatten(1)).view_as(batch.advantages))
     sums: dict[str, torch.Tensor] = {}
     count = 0
-    for logits, values, mb in minibatches:
-        loss, terms = ppo_loss(logits, values, mb, cfg)
+    for mb in minibatches(batch, cfg.epochs, cfg.num_minibatches):
+        logits, values = forward(mb)
+        loss, terms = ppo_loss(logits, values, mb.batch.flat(), cfg)
         optimizer.zero_grad(set_to_none=False)  # keep the gradient buffers: no re-allocation
         loss.backward()
         terms["grad_norm"] = clip_grad_norms_(params, cfg.max_grad_norm)
@@ -101,36 +99,8 @@ def ppo_epochs(
     return {k: v / count for k, v in sums.items()}
 
 
-def ppo_update(
-    forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    params: list[torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    batch: Batch,
-    cfg: PPOConfig,
-    generators: list[torch.Generator],
-) -> dict[str, torch.Tensor]:
-    """PPO for feed-forward members: ``cfg.epochs`` passes in ``cfg.num_minibatches`` random
-    minibatches, each member drawing its own sample order from ``generators[m]`` (CPU).
-
-    ``forward`` maps (M, b, ...) observations to (M, b, A) logits and (M, b) values.
-    """
-    if cfg.norm_adv == "batch":
-        batch.advantages = normalise(batch.advantages)
-    samples = batch.actions.shape[1]
-    mb_size = samples // cfg.num_minibatches
-
-    def minibatches() -> Minibatches:
-        for _ in range(cfg.epochs):
-            order = torch.stack([torch.randperm(samples, generator=g) for g in generators])
-            order = order.to(batch.actions.device)
-            for start in range(0, samples, mb_size):
-                mb = batch.select(order[:, start : start + mb_size])
-                yield (*forward(mb.obs), mb)
-
-    return ppo_epochs(minibatches(), params, optimizer, cfg)
-
-
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
-    """1 - Var(returns - values) / Var(returns), per member over the sample axis."""
+    """1 - Var(returns - values) / Var(returns), per member over all its samples."""
+    values, returns = values.flatten(1), returns.flatten(1)
     var = returns.var(1)
     return 1 - (returns - values).var(1) / var.clamp(min=1e-8)

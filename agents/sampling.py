@@ -1,7 +1,7 @@
 """Per-member random streams and batched categorical sampling.
 
 Each member owns its generators, seeded from its own seed, so that what a member draws does not
-depend on which other members share its population (the equivalence property of DESIGN.md).
+depend on which other members share its population (a member trained in a population equals the same member trained alone).
 """
 from __future__ import annotations
 

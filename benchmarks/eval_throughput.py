@@ -18,24 +18,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from agents.checkpoint import network_payload, save_checkpoint  # noqa: E402
-from agents.config import load_config, save_config  # noqa: E402
-from agents.evaluation import evaluate_expgen, evaluation_context  # noqa: E402
-from agents.explorer import explorer_dir, explorer_spec  # noqa: E402
+from agents.networks import NetworkSpec  # noqa: E402
 from agents.population import Population  # noqa: E402
-from agents.trainer import member_dir, network_spec  # noqa: E402
+from core.checkpoint import save_checkpoint  # noqa: E402
+from core.config import load_config, save_config  # noqa: E402
 from envs.procgen_vec import ProcgenVecEnv  # noqa: E402
+from evaluation.evaluate import evaluate_expgen, evaluation_context  # noqa: E402
+from training.learner import network_payload  # noqa: E402
 
 
 def make_run(root: Path, members: int, overrides: list[str]) -> Path:
     cfg = load_config(None, [f"runs_dir={root}", f"ensemble.size={members}", *overrides], name="bench")
-    pop = Population(network_spec(cfg), cfg.member_seeds)
+    layout = cfg.layout
+    pop = Population(NetworkSpec.from_config(cfg.network), cfg.member_seeds)
     for m in range(members):
-        save_checkpoint(member_dir(cfg, m), 0, {**network_payload(pop.spec, pop.member_state_dict(m)), "agent": f"member_{m}"})
-    spec = explorer_spec(cfg)
-    save_checkpoint(explorer_dir(cfg), 0, {**network_payload(spec, spec.build().state_dict()), "agent": "explorer"})
-    save_config(cfg, cfg.run_dir / "config.yaml")
-    return cfg.run_dir
+        agent = layout.member(m)
+        save_checkpoint(agent.checkpoints, 0,
+                        {**network_payload(pop.spec, pop.member_state_dict(m)), "agent": agent.name})
+    spec = NetworkSpec.from_config(cfg.network, recurrent=True)
+    save_checkpoint(layout.explorer.checkpoints, 0,
+                    {**network_payload(spec, spec.build().state_dict()), "agent": layout.explorer.name})
+    save_config(cfg, layout.config)
+    return layout.root
 
 
 def steps_per_second(run_dir: Path, members: int, envs: int, episodes: int) -> float:

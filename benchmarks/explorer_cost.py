@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from agents import explorer as explorer_module  # noqa: E402
-from agents.config import load_config  # noqa: E402
-from agents.explorer import ExplorerTrainer  # noqa: E402
-from agents.trainer import resolve_device  # noqa: E402
+from core.config import load_config  # noqa: E402
+from core.runtime import Runtime  # noqa: E402
+from training import explorer_learner as explorer_module  # noqa: E402
+from training.explorer_learner import ExplorerLearner  # noqa: E402
 
 DEFAULTS = ["env.game=maze", "network.kind=impala", "env.num_envs=32", "ppo.num_steps=512",
             "ppo.epochs=3", "ppo.num_minibatches=8", "logging.eval_interval=0", "logging.progress=false"]
@@ -49,15 +49,15 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     cfg = load_config(None, DEFAULTS + args.overrides, name="benchmark")
-    device = resolve_device(cfg.device)
-    trainer = ExplorerTrainer(cfg, device)
-    trainer.collect(), trainer.learn()  # warm-up
+    runtime = Runtime.resolve(cfg.device, cfg.network.precision)
+    device = runtime.device
+    trainer = ExplorerLearner(cfg, runtime)
+    trainer.iterate()  # warm-up
     embed = explorer_module.embed_frames = Timed(explorer_module.embed_frames, device)
     knn = trainer.knn.step = Timed(trainer.knn.step, device)
     start = time.perf_counter()
     for _ in range(args.iterations):
-        trainer.collect()
-        {k: v.cpu() for k, v in trainer.learn().items()}
+        trainer.iterate()  # rollout + recurrent PPO update; metrics read on the host
     total = time.perf_counter() - start
     reward = embed.total + knn.total
     steps = args.iterations * trainer.steps_per_update

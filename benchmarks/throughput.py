@@ -29,17 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from agents.config import load_config, validate  # noqa: E402
-from agents.networks import resolve_precision  # noqa: E402
-from agents.runner import Job, build_trainer  # noqa: E402
-from agents.trainer import make_env, resolve_device  # noqa: E402
+from core.config import load_config, validate  # noqa: E402
+from core.runtime import Runtime, resolve_bf16, resolve_device  # noqa: E402
+from envs.make import make_env  # noqa: E402
+from launch.jobs import Job, build_learner  # noqa: E402
 
 PAPER = ["env.game=maze", "network.kind=impala", "env.num_envs=64", "ppo.num_steps=256",
          "ppo.epochs=3", "ppo.num_minibatches=8", "logging.eval_interval=0", "logging.progress=false"]
 
 
 def env_steps_per_second(cfg, seconds: float = 3.0) -> float:
-    env = make_env(cfg, cfg.env.num_envs, "train", rand_seed=0)
+    env = make_env(cfg.env, cfg.env.num_envs, "train", rand_seed=0)
     env.reset(seed=0)
     actions = np.random.default_rng(0).integers(0, 15, (1000, cfg.env.num_envs))
     steps, start = 0, time.perf_counter()
@@ -58,21 +58,21 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def training_steps_per_second(cfg, members: int, iterations: int) -> tuple[float, float]:
     """(aggregate steps/s, peak memory in MB) of ``members`` trained together by ``cfg.engine``."""
-    device = resolve_device(cfg.device)
+    runtime = Runtime.resolve(cfg.device, cfg.network.precision)
+    device = runtime.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    trainer = build_trainer(cfg, Job("members", tuple(range(members))), device)
-    trainer.collect(), trainer.learn()  # warm-up
+    learner = build_learner(cfg, Job("members", tuple(range(members))), runtime)
+    learner.iterate()  # warm-up
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
     for _ in range(iterations):
-        trainer.collect()
-        {k: v.cpu() for k, v in trainer.learn().items()}
+        learner.iterate()  # rollout + update; metrics are read on the host (the one sync)
     sync()
     elapsed = time.perf_counter() - start
-    trainer.close()
-    return iterations * trainer.steps_per_update * members / elapsed, peak_memory_mb(device)
+    learner.close()
+    return iterations * learner.steps_per_update * members / elapsed, peak_memory_mb(device)
 
 
 def measure(cfg, members: int, iterations: int) -> tuple[float, float]:
@@ -108,7 +108,7 @@ def main() -> None:
         for precision in args.precisions.split(","):
             run_cfg = replace(cfg, engine=engine, network=replace(cfg.network, precision=precision))
             validate(run_cfg)
-            trunk = "bf16" if resolve_precision(precision, device) else "fp32"
+            trunk = "bf16" if resolve_bf16(precision, device) else "fp32"
             single = None
             for m in sizes if engine == "native" else [1]:
                 sps, peak = measure(run_cfg, m, args.iterations)

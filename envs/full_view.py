@@ -1,7 +1,7 @@
 """The agent's view and the full-level view of the same games, stepped in lockstep.
 
 The explorer's reward is computed on fixed-camera frames of the whole level (procgen
-``center_agent=False``), while its policy sees the usual agent-centred frames (EXPGEN.md section 2).
+``center_agent=False``), while its policy sees the usual agent-centred frames (docs/expgen.md, "Explorer").
 ProcGen cannot render both from one game, so, like the reference, we run a second batch with the
 same seed, levels and options and feed it the same actions. The two are deterministic twins; any
 divergence (level seeds, rewards or episode ends) is a bug that would silently corrupt the reward,

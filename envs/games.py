@@ -2,7 +2,7 @@
 
 Everything that differs between games lives here: the names procgen accepts, the return ranges
 used for normalised scores (Cobbe et al. 2020, easy and hard modes), the explorer's discount and the
-ExpGen vote threshold of EXPGEN.md sections 2-3.
+ExpGen vote threshold (docs/expgen.md).
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ class Game:
     name: str
     easy_range: tuple[float, float]  # (R_min, R_max) for the normalised score, easy mode
     hard_range: tuple[float, float]
-    explorer_gamma: float  # discount of the maximum-entropy explorer (EXPGEN.md section 2)
-    vote_threshold: int  # consensus threshold k out of 10 members (EXPGEN.md section 3)
+    explorer_gamma: float  # discount of the maximum-entropy explorer (docs/expgen.md, "Explorer")
+    vote_threshold: int  # consensus threshold k out of 10 members (docs/expgen.md, "Controller")
     four_direction_classes: bool  # maze and miner vote over 4 direction classes, others over 6
     success_reward: float | None = None  # games whose only reward is a success bonus
 

@@ -1,11 +1,16 @@
-"""Named level splits: defined once, used by train.py (held-out curves) and eval.py.
+"""Named level splits, derived from the training range: used by held-out curves and eval.py.
 
 ProcGen draws level seeds uniformly from ``[start_level, start_level + num_levels)``. With
-``num_levels = 0`` it ignores ``start_level`` and draws from every seed in ``[0, 2**31 - 1)``: the full
-distribution, which contains the 200 training seeds with probability ~1e-7 per episode (negligible,
-but not zero; and in easy mode some *different* seeds generate the same layout, EXPGEN.md section 4).
-EXPGEN.md section 4: agents train on levels [0, 200); the reference tests on [201, 401), the
-ProcGen paper on the full distribution.
+``num_levels = 0`` it ignores ``start_level`` and draws from every seed in ``[0, 2**31 - 1)``.
+
+- ``train``: the training range itself (default [0, 200)).
+- ``test``: as in the authors' code, the next ``num_levels`` levels after a gap of one:
+  ``[start + num + 1, start + 2 * num + 1)``, so [201, 401) for the default range. Never overlaps
+  training; undefined when training already uses every level (``num_levels = 0``).
+- ``test-full``: the full distribution (the ProcGen paper's protocol). It includes the training
+  seeds: each episode meets one of 200 training levels with probability ~1e-7 (and in easy mode
+  some *different* seeds generate the same layout), so it is unseen levels in practice, not by
+  construction.
 """
 from __future__ import annotations
 
@@ -45,20 +50,20 @@ class LevelRange:
         return f"levels [{self.start_level}, {self.start_level + self.num_levels})"
 
 
-SPLITS: dict[str, LevelRange] = {
-    "train": LevelRange(0, 200),
-    "test": LevelRange(201, 200),
-    "test-full": LevelRange(0, 0),
-}
+SPLITS = ("train", "test", "test-full")
+DEFAULT_TRAIN = LevelRange(0, 200)
 
 
-def get_split(name: str, train_levels: LevelRange | None = None) -> LevelRange:
-    """Resolve a split name. ``train`` follows the run's own training levels when given."""
-    if name == "train" and train_levels is not None:
+def get_split(name: str, train_levels: LevelRange = DEFAULT_TRAIN) -> LevelRange:
+    """The levels of split ``name`` for a run trained on ``train_levels``."""
+    if name == "train":
         return train_levels
-    try:
-        return SPLITS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown level split {name!r}; choose one of: {', '.join(SPLITS)}"
-        ) from None
+    if name == "test-full":
+        return LevelRange(0, 0)
+    if name == "test":
+        if train_levels.num_levels == 0:
+            raise ValueError("training on the full distribution (env.num_levels=0) leaves no unseen "
+                             "levels for split 'test'; evaluate on test-full, knowing it is the training "
+                             "distribution")
+        return LevelRange(train_levels.start_level + train_levels.num_levels + 1, train_levels.num_levels)
+    raise ValueError(f"unknown level split {name!r}; choose one of: {', '.join(SPLITS)}")

@@ -5,12 +5,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from agents.config import Config, load_config  # noqa: E402
+from core.config import Config, load_config  # noqa: E402
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
@@ -60,3 +61,13 @@ def small_cli_args(tmp_path: Path):
         return args + [f"runs_dir={tmp_path}", *SMALL, *overrides]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny batches on a shared 2-core machine: one torch thread is faster; restored afterwards.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

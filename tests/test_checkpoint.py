@@ -9,17 +9,27 @@ import pytest
 import torch
 
 import train
-from agents import trainer as trainer_module
-from agents.checkpoint import (
+from core.checkpoint import (
     CheckpointError,
-    checkpoint_dir,
     checkpoint_steps,
     list_checkpoints,
     load_checkpoint,
     load_latest,
     save_checkpoint,
 )
-from agents.trainer import PopulationTrainer, member_dir
+from core.runtime import Runtime
+from training import checkpointing
+from training import population_learner as learner_module
+from training.loop import train as train_loop
+from training.population_learner import PopulationLearner
+
+
+def make_learner(cfg) -> PopulationLearner:
+    return PopulationLearner(cfg, [0, 1], Runtime.resolve(cfg.device, cfg.network.precision))
+
+
+def checkpoints(cfg, member: int):
+    return cfg.layout.member(member).checkpoints
 
 STEPS_PER_UPDATE = 4 * 8  # env.num_envs * ppo.num_steps of the small config
 
@@ -28,13 +38,13 @@ STEPS_PER_UPDATE = 4 * 8  # env.num_envs * ppo.num_steps of the small config
 def trained(small_cfg):
     """A population of two members trained for 2 updates with a checkpoint after each."""
     cfg = small_cfg("ensemble.size=2", f"ppo.total_steps={2 * STEPS_PER_UPDATE}")
-    t = PopulationTrainer(cfg, [0, 1])
-    t.train()
+    t = make_learner(cfg)
+    train_loop(t, cfg, t.runtime)
     yield cfg, t
     t.close()
 
 
-def assert_same_training_state(a: PopulationTrainer, b: PopulationTrainer) -> None:
+def assert_same_training_state(a: PopulationLearner, b: PopulationLearner) -> None:
     for p, q in zip(a.params, b.params):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     for p, q in zip(a.params, b.params):
@@ -42,7 +52,8 @@ def assert_same_training_state(a: PopulationTrainer, b: PopulationTrainer) -> No
         assert set(sa) == set(sb) and sa, "Adam state must be restored"
         for k in sa:
             torch.testing.assert_close(torch.as_tensor(sa[k]), torch.as_tensor(sb[k]), rtol=0, atol=0)
-    for ga, gb in zip(a.sample_gens + a.minibatch_gens, b.sample_gens + b.minibatch_gens):
+    for ga, gb in zip(a.actor.pick.generators + a.minibatches.generators,
+                      b.actor.pick.generators + b.minibatches.generators):
         assert torch.equal(ga.get_state(), gb.get_state())
     torch.testing.assert_close(a.next_obs, b.next_obs, rtol=0, atol=0)
     torch.testing.assert_close(a.next_done, b.next_done, rtol=0, atol=0)
@@ -51,14 +62,14 @@ def assert_same_training_state(a: PopulationTrainer, b: PopulationTrainer) -> No
 def test_restore_continues_exactly(trained):
     cfg, a = trained
     for m in (0, 1):  # atomic writes: complete checkpoint files only, no temp files
-        names = sorted(p.name for p in checkpoint_dir(member_dir(cfg, m)).iterdir())
+        names = sorted(p.name for p in checkpoints(cfg, m).iterdir())
         assert names == ["ckpt_000000000032.pt", "ckpt_000000000064.pt"]
-    b = PopulationTrainer(cfg, [0, 1])
+    b = make_learner(cfg)
     try:
         # a fresh trainer starts elsewhere: the comparisons below are not vacuous
         assert not all(torch.equal(p, q) for p, q in zip(a.params, b.params))
         assert not torch.equal(a.next_obs, b.next_obs)
-        assert b.restore()
+        assert checkpointing.restore(b)
         assert (b.update, b.global_step) == (2, 64) == (a.update, a.global_step)
         assert_same_training_state(a, b)
         a.collect()
@@ -74,9 +85,9 @@ def test_restore_continues_exactly(trained):
 
 
 def test_atomic_write_leaves_only_complete_files(tmp_path, monkeypatch):
-    save_checkpoint(tmp_path, 32, {"v": 1})
-    save_checkpoint(tmp_path, 64, {"v": 2})
-    folder = checkpoint_dir(tmp_path)
+    folder = tmp_path / "checkpoints"
+    save_checkpoint(folder, 32, {"v": 1})
+    save_checkpoint(folder, 64, {"v": 2})
     before = sorted(p.name for p in folder.iterdir())
     assert before == ["ckpt_000000000032.pt", "ckpt_000000000064.pt"]
 
@@ -86,10 +97,10 @@ def test_atomic_write_leaves_only_complete_files(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(tmp_path, 96, {"v": 3})
+        save_checkpoint(folder, 96, {"v": 3})
     assert sorted(p.name for p in folder.iterdir()) == before  # no temp file, no ckpt_96
     monkeypatch.undo()
-    assert load_latest(tmp_path)["v"] == 2
+    assert load_latest(folder)["v"] == 2
 
 
 def test_keeps_newest_three(tmp_path):
@@ -103,17 +114,17 @@ def test_keeps_newest_three(tmp_path):
 
 def test_corrupt_newest_checkpoint_is_skipped(trained):
     cfg, _ = trained
-    newest = list_checkpoints(member_dir(cfg, 1))[0]
+    newest = list_checkpoints(checkpoints(cfg, 1))[0]
     assert newest.name.endswith("64.pt")
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 2])  # truncated
-    b = PopulationTrainer(cfg, [0, 1])
+    b = make_learner(cfg)
     try:
         with pytest.warns(UserWarning, match="ckpt_000000000064"):
-            assert b.restore()
+            assert checkpointing.restore(b)
         # member 1 has no valid step-64 file, so both members resume from step 32
         assert (b.update, b.global_step) == (1, 32)
-        ref = load_checkpoint(list_checkpoints(member_dir(cfg, 0))[1])
+        ref = load_checkpoint(list_checkpoints(checkpoints(cfg, 0))[1])
         assert ref["step"] == 32
         for k, v in ref["model"].items():
             torch.testing.assert_close(b.pop.member_state_dict(0)[k], v)
@@ -123,7 +134,7 @@ def test_corrupt_newest_checkpoint_is_skipped(trained):
 
 def test_load_latest_skips_garbage_with_warning(tmp_path):
     save_checkpoint(tmp_path, 1, {"v": "old"})
-    bad = checkpoint_dir(tmp_path) / "ckpt_000000000002.pt"
+    bad = tmp_path / "ckpt_000000000002.pt"
     bad.write_bytes(b"\x00not a checkpoint" * 10)
     with pytest.warns(UserWarning, match="skipping"):
         assert load_latest(tmp_path)["v"] == "old"
@@ -153,26 +164,26 @@ def test_cli_resume_without_checkpoints_exits_2(small_cli_args, tmp_path, capsys
 
 def test_cli_rerun_with_larger_budget_continues(small_cli_args, small_cfg, monkeypatch, caplog, capsys):
     calls = []
-    original = trainer_module.PopulationTrainer.collect
+    original = learner_module.PopulationLearner.collect
 
     def counting_collect(self):
         calls.append(self.global_step)
         return original(self)
 
-    monkeypatch.setattr(trainer_module.PopulationTrainer, "collect", counting_collect)
+    monkeypatch.setattr(learner_module.PopulationLearner, "collect", counting_collect)
     assert train.main(small_cli_args(f"ppo.total_steps={2 * STEPS_PER_UPDATE}")) == 0
     assert calls == [0, 32]
     cfg = small_cfg(name="quickstart")  # train.py names the run after the YAML file
-    assert checkpoint_steps(member_dir(cfg, 0)) == [64, 32]
+    assert checkpoint_steps(checkpoints(cfg, 0)) == [64, 32]
 
     calls.clear()
     with caplog.at_level(logging.INFO, logger="expgen"):
         assert train.main(small_cli_args(f"ppo.total_steps={4 * STEPS_PER_UPDATE}", resume=True)) == 0
     assert calls == [64, 96], "the second run must continue at step 64, not start again"
-    assert checkpoint_steps(member_dir(cfg, 0)) == [128, 96, 64]
-    assert load_latest(member_dir(cfg, 0))["update"] == 4
+    assert checkpoint_steps(checkpoints(cfg, 0)) == [128, 96, 64]
+    assert load_latest(checkpoints(cfg, 0))["update"] == 4
     assert "resuming at step 64" in caplog.text
-    summary = json.loads((cfg.run_dir / "summary.json").read_text())
+    summary = json.loads(cfg.layout.summary.read_text())
     assert [(a["agent"], a["steps"]) for a in summary["agents"]] == [("member_0", 128)]
     assert "member_0" in capsys.readouterr().out  # the summary table
 

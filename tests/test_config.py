@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import train
-from agents.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 from tests.conftest import QUICKSTART
 
 
@@ -111,7 +111,7 @@ def test_overrides_apply_and_name_defaults_to_stem(tmp_path):
     cfg = load_config(QUICKSTART, [f"runs_dir={tmp_path}", "ppo.lr=1e-3", "env.num_envs=8",
                                    "ensemble.size=2", "ensemble.seeds=[5,9]", "network.kind=impala"])
     assert cfg.name == "quickstart"
-    assert cfg.run_dir == tmp_path / "quickstart"
+    assert cfg.layout.root == tmp_path / "quickstart"
     assert cfg.ppo.lr == pytest.approx(1e-3)
     assert cfg.env.num_envs == 8 and cfg.network.kind == "impala"
     assert cfg.member_seeds == [5, 9]

@@ -1,4 +1,4 @@
-"""Tests of the ExpGen test-time controller (EXPGEN.md section 3) with hand-made action tensors."""
+"""Tests of the ExpGen test-time controller (docs/expgen.md, "Controller") with hand-made action tensors."""
 from __future__ import annotations
 
 import pytest
@@ -12,10 +12,11 @@ from agents.controller import (
     SIX_CLASSES,
     ControllerConfig,
     ExpGenController,
-    controller_config_for_game,
+    controller_settings,
     sample_burst_lengths,
     scaled_threshold,
 )
+from core.config import ExpGenConfig
 
 
 def acts(*rows: list[int]) -> torch.Tensor:
@@ -171,8 +172,10 @@ def test_reset_mask_zeroes_only_selected_envs() -> None:
 
 
 def test_k1_never_explores_in_reference_mode() -> None:
+    """k = 1 means "play member 0", unless (unclassed_anchor=up, the authors' lookup) the anchor's
+    action is in no 4-class class and no member chose "up": then votes are 0 and it explores."""
     for four in (False, True):
-        ctrl = make(num_envs=64, seed=1, threshold=1, four_classes=four)
+        ctrl = make(num_envs=64, seed=1, threshold=1, four_classes=four, unclassed_anchor="exact")
         gen = torch.Generator().manual_seed(2)
         for _ in range(200):
             members = torch.randint(0, 15, (5, 64), generator=gen)
@@ -180,6 +183,21 @@ def test_k1_never_explores_in_reference_mode() -> None:
             assert not out.explored.any()
             assert torch.equal(out.action, members[0])
             assert (out.votes >= 1).all()
+
+
+def test_k1_with_the_authors_lookup_explores_only_on_unclassed_anchors_without_up_votes() -> None:
+    ctrl = make(num_envs=64, seed=1, threshold=1, four_classes=True, unclassed_anchor="up")
+    gen = torch.Generator().manual_seed(2)
+    explored_any = False
+    for _ in range(200):
+        ctrl.reset()  # judge each step alone, not bursts started earlier
+        members = torch.randint(0, 15, (5, 64), generator=gen)
+        out = ctrl.step(members, torch.randint(0, 15, (64,), generator=gen))
+        unclassed = ~FOUR_CLASSES[:, members[0]].any(0)
+        no_up = ~(members == 5).any(0)
+        assert torch.equal(out.explored, unclassed & no_up)
+        explored_any |= bool(out.explored.any())
+    assert explored_any
 
 
 def test_reference_burst_frequencies() -> None:
@@ -248,13 +266,13 @@ def test_scaled_threshold_examples() -> None:
 
 
 def test_config_for_game() -> None:
-    maze = controller_config_for_game("maze", 3)
+    maze = controller_settings(ExpGenConfig(), "maze", 3)
     assert maze.threshold == 2 and maze.four_classes and maze.mode == "reference"
-    heist = controller_config_for_game("heist", 10, mode="plurality")
+    heist = controller_settings(ExpGenConfig(controller="plurality"), "heist", 10)
     assert heist.threshold == 8 and not heist.four_classes and heist.mode == "plurality"
-    assert controller_config_for_game("coinrun", 5).threshold == 1
+    assert controller_settings(ExpGenConfig(), "coinrun", 5).threshold == 1
     with pytest.raises(ValueError, match="unknown ProcGen game"):
-        controller_config_for_game("pong", 3)
+        controller_settings(ExpGenConfig(), "pong", 3)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Training through Ray Tune (agents/distributed.py): placement, restarts, resuming a killed driver.
+"""Training through Ray Tune (launch/ray_trials.py): placement, restarts, resuming a killed driver.
 
 A local Ray (2 CPUs) is started once for the module; trials ask for half a CPU each so that all of
 them run at once on this 2-core machine.
@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.checkpoint import checkpoint_steps
-from agents.config import ConfigError
-from agents.distributed import check_fits, trial_bundles, trial_resources
-from agents.runner import Job, job_total_steps, plan, train_run
+from core.checkpoint import checkpoint_steps
+from core.config import ConfigError
+from launch.ray_trials import check_fits, trial_bundles, trial_resources
+from core.run_layout import AgentDir
+from launch.jobs import plan
+from launch.run import train_run
 from tests.conftest import QUICKSTART, SMALL, make_small_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,15 +38,15 @@ def local_ray():
     ray.shutdown()
 
 
-def logged_steps(agent_dir: Path, tag: str = "charts/SPS") -> list[int]:
+def logged_steps(agent: AgentDir, tag: str = "charts/SPS") -> list[int]:
     """Steps of ``tag`` as TensorBoard shows them (events purged by a restart are dropped)."""
-    acc = EventAccumulator(str(agent_dir / "tb"))
+    acc = EventAccumulator(str(agent.tb))
     acc.Reload()
     return [e.step for e in acc.Scalars(tag)]
 
 
-def assert_complete_curve(agent_dir: Path, total: int) -> None:
-    assert logged_steps(agent_dir) == list(range(STEP, total + 1, STEP)), "gap or repeated step"
+def assert_complete_curve(agent: AgentDir, total: int) -> None:
+    assert logged_steps(agent) == list(range(STEP, total + 1, STEP)), "gap or repeated step"
 
 
 def test_ray_trains_members_and_explorer(local_ray, tmp_path):
@@ -52,15 +54,14 @@ def test_ray_trains_members_and_explorer(local_ray, tmp_path):
                          "logging.eval_interval=2", "logging.eval_episodes=4")
     summary = train_run(cfg)
     assert [j.name for j in plan(cfg)] == ["member_0", "member_1", "explorer"]
-    for agent in ("member_0", "member_1", "explorer"):
-        d = cfg.run_dir / agent
-        assert max(checkpoint_steps(d)) == 512
+    for d in (cfg.layout.member(0), cfg.layout.member(1), cfg.layout.explorer):
+        assert max(checkpoint_steps(d.checkpoints)) == 512
         assert_complete_curve(d, 512)
         assert logged_steps(d, "eval/test_return") == [256, 512]
     assert {a["agent"]: a["steps"] for a in summary["agents"]} == {"member_0": 512, "member_1": 512, "explorer": 512}
     assert all("test_return" in a for a in summary["agents"])
-    assert (cfg.run_dir / "summary.json").is_file()
-    experiments = list((cfg.run_dir / "ray").iterdir())
+    assert cfg.layout.summary.is_file()
+    experiments = list(cfg.layout.ray.iterdir())
     assert len(experiments) == 1 and len(list(experiments[0].glob("run_trial_*"))) == 3
 
 
@@ -70,12 +71,11 @@ def test_crashed_trial_is_restarted_from_its_checkpoint(local_ray, tmp_path):
     cfg = make_small_cfg(tmp_path, *RAY, "ppo.total_steps=640", "explorer.total_steps=640",
                          "logging.checkpoint_interval=2", "debug.fail_at_update=3", "resources.max_failures=1")
     train_run(cfg)
-    for agent in ("member_0", "explorer"):
-        d = cfg.run_dir / agent
-        assert (d / ".fault_injected").exists()
-        assert max(checkpoint_steps(d)) == 640
+    for d in (cfg.layout.member(0), cfg.layout.explorer):
+        assert (d.path / ".fault_injected").exists()
+        assert max(checkpoint_steps(d.checkpoints)) == 640
         assert_complete_curve(d, 640)
-        assert len(list((d / "tb").glob("events.*"))) == 2  # the first attempt and the restarted one
+        assert len(list(d.tb.glob("events.*"))) == 2  # the first attempt and the restarted one
 
 
 def test_trial_failing_too_often_is_an_error_and_keeps_checkpoints(local_ray, tmp_path):
@@ -83,9 +83,9 @@ def test_trial_failing_too_often_is_an_error_and_keeps_checkpoints(local_ray, tm
                          "logging.checkpoint_interval=2", "debug.fail_at_update=3", "resources.max_failures=0")
     with pytest.raises(RuntimeError, match="re-run the same command"):
         train_run(cfg)
-    assert max(checkpoint_steps(cfg.run_dir / "member_0")) == 2 * STEP
+    assert max(checkpoint_steps(cfg.layout.member(0).checkpoints)) == 2 * STEP
     train_run(cfg)  # the fault fires once per agent: a re-run finishes the job
-    assert_complete_curve(cfg.run_dir / "member_0", 512)
+    assert_complete_curve(cfg.layout.member(0), 512)
 
 
 def test_killed_driver_resumes_without_redoing_finished_agents(tmp_path):
@@ -94,25 +94,25 @@ def test_killed_driver_resumes_without_redoing_finished_agents(tmp_path):
             *SMALL, *RAY, "ppo.total_steps=256", "explorer.total_steps=4096", "logging.checkpoint_interval=2"]
     cfg = make_small_cfg(tmp_path, *RAY, "ppo.total_steps=256", "explorer.total_steps=4096",
                          "logging.checkpoint_interval=2", name="quickstart")
-    member, explorer = cfg.run_dir / "member_0", cfg.run_dir / "explorer"
+    member, explorer = cfg.layout.member(0), cfg.layout.explorer
     driver = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
-        while not (256 in checkpoint_steps(member) and checkpoint_steps(explorer)):
+        while not (256 in checkpoint_steps(member.checkpoints) and checkpoint_steps(explorer.checkpoints)):
             assert driver.poll() is None and time.monotonic() < deadline, "driver ended before the kill"
             time.sleep(0.2)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    assert max(checkpoint_steps(explorer)) < job_total_steps(cfg, Job("explorer")), "killed too late"
-    member_files = {p: p.stat().st_mtime_ns for p in member.rglob("*") if p.is_file()}
+    assert max(checkpoint_steps(explorer.checkpoints)) < cfg.final_step(explorer=True), "killed too late"
+    member_files = {p: p.stat().st_mtime_ns for p in member.path.rglob("*") if p.is_file()}
     time.sleep(2)  # Ray's raylet kills the orphaned trial workers when their driver dies
 
     rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "member_0: already trained to its budget, skipped" in rerun.stderr
-    assert {p: p.stat().st_mtime_ns for p in member.rglob("*") if p.is_file()} == member_files
-    assert max(checkpoint_steps(explorer)) == 4096
+    assert {p: p.stat().st_mtime_ns for p in member.path.rglob("*") if p.is_file()} == member_files
+    assert max(checkpoint_steps(explorer.checkpoints)) == 4096
     assert_complete_curve(explorer, 4096)
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from envs.games import DISTRIBUTION_MODES, GAMES, check_distribution_mode, get_game
 from envs.levels import MAX_LEVEL_SEED, SPLITS, LevelRange, get_split
+
+TRAIN = get_split("train")  # levels [0, 200)
 from envs.procgen_vec import OBS_SHAPE, ProcgenVecEnv
 
 # chaser: short random episodes with many small, fractional rewards,
@@ -22,7 +24,7 @@ def random_actions(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def test_one_step_call_steps_every_env():
     n = 5
-    env = ProcgenVecEnv("maze", n, SPLITS["train"], rand_seed=1)
+    env = ProcgenVecEnv("maze", n, TRAIN, rand_seed=1)
     try:
         obs, info = env.reset(seed=1)
         assert obs.shape == (n, *OBS_SHAPE) and obs.dtype == np.uint8
@@ -72,7 +74,7 @@ def test_level_seeds_stay_in_split(split):
 
 def test_episode_statistics_match_reference_sums():
     n, rng = 8, np.random.default_rng(1)
-    env = ProcgenVecEnv(GAME, n, SPLITS["train"], rand_seed=3)
+    env = ProcgenVecEnv(GAME, n, TRAIN, rand_seed=3)
     ret, length = np.zeros(n, np.float64), np.zeros(n, np.int64)
     checked, nonzero = 0, 0
     try:
@@ -115,8 +117,8 @@ def _rollout(env: ProcgenVecEnv, actions: np.ndarray) -> list:
 
 def test_set_state_reproduces_trajectory():
     n, rng = 6, np.random.default_rng(2)
-    env = ProcgenVecEnv(GAME, n, SPLITS["train"], rand_seed=11)
-    other = ProcgenVecEnv(GAME, n, SPLITS["train"], rand_seed=999)
+    env = ProcgenVecEnv(GAME, n, TRAIN, rand_seed=11)
+    other = ProcgenVecEnv(GAME, n, TRAIN, rand_seed=999)
     try:
         env.reset(seed=11)
         other.reset(seed=999)
@@ -148,8 +150,8 @@ def test_set_state_reproduces_trajectory():
 
 
 def test_set_state_rejects_wrong_batch_size():
-    a = ProcgenVecEnv(GAME, 2, SPLITS["train"], rand_seed=0)
-    b = ProcgenVecEnv(GAME, 3, SPLITS["train"], rand_seed=0)
+    a = ProcgenVecEnv(GAME, 2, TRAIN, rand_seed=0)
+    b = ProcgenVecEnv(GAME, 3, TRAIN, rand_seed=0)
     try:
         with pytest.raises(ValueError, match="2 envs"):
             b.set_state(a.get_state())
@@ -160,7 +162,7 @@ def test_set_state_rejects_wrong_batch_size():
 
 def test_unknown_game_names_the_allowed_ones():
     with pytest.raises(ValueError, match="maze") as e:
-        ProcgenVecEnv("mazee", 2, SPLITS["train"])
+        ProcgenVecEnv("mazee", 2, TRAIN)
     assert "mazee" in str(e.value) and all(g in str(e.value) for g in GAMES)
     with pytest.raises(ValueError, match="coinrun"):
         get_game("pong")
@@ -168,7 +170,7 @@ def test_unknown_game_names_the_allowed_ones():
 
 def test_bad_distribution_mode_names_the_allowed_ones():
     with pytest.raises(ValueError) as e:
-        ProcgenVecEnv("maze", 2, SPLITS["train"], distribution_mode="medium")
+        ProcgenVecEnv("maze", 2, TRAIN, distribution_mode="medium")
     assert "medium" in str(e.value)
     assert all(m in str(e.value) for m in DISTRIBUTION_MODES)
     assert check_distribution_mode("hard") == "hard"
@@ -188,16 +190,17 @@ def test_bad_split_and_num_envs():
         get_split("validation")
     assert all(s in str(e.value) for s in SPLITS)
     with pytest.raises(ValueError, match="num_envs"):
-        ProcgenVecEnv("maze", 0, SPLITS["train"])
+        ProcgenVecEnv("maze", 0, TRAIN)
 
 
 def test_split_contains_and_train_override():
-    assert SPLITS["test"].contains(201) and SPLITS["test"].contains(400)
-    assert not SPLITS["test"].contains(200) and not SPLITS["test"].contains(401)
-    assert not SPLITS["train"].contains(200) and SPLITS["train"].contains(0)
-    assert SPLITS["test-full"].contains(10**9) and SPLITS["test-full"].num_levels == 0
+    test, train, full = get_split("test"), get_split("train"), get_split("test-full")
+    assert test.contains(201) and test.contains(400)
+    assert not test.contains(200) and not test.contains(401)
+    assert not train.contains(200) and train.contains(0)
+    assert full.contains(10**9) and full.num_levels == 0
     own = LevelRange(5, 1)
-    assert get_split("train", own) is own and get_split("test", own) is SPLITS["test"]
+    assert get_split("train", own) is own and get_split("test", own) == LevelRange(7, 1)
 
 
 def test_failed_construction_leaves_no_error_in_del(monkeypatch):
@@ -206,7 +209,7 @@ def test_failed_construction_leaves_no_error_in_del(monkeypatch):
     errors = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: errors.append(repr(u.exc_value)))
     for bad in ({"game": "mazee"}, {"distribution_mode": "medium"}, {"num_envs": 0}):
-        kwargs = {"game": "maze", "num_envs": 2, "levels": SPLITS["train"], **bad}
+        kwargs = {"game": "maze", "num_envs": 2, "levels": TRAIN, **bad}
         try:
             ProcgenVecEnv(**kwargs)
         except ValueError:

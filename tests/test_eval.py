@@ -1,4 +1,4 @@
-"""Tests of evaluation (agents/evaluation.py, agents/report.py, agents/video.py, eval.py).
+"""Tests of evaluation (evaluation/evaluate.py, evaluation/report.py, evaluation/video.py, eval.py).
 
 End to end on a tiny run directory: three members trained for one update and an untrained explorer
 checkpoint, on bigfish (random-ish agents finish its episodes in ~150 steps, against 500 in maze)
@@ -17,16 +17,20 @@ import pytest
 import torch
 
 import eval as eval_cli
-from agents.checkpoint import network_payload, save_checkpoint
-from agents.config import load_config
-from agents.evaluation import evaluate_run
-from agents.policies import ExpGenTally, ExplorerStepper
-from agents.statistics import bootstrap_ci, iqm
+from agents.acting import ActionPicker, PopulationActor
 from agents.networks import NetworkSpec
-from agents.report import markdown_table, write_report
-from agents.runner import train_run
-from agents import video
-from agents.video import MARK_COLOR, EpisodeRecorder, render_frames, write_video
+from agents.population import Population
+from core.checkpoint import save_checkpoint
+from core.config import load_config
+from core.run_layout import RunLayout
+from evaluation.evaluate import evaluate_run
+from evaluation.policies import ExpGenTally
+from evaluation.statistics import bootstrap_ci, iqm
+from evaluation.report import markdown_table, write_report
+from launch.run import train_run
+from training.learner import network_payload
+from evaluation import video
+from evaluation.video import MARK_COLOR, EpisodeRecorder, render_frames, write_video
 
 EPISODES = 8
 DEVICE = os.environ.get("EXPGEN_TEST_DEVICE", "cpu")  # e.g. cuda, to check evaluation on a GPU
@@ -34,14 +38,7 @@ EVAL_ARGS = ["--episodes", str(EPISODES), "--device", DEVICE, "eval.num_envs=8"]
 MODES = ("member", "vote", "explorer", "expgen")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: batches here are tiny, and on a busy 2-core machine two OpenMP threads
-    wait on each other (measured 8x slower per forward under load); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +55,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     net = spec.build()
     payload = {**network_payload(spec, net.state_dict()), "agent": "explorer"}
-    save_checkpoint(cfg.run_dir / "explorer", 5, payload)
-    return cfg.run_dir
+    save_checkpoint(cfg.layout.explorer.checkpoints, 5, payload)
+    return cfg.layout.root
 
 
 def copy_run(run_dir: Path, dest: Path, explorer: bool = True) -> Path:
@@ -86,7 +83,7 @@ def test_cli_writes_every_output(run_dir: Path, cli_results: dict) -> None:
     assert cli_results["skipped"] == {}
     assert cli_results["split"] == "test" and cli_results["levels"] == "levels [201, 401)"
     assert cli_results["episodes"] == EPISODES and cli_results["game"] == "bigfish"
-    assert cli_results["checkpoints"] == {"member_0": 64, "member_1": 64, "member_2": 64, "explorer": 5}
+    assert cli_results["checkpoints"] == {"members": [64, 64, 64], "explorer": 5}
     md = (out / "results.md").read_text()
     assert "levels [201, 401)" in md
     assert all(f"| {m} |" in md for m in ("member 2", "members (IQM)", "vote", "explorer", "expgen"))
@@ -141,7 +138,7 @@ def test_missing_explorer_skips_its_modes(run_dir: Path, tmp_path: Path) -> None
     assert results["modes"] == {} and set(results["skipped"]) == {"explorer", "expgen"}
     assert "no explorer checkpoint" in results["skipped"]["explorer"]
     assert "Skipped `explorer`" in markdown_table(results)
-    write_report(results, bare / "eval")  # nothing to plot, but the rest is written
+    write_report(results, RunLayout(bare))  # nothing to plot, but the rest is written
     assert (bare / "eval" / "results.json").is_file()
     # The random-explorer ablation needs no explorer.
     results = evaluate_run(bare, ["eval.modes=[explorer,expgen]", "expgen.random_explorer=true",
@@ -205,14 +202,15 @@ def test_tally_counts_only_counted_episodes() -> None:
 
 
 def test_explorer_state_resets_at_episode_start() -> None:
-    torch.manual_seed(0)
-    net = NetworkSpec(kind="small", recurrent=True).build().eval().to(DEVICE)
-    obs = torch.randint(0, 256, (1, 2, 64, 64, 3), dtype=torch.uint8, device=DEVICE)
+    device = torch.device(DEVICE)
+    # the explorer as eval.py loads it: a recurrent population of one
+    net = Population(NetworkSpec(kind="small", recurrent=True), [0], "loop").eval().to(device)
+    obs = torch.randint(0, 256, (1, 2, 64, 64, 3), dtype=torch.uint8, device=device)
     with torch.no_grad():
-        stepper = ExplorerStepper(net, 2, torch.device(DEVICE))
-        fresh = stepper.logits(obs)
-        stepper.observe(np.array([True, False]))
-        later = stepper.logits(obs)
+        actor = PopulationActor(net, 2, ActionPicker([0], device, salt=0), device)
+        fresh = actor(obs)[1]
+        actor.episode_ended(0, np.array([True, False]))
+        later = actor(obs)[1]
     assert torch.allclose(later[0, 0], fresh[0, 0], atol=1e-6)  # env 0 restarted: memory cleared
     assert not torch.allclose(later[0, 1], fresh[0, 1])  # env 1 carries its state
 

@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from agents.explorer import ExplorerTrainer
 from agents.sampling import log_prob_entropy
+from core.runtime import Runtime
+from training import checkpointing
+from training.explorer_learner import ExplorerLearner
+from training.loop import train
 from envs.full_view import FullViewPair, LockstepError
-from envs.levels import SPLITS
+from envs.levels import get_split
 from envs.procgen_vec import ProcgenVecEnv
 
 EXPLORER = ["explorer.enabled=true", "ensemble.size=1", "env.game=chaser", "env.num_envs=4",
@@ -18,8 +21,13 @@ EXPLORER = ["explorer.enabled=true", "ensemble.size=1", "env.game=chaser", "env.
             "explorer.buffer_size=20"]
 
 
+def make_explorer(cfg) -> ExplorerLearner:
+    """The explorer's learner on the config's device and precision."""
+    return ExplorerLearner(cfg, Runtime.resolve(cfg.device, cfg.network.precision))
+
+
 def pair(game: str, agent_seed: int, full_seed: int, n: int = 8) -> FullViewPair:
-    make = functools.partial(ProcgenVecEnv, game, n, SPLITS["train"])
+    make = functools.partial(ProcgenVecEnv, game, n, get_split("train"))
     p = FullViewPair(lambda center_agent: make(center_agent=center_agent, rand_seed=agent_seed))
     if full_seed != agent_seed:
         p.full = make(center_agent=False, rand_seed=full_seed)
@@ -49,7 +57,7 @@ def test_divergence_is_detected() -> None:
 
 
 def test_sequence_replay_equals_the_step_by_step_rollout(small_cfg) -> None:
-    trainer = ExplorerTrainer(small_cfg(*EXPLORER))
+    trainer = make_explorer(small_cfg(*EXPLORER))
     trainer.collect()  # the second rollout starts from a non-zero GRU state
     trainer.collect()
     ro = trainer.ro
@@ -65,7 +73,7 @@ def test_sequence_replay_equals_the_step_by_step_rollout(small_cfg) -> None:
 
 def test_resets_matter_in_the_replay(small_cfg) -> None:
     """Replaying without the episode-start resets gives other values: the resets are real."""
-    trainer = ExplorerTrainer(small_cfg(*EXPLORER))
+    trainer = make_explorer(small_cfg(*EXPLORER))
     trainer.collect(), trainer.collect()
     with torch.no_grad():
         _, values, _ = trainer.pop(trainer.ro.obs, trainer.start_state, torch.zeros_like(trainer.ro.dones))
@@ -75,11 +83,11 @@ def test_resets_matter_in_the_replay(small_cfg) -> None:
 
 def test_explorer_resume_gives_identical_next_actions(small_cfg) -> None:
     cfg = small_cfg(*EXPLORER, "explorer.total_steps=192")
-    first = ExplorerTrainer(cfg)
-    first.train()  # one update, then a checkpoint
+    first = make_explorer(cfg)
+    train(first, cfg, first.runtime)  # one update, then a checkpoint
     first.collect()
-    second = ExplorerTrainer(cfg)
-    assert second.restore() and second.global_step == first.global_step - 0
+    second = make_explorer(cfg)
+    assert checkpointing.restore(second) and second.global_step == first.global_step - 0
     second.collect()
     assert torch.equal(first.ro.actions, second.ro.actions)
     torch.testing.assert_close(first.ro.rewards, second.ro.rewards)
@@ -88,5 +96,5 @@ def test_explorer_resume_gives_identical_next_actions(small_cfg) -> None:
 
 def test_explorer_needs_whole_env_minibatches(small_cfg) -> None:
     with pytest.raises(ValueError, match="divisible"):
-        ExplorerTrainer(small_cfg(*EXPLORER, "env.num_envs=3", "ppo.num_minibatches=2",
+        make_explorer(small_cfg(*EXPLORER, "env.num_envs=3", "ppo.num_minibatches=2",
                                   "ppo.num_steps=32"))

@@ -1,4 +1,4 @@
-"""Tests for the explorer's episodic k-NN reward (agents/knn_reward.py, EXPGEN.md section 2)."""
+"""Tests for the explorer's episodic k-NN reward (agents/knn_reward.py)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""PPO learns: a short training run through PopulationTrainer beats the random policy clearly.
+"""PPO learns: a short training run through PopulationLearner beats the random policy clearly.
 
 The task is one maze level (env.num_levels=1, start_level=22), chosen because a uniformly random
 policy finds the exit within the 500-step limit in only about a third of its episodes (mean
@@ -11,9 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agents.episodes import run_episodes
+from evaluation.episodes import run_episodes
 from agents.sampling import make_generators, sample_actions
-from agents.trainer import PopulationTrainer, make_env
+from core.runtime import Runtime
+from envs.make import make_env
+from training.loop import train
+from training.population_learner import PopulationLearner
 from tests.conftest import make_small_cfg
 
 LEVEL = 22
@@ -23,7 +26,7 @@ EVAL_SEED = 777
 
 
 def evaluate(cfg, act) -> np.ndarray:
-    env = make_env(cfg, 32, "train", rand_seed=EVAL_SEED)
+    env = make_env(cfg.env, 32, "train", rand_seed=EVAL_SEED)
     try:
         with torch.no_grad():
             stats = run_episodes(act, [env], EPISODES, torch.device("cpu"), seed=EVAL_SEED)
@@ -45,9 +48,10 @@ def test_ppo_learns_a_maze_level(tmp_path):
     uniform = lambda obs: torch.randint(0, 15, obs.shape[:2], generator=g)
     random_returns = evaluate(cfg, uniform)
 
-    trainer = PopulationTrainer(cfg, [0])
+    runtime = Runtime.resolve(cfg.device, cfg.network.precision)
+    trainer = PopulationLearner(cfg, [0], runtime)
     try:
-        summary = trainer.train()
+        summary = train(trainer, cfg, runtime)
         gens = make_generators(trainer.seeds, "cpu", salt=99)
         trained_returns = evaluate(cfg, lambda obs: sample_actions(trainer.pop(obs)[0], gens))
     finally:

@@ -4,15 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.config import PPOConfig
+from core.config import PPOConfig
 from agents.networks import NetworkSpec
 from agents.population import Population, clip_grad_norms_
-from agents.ppo import Batch, ppo_update
+from agents.minibatches import Batch, SampleMinibatches
+from agents.ppo import ppo_update
 from agents.sampling import make_generators
 
 SMALL = NetworkSpec(kind="small")
 SEEDS = [3, 7, 11]
 SAMPLES = 64
+STEPS = 8  # a rollout of STEPS x SAMPLES // STEPS envs per member
 
 
 def frames(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -78,11 +80,11 @@ def test_member_state_dict_round_trip():
 
 # ---- training equivalence and independence --------------------------------------------------------
 def synthetic_batches(members: int, updates: int = 2) -> list[Batch]:
-    """Different random data for every member and update (M, SAMPLES, ...)."""
+    """Different random data for every member and update, (M, T, N, ...) with T * N = SAMPLES."""
     out = []
     for u in range(updates):
         g = torch.Generator().manual_seed(100 + u)
-        n = (members, SAMPLES)
+        n = (members, STEPS, SAMPLES // STEPS)
         out.append(Batch(
             obs=frames(*n, seed=200 + u),
             actions=torch.randint(0, 15, n, generator=g),
@@ -90,6 +92,7 @@ def synthetic_batches(members: int, updates: int = 2) -> list[Batch]:
             values=torch.randn(n, generator=g),
             advantages=torch.randn(n, generator=g) * 2,
             returns=torch.randn(n, generator=g) * 3,
+            first=torch.zeros(n),
         ))
     return out
 
@@ -107,8 +110,9 @@ def train(seeds: list[int], batches: list[Batch], cfg: PPOConfig, mode: str = "l
     pop = Population(SMALL, seeds, forward_mode=mode)
     params = pop.member_params()
     opt = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
-    gens = make_generators(seeds, "cpu", salt=2)
-    metrics = [ppo_update(pop, params, opt, b, cfg, gens) for b in batches]
+    minibatches = SampleMinibatches(make_generators(seeds, "cpu", salt=2))
+    forward = lambda mb: pop(mb.batch.flat().obs)
+    metrics = [ppo_update(forward, params, opt, b, cfg, minibatches) for b in batches]
     return pop, metrics
 
 

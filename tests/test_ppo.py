@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from agents.config import PPOConfig
-from agents.ppo import Batch, explained_variance, normalise, ppo_loss
+from core.config import PPOConfig
+from agents.minibatches import Batch
+from agents.ppo import explained_variance, normalise, ppo_loss
 from agents.rollout import compute_gae
 
 
@@ -40,28 +41,32 @@ def gae_reference(rewards, values, dones, next_value, next_done, gamma, lam):
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_gae_matches_reference(dtype, tol):
     rng = np.random.default_rng(0)
-    T, M, N = 12, 2, 3
-    rewards = rng.normal(size=(T, M, N))
-    values = rng.normal(size=(T, M, N))
-    dones = (rng.random((T, M, N)) < 0.2).astype(np.float64)
+    M, T, N = 2, 12, 3  # member-major rollouts: time is axis 1
+    rewards = rng.normal(size=(M, T, N))
+    values = rng.normal(size=(M, T, N))
+    dones = (rng.random((M, T, N)) < 0.2).astype(np.float64)
     next_value = rng.normal(size=(M, N))
     next_done = (rng.random((M, N)) < 0.5).astype(np.float64)
-    assert dones[1:].sum() > 3 and 0 < next_done.sum() < M * N  # both paths are exercised
+    assert dones[:, 1:].sum() > 3 and 0 < next_done.sum() < M * N  # both paths are exercised
 
     t = lambda x: torch.tensor(x, dtype=dtype)
     adv, ret = compute_gae(t(rewards), t(values), t(dones), t(next_value), t(next_done), 0.99, 0.95)
-    ref_adv, ref_ret = gae_reference(rewards, values, dones, next_value, next_done, 0.99, 0.95)
-    assert adv.shape == (T, M, N) and ret.shape == (T, M, N)
+    time_major = lambda x: np.moveaxis(x, 1, 0)  # the reference runs along axis 0
+    ref_adv, ref_ret = gae_reference(time_major(rewards), time_major(values), time_major(dones),
+                                     next_value, next_done, 0.99, 0.95)
+    ref_adv, ref_ret = np.moveaxis(ref_adv, 0, 1), np.moveaxis(ref_ret, 0, 1)
+    assert adv.shape == (M, T, N) and ret.shape == (M, T, N)
     np.testing.assert_allclose(adv.numpy(), ref_adv, atol=tol, rtol=0)
     np.testing.assert_allclose(ret.numpy(), ref_ret, atol=tol, rtol=0)
 
 
 def test_gae_single_step_by_hand():
     # one step, no episode end: A = r + gamma * V' - V;  with an end: A = r - V
-    r, v, nv = torch.tensor([[1.0, 1.0]]), torch.tensor([[0.5, 0.5]]), torch.tensor([2.0, 2.0])
-    adv, ret = compute_gae(r, v, torch.zeros(1, 2), nv, torch.tensor([0.0, 1.0]), 0.9, 0.95)
-    np.testing.assert_allclose(adv.numpy(), [[1.0 + 0.9 * 2.0 - 0.5, 1.0 - 0.5]], atol=1e-6)
-    np.testing.assert_allclose(ret.numpy(), [[1.0 + 0.9 * 2.0, 1.0]], atol=1e-6)
+    # (M, T, N) = (1, 1, 2); next_value and next_done are (M, N)
+    r, v, nv = torch.tensor([[[1.0, 1.0]]]), torch.tensor([[[0.5, 0.5]]]), torch.tensor([[2.0, 2.0]])
+    adv, ret = compute_gae(r, v, torch.zeros(1, 1, 2), nv, torch.tensor([[0.0, 1.0]]), 0.9, 0.95)
+    np.testing.assert_allclose(adv.numpy(), [[[1.0 + 0.9 * 2.0 - 0.5, 1.0 - 0.5]]], atol=1e-6)
+    np.testing.assert_allclose(ret.numpy(), [[[1.0 + 0.9 * 2.0, 1.0]]], atol=1e-6)
 
 
 # ---- the PPO loss on a hand-made batch -----------------------------------------------------------
@@ -85,7 +90,7 @@ def hand_batch() -> tuple[torch.Tensor, torch.Tensor, Batch]:
     f = lambda x: torch.tensor([x], dtype=torch.float32)
     mb = Batch(
         obs=torch.zeros(1, 4, 1), actions=torch.tensor([ACTIONS]), logprobs=f(old_logp),
-        values=f(OLD_VALUES), advantages=f(ADV), returns=f(RETURNS),
+        values=f(OLD_VALUES), advantages=f(ADV), returns=f(RETURNS), first=torch.zeros(1, 4),
     )
     return f(LOGITS), f(NEW_VALUES), mb
 

@@ -1,4 +1,4 @@
-"""Tests of ``engine: sb3`` (agents/sb3_engine.py) and the SB3 VecEnv adapter (envs/sb3_vec_env.py).
+"""Tests of ``engine: sb3`` (training/engines/sb3.py) and the SB3 VecEnv adapter (envs/sb3_vec_env.py).
 
 Runs use bigfish, whose episodes a random agent ends in tens of steps (maze's last 500), so a few
 tiny updates already contain finished episodes.
@@ -17,12 +17,15 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor, VecVideoRecorder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.checkpoint import list_checkpoints, load_checkpoint, load_latest
-from agents.evaluation import evaluate_run
+from core.checkpoint import list_checkpoints, load_checkpoint, load_latest
+from core.run_layout import AgentDir
+from core.runtime import Runtime
+from evaluation.evaluate import evaluate_run
 from agents.networks import ActorCritic, NetworkSpec
 from agents.population import Population
-from agents.runner import train_run
-from agents.sb3_engine import SB3Trainer
+from launch.run import train_run
+from training import checkpointing
+from training.engines.sb3 import SB3Learner
 from envs.levels import LevelRange, get_split
 from envs.procgen_vec import ProcgenVecEnv
 from envs.sb3_vec_env import ProcgenSB3VecEnv
@@ -31,18 +34,12 @@ SB3 = ["engine=sb3", "env.game=bigfish", "network.precision=fp32"]
 LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "explained_variance")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: batches here are tiny and the 2-core machine is shared (see test_eval.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def scalars(agent_dir: Path) -> dict[str, list[tuple[int, float]]]:
+def scalars(agent: AgentDir) -> dict[str, list[tuple[int, float]]]:
     """Every scalar of an agent's TensorBoard directory (all event files), as (step, value) lists."""
-    acc = EventAccumulator(str(agent_dir / "tb"))
+    acc = EventAccumulator(str(agent.tb))
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
@@ -58,9 +55,9 @@ def test_train_run_writes_checkpoints_and_cleanrl_metrics(small_cfg) -> None:
     cfg = small_cfg(*SB3, "ppo.num_steps=32", "ppo.total_steps=384", "ppo.anneal_lr=true",
                     "logging.eval_interval=3", "logging.eval_episodes=2", "logging.eval_splits=[test]")
     train_run(cfg)
-    agent = cfg.run_dir / "member_0"
+    agent = cfg.layout.member(0)
     steps = [128, 256, 384]
-    assert [load_checkpoint(p)["step"] for p in list_checkpoints(agent)] == steps[::-1]
+    assert [load_checkpoint(p)["step"] for p in list_checkpoints(agent.checkpoints)] == steps[::-1]
     logged = scalars(agent)
     for tag in [f"losses/{k}" for k in LOSSES] + ["charts/SPS", "charts/learning_rate"]:
         assert [s for s, _ in logged[tag]] == steps, tag
@@ -74,24 +71,23 @@ def test_train_run_writes_checkpoints_and_cleanrl_metrics(small_cfg) -> None:
 
 def test_checkpoint_is_our_actor_critic_with_sb3_probabilities(small_cfg) -> None:
     cfg = small_cfg(*SB3, "ppo.num_steps=16", "ensemble.seeds=[7]")
-    trainer = SB3Trainer(cfg, 0, torch.device("cpu"))
+    trainer = SB3Learner(cfg, 0, Runtime.resolve("cpu", cfg.network.precision))
     try:
         # Untrained, the SB3 policy is exactly the native member of the same seed.
         native = Population(trainer.spec, [7]).member_state_dict(0)
         exported = trainer.policy.actor_critic_state()
         assert exported.keys() == native.keys()
         assert all(torch.equal(exported[k], native[k]) for k in native)
-        trainer.collect()
-        trainer.learn()
-        trainer.update = 1
-        trainer.save()
+        trainer.iterate()  # one rollout and update
+        assert trainer.update == 1
+        checkpointing.save(trainer, {})
         obs = trainer.model._last_obs  # real ProcGen frames, uint8 HWC
         with torch.no_grad():
             sb3_probs = trainer.policy.get_distribution(torch.as_tensor(obs)).distribution.probs
             sb3_values = trainer.policy.predict_values(torch.as_tensor(obs)).squeeze(-1)
     finally:
         trainer.close()
-    ckpt = load_latest(cfg.run_dir / "member_0")
+    ckpt = load_latest(cfg.layout.member(0).checkpoints)
     net = ActorCritic(NetworkSpec(**ckpt["network"]))
     net.load_state_dict(ckpt["model"])  # strict: exactly ActorCritic's keys
     assert not all(torch.equal(ckpt["model"][k], native[k]) for k in native)  # it did learn
@@ -104,7 +100,7 @@ def test_checkpoint_is_our_actor_critic_with_sb3_probabilities(small_cfg) -> Non
 def test_eval_evaluates_sb3_trained_members(small_cfg) -> None:
     cfg = small_cfg(*SB3, "ensemble.size=2", "explorer.enabled=false", "ppo.total_steps=32")
     train_run(cfg)
-    results = evaluate_run(cfg.run_dir, ["eval.modes=[member,vote]", "eval.episodes=4",
+    results = evaluate_run(cfg.layout.root, ["eval.modes=[member,vote]", "eval.episodes=4",
                                          "eval.num_envs=4", "device=cpu"])
     members = results["modes"]["member"]["members"]
     assert [m["member"] for m in members] == [0, 1] and [m["step"] for m in members] == [32, 32]
@@ -117,11 +113,11 @@ def test_resume_continues_the_step_counter_exactly(small_cfg) -> None:
     train_run(small_cfg(*SB3, "ppo.total_steps=128", name="resumed"))
     straight = small_cfg(*SB3, "ppo.total_steps=128", name="straight")
     train_run(straight)
-    resumed_dir, straight_dir = half.run_dir / "member_0", straight.run_dir / "member_0"
+    resumed_dir, straight_dir = half.layout.member(0), straight.layout.member(0)
     assert [s for s, _ in scalars(resumed_dir)["losses/policy_loss"]] == [32, 64, 96, 128]
     # Optimiser, random generators, ProcGen's state and SB3's episode starts were all restored:
     # the resumed run ends with the very weights of a run that was never interrupted.
-    resumed, uninterrupted = load_latest(resumed_dir), load_latest(straight_dir)
+    resumed, uninterrupted = load_latest(resumed_dir.checkpoints), load_latest(straight_dir.checkpoints)
     assert resumed["step"] == uninterrupted["step"] == 128
     for k, v in uninterrupted["model"].items():
         assert torch.equal(resumed["model"][k], v), k

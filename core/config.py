@@ -1,8 +1,12 @@
 """The configuration schema: typed dataclasses + YAML + ``key=value`` overrides (OmegaConf).
 
 Unknown keys and wrong types are rejected by OmegaConf's structured configs; values outside their
-allowed set are rejected by ``validate``. Both happen before any work starts, with a message naming
-the key and what is allowed.
+allowed set and every rule that ties keys together are rejected by ``validate``. All of it happens
+in ``load_config``, before any work starts (and before any Ray trial could retry a config error),
+with a message naming the key and what is allowed.
+
+This is the one module past ~300 lines on purpose: the schema, its allowed values and its rules
+are one concept, and a key's rule is easiest to keep right next to the key.
 """
 from __future__ import annotations
 
@@ -13,14 +17,22 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from agents.networks import NETWORK_KINDS, PRECISIONS
-from agents.population import FORWARD_MODES
+from core.run_layout import RunLayout
 from envs.games import check_distribution_mode, get_game
-from envs.levels import SPLITS, LevelRange
+from envs.levels import SPLITS, LevelRange, get_split
 
-
+# The allowed values of every choice key, owned here; the modules that implement them import these.
 EVAL_MODES = ("member", "vote", "explorer", "expgen")
 ENGINES = ("native", "sb3", "rllib")
+NETWORK_KINDS = ("impala", "small")
+PRECISIONS = ("auto", "fp32", "bf16")
+FORWARD_MODES = ("auto", "vmap", "loop")
+NORM_ADV = ("batch", "minibatch", "none")
+CONTROLLER_MODES = ("reference", "plurality")
+BURSTS = ("reference", "geometric", "fixed")
+UNCLASSED_ANCHORS = ("up", "exact")
+MINIBATCHES = ("samples", "sequences")
+INITS = ("torch", "reference")
 
 
 class ConfigError(ValueError):
@@ -37,6 +49,10 @@ class EnvConfig:
     use_backgrounds: bool = True
     num_threads: int = 1  # procgen's own C++ threads per batch
 
+    @property
+    def train_levels(self) -> LevelRange:
+        return LevelRange(self.start_level, self.num_levels)
+
 
 @dataclass
 class NetworkConfig:
@@ -44,6 +60,9 @@ class NetworkConfig:
     # auto: bf16 autocast for the convolutional trunk where the device has native bf16 (CUDA
     # Ampere+, CPUs with AVX512-BF16/AMX), else fp32. Weights, optimiser, heads, losses: fp32.
     precision: str = "auto"  # auto | fp32 | bf16
+    # torch: PyTorch's default layer init (as CleanRL); reference: the authors' (Xavier-uniform
+    # trunk with zero biases, orthogonal GRU). Heads are orthogonal (gains 0.01 / 1) in both.
+    init: str = "torch"  # torch | reference
     channels: list[int] = field(default_factory=lambda: [16, 32, 32])
     hidden: int = 256
 
@@ -65,6 +84,9 @@ class PPOConfig:
     ent_coef: float = 0.01
     max_grad_norm: float = 0.5
     norm_adv: str = "batch"  # batch | minibatch | none ("off" would parse as a YAML boolean)
+    # The reward agents' minibatches: random single transitions (CleanRL), or sets of whole env
+    # sequences (the authors' PPO); the recurrent explorer always uses sequences.
+    minibatch: str = "samples"  # samples | sequences
 
 
 @dataclass
@@ -90,7 +112,7 @@ class LoggingConfig:
 
 @dataclass
 class ExplorerConfig:
-    """The maximum-entropy exploration agent (EXPGEN.md section 2)."""
+    """The maximum-entropy exploration agent (docs/expgen.md, "Explorer")."""
 
     enabled: bool = True
     total_steps: int = 100_000_000
@@ -103,7 +125,7 @@ class ExplorerConfig:
 
 @dataclass
 class ExpGenConfig:
-    """The test-time controller (EXPGEN.md section 3); see agents/controller.py."""
+    """The test-time controller (docs/expgen.md, "Controller"); see agents/controller.py."""
 
     controller: str = "reference"  # reference | plurality
     threshold: int = -1  # < 0: the per-game k, scaled from 10 members to the ensemble's size
@@ -112,6 +134,9 @@ class ExpGenConfig:
     burst_length: int = 1
     sample: bool = True  # members (and explorer) sample; false = argmax
     random_explorer: bool = False  # ablation: random actions instead of the explorer's
+    # reference controller, anchor action in no direction class (maze/miner noop and special keys):
+    # up = the authors' lookup, which falls to class 0 ("up"); exact = only exact matches agree
+    unclassed_anchor: str = "up"  # up | exact
     members: int = 0  # use the first m members; 0 = all
 
 
@@ -127,7 +152,7 @@ class EvalConfig:
 
 @dataclass
 class RLlibConfig:
-    """``engine=rllib``: how RLlib spreads one reward agent's sampling and updates (agents/rllib_engine.py)."""
+    """``engine=rllib``: how RLlib spreads one reward agent's sampling and updates (training/engines/rllib.py)."""
 
     num_env_runners: int = 0  # 0: sample in the learner's own process
     num_envs_per_env_runner: int = 0  # 0: env.num_envs split evenly over the runners
@@ -137,7 +162,7 @@ class RLlibConfig:
 
 @dataclass
 class ResourcesConfig:
-    """What each Ray Tune trial asks the cluster for (``ray: true``); see agents/distributed.py.
+    """What each Ray Tune trial asks the cluster for (``ray: true``); see launch/ray_trials.py.
 
     A trial is one population shard of reward agents (``population.size`` members) or the explorer.
     GPUs < 0 means auto: the cluster's GPUs shared evenly by the trials (0 on a machine without).
@@ -180,12 +205,26 @@ class Config:
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     @property
-    def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.name
+    def layout(self) -> RunLayout:
+        return RunLayout(Path(self.runs_dir) / self.name)
+
+    # PPO batch arithmetic, for every agent and engine: one rollout of num_steps in each of num_envs.
+    @property
+    def steps_per_update(self) -> int:
+        return self.env.num_envs * self.ppo.num_steps
+
+    def num_updates(self, explorer: bool = False) -> int:
+        """Updates to train an agent to its step budget, rounded up to whole rollouts."""
+        budget = self.explorer.total_steps if explorer else self.ppo.total_steps
+        return -(-budget // self.steps_per_update)
+
+    def final_step(self, explorer: bool = False) -> int:
+        return self.num_updates(explorer) * self.steps_per_update
 
     @property
-    def train_levels(self) -> LevelRange:
-        return LevelRange(self.env.start_level, self.env.num_levels)
+    def eval_members(self) -> int:
+        """How many members (the first ones) eval.py's ensemble modes use."""
+        return self.expgen.members or self.ensemble.size
 
     @property
     def explorer_gamma(self) -> float:
@@ -251,7 +290,7 @@ def validate(cfg: Config) -> None:
     """Reject values that type checks cannot: unknown names, bad ranges, inconsistent sizes."""
     for key, check in (("env.game", lambda: get_game(cfg.env.game)),
                        ("env.distribution_mode", lambda: check_distribution_mode(cfg.env.distribution_mode)),
-                       ("env.start_level/env.num_levels", lambda: cfg.train_levels)):
+                       ("env.start_level/env.num_levels", lambda: cfg.env.train_levels)):
         try:
             check()
         except ValueError as e:
@@ -260,12 +299,15 @@ def validate(cfg: Config) -> None:
     _choice("network.kind", cfg.network.kind, NETWORK_KINDS)
     _choice("network.precision", cfg.network.precision, PRECISIONS)
     _choice("population.forward_mode", cfg.population.forward_mode, FORWARD_MODES)
-    _choice("ppo.norm_adv", cfg.ppo.norm_adv, ("batch", "minibatch", "none"))
-    _choice("eval.split", cfg.eval.split, list(SPLITS))
+    _choice("ppo.norm_adv", cfg.ppo.norm_adv, NORM_ADV)
+    _choice("ppo.minibatch", cfg.ppo.minibatch, MINIBATCHES)
+    _choice("network.init", cfg.network.init, INITS)
+    _choice("expgen.unclassed_anchor", cfg.expgen.unclassed_anchor, UNCLASSED_ANCHORS)
+    _choice("eval.split", cfg.eval.split, SPLITS)
     for mode in cfg.eval.modes:
         _choice("eval.modes", mode, EVAL_MODES)
-    _choice("expgen.controller", cfg.expgen.controller, ("reference", "plurality"))
-    _choice("expgen.burst", cfg.expgen.burst, ("reference", "geometric", "fixed"))
+    _choice("expgen.controller", cfg.expgen.controller, CONTROLLER_MODES)
+    _choice("expgen.burst", cfg.expgen.burst, BURSTS)
     if not 0 < cfg.expgen.burst_p <= 1:
         raise ConfigError(f"expgen.burst_p must lie in (0, 1], got {cfg.expgen.burst_p}")
     if cfg.expgen.members < 0 or cfg.expgen.members > cfg.ensemble.size:
@@ -273,7 +315,7 @@ def validate(cfg: Config) -> None:
     for key in ("explorer.total_steps", "explorer.k", "explorer.buffer_size", "explorer.pool"):
         _positive(key, getattr(cfg.explorer, key.split(".")[1]))
     for s in cfg.logging.eval_splits:
-        _choice("logging.eval_splits", s, list(SPLITS))
+        _choice("logging.eval_splits", s, SPLITS)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"device={cfg.device!r}: choose auto, cpu, cuda or cuda:N")
     for key in ("env.num_envs", "ppo.num_steps", "ppo.epochs", "ppo.num_minibatches",
@@ -286,7 +328,7 @@ def validate(cfg: Config) -> None:
     for key in ("shard_cpus", "explorer_cpus"):
         _positive(f"resources.{key}", getattr(cfg.resources, key))
     _positive("resources.max_failures", cfg.resources.max_failures, strict=False)
-    batch = cfg.env.num_envs * cfg.ppo.num_steps
+    batch = cfg.steps_per_update
     if batch % cfg.ppo.num_minibatches:
         raise ConfigError(
             f"env.num_envs * ppo.num_steps = {batch} is not divisible by "
@@ -299,6 +341,56 @@ def validate(cfg: Config) -> None:
         )
     if not 0 <= cfg.ppo.gamma <= 1 or not 0 <= cfg.ppo.gae_lambda <= 1:
         raise ConfigError("ppo.gamma and ppo.gae_lambda must lie in [0, 1]")
+    _validate_across(cfg)
+
+
+def _validate_across(cfg: Config) -> None:
+    """Rules that tie several sections together. They are checked here, before any work, rather
+    than where they bite (inside a Ray trial, Tune would retry a config error as a crash)."""
+    for key, split in [("eval.split", cfg.eval.split)] + [("logging.eval_splits", s) for s in cfg.logging.eval_splits]:
+        try:
+            get_split(split, cfg.env.train_levels)  # test: the unseen levels after the training range
+        except ValueError as e:
+            raise ConfigError(f"{key}={split}: {e}") from None
+    n, mb = cfg.env.num_envs, cfg.ppo.num_minibatches
+    if cfg.ppo.minibatch == "sequences" and n % mb:
+        raise ConfigError(
+            f"ppo.minibatch=sequences cuts minibatches of whole env sequences: env.num_envs={n} must "
+            f"be divisible by ppo.num_minibatches={mb}"
+        )
+    if cfg.ppo.minibatch == "sequences" and cfg.engine != "native":
+        raise ConfigError(f"ppo.minibatch=sequences is implemented by the native engine only, not "
+                          f"engine={cfg.engine}; use ppo.minibatch=samples")
+    if cfg.explorer.enabled and n % mb:
+        raise ConfigError(
+            f"the explorer's minibatches are sets of whole env sequences: env.num_envs={n} must be "
+            f"divisible by ppo.num_minibatches={mb} (or set explorer.enabled=false)"
+        )
+    if cfg.engine == "rllib":
+        rllib_runner_layout(cfg)
+    if cfg.expgen.threshold > cfg.eval_members:
+        raise ConfigError(
+            f"expgen.threshold={cfg.expgen.threshold} exceeds the {cfg.eval_members} members evaluated "
+            "(expgen.members or ensemble.size): consensus would be impossible"
+        )
+    if cfg.expgen.threshold == 0:
+        raise ConfigError("expgen.threshold must be >= 1 (or -1 for the per-game default)")
+    for key in ("rllib.num_env_runners", "rllib.num_envs_per_env_runner", "rllib.num_learners",
+                "rllib.num_gpus_per_learner"):
+        _positive(key, getattr(cfg.rllib, key.split(".")[1]), strict=False)
+
+
+def rllib_runner_layout(cfg: Config) -> tuple[int, int]:
+    """``engine=rllib``: (env runners that sample, envs per runner); 0 runners samples in the trial."""
+    r, n = cfg.rllib, cfg.env.num_envs
+    runners = max(r.num_env_runners, 1)
+    per_runner = r.num_envs_per_env_runner or n // runners
+    if per_runner * runners != n:
+        raise ConfigError(
+            f"rllib: {runners} env runner(s) x {per_runner} envs != env.num_envs={n}; set "
+            "rllib.num_envs_per_env_runner or an env.num_envs divisible by rllib.num_env_runners"
+        )
+    return runners, per_runner
 
 
 def save_config(cfg: Config, path: Path) -> None:

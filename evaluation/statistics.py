@@ -9,8 +9,8 @@ from typing import Any, Callable
 import numpy as np
 from scipy import stats as sps
 
-from agents.config import Config
-from agents.episodes import EpisodeStats
+from core.config import Config
+from evaluation.episodes import EpisodeStats
 from envs.games import get_game
 
 CONFIDENCE = 0.95

@@ -1,12 +1,12 @@
-"""``engine: rllib``: one reward agent trained by RLlib's PPO (new API stack) inside our ``Trainer`` loop.
+"""``engine: rllib``: one reward agent trained by RLlib's PPO (new API stack) inside our training loop.
 
 - Network: ``ExpGenRLModule`` wraps the ``ActorCritic`` that ``NetworkSpec.build()`` makes (one
   definition for every engine), initialised from the member's seed exactly as the native trainer
   does, so the exported state dict is a plain ``ActorCritic`` checkpoint that eval.py reads.
 - Env: our batched procgen, one ``ProcgenVecEnv`` per env runner (envs/rllib_env.py says why and
   what RLlib's NEXT_STEP autoreset assumption costs).
-- One ``Trainer`` iteration is one ``algo.train()``: sampling happens in ``collect``, the update is
-  read back in ``learn``; logging, held-out evaluation and checkpoints are the shared loop's.
+- One ``iterate`` is one ``algo.train()`` (sampling and update); logging, held-out evaluation and
+  checkpoints are the shared loop's (training/loop.py).
 
 Hyper-parameters (``ppo_config``), ours -> RLlib's, and where they differ:
 - ``lr``, ``adam_eps`` (via our Learner's optimiser), ``gamma``, ``gae_lambda`` -> ``lambda_``,
@@ -46,12 +46,13 @@ from ray.rllib.core.rl_module.apis import ValueFunctionAPI
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-from agents.checkpoint import network_payload
-from agents.config import Config
-from agents.networks import ActorCritic, NetworkSpec, resolve_precision, run_trunk
-from agents.population import _seeded_network
-from agents.trainer import EngineTrainer, EpisodeLog, network_spec
+from agents.networks import ActorCritic, NetworkSpec, run_trunk
+from agents.population import seeded_network
+from agents.ppo import learning_rate
+from core.config import Config, rllib_runner_layout
+from core.runtime import Runtime, resolve_bf16
 from envs.rllib_env import register_rllib_env, rllib_env_config
+from training.learner import EpisodeLog, IterationResult, MemberLearner, network_payload
 
 # RLlib seeds runner r of an algorithm with ``config.seed + r``: spacing members' seeds this far
 # apart keeps every (member, runner) pair on its own procgen level stream.
@@ -73,32 +74,29 @@ class ExpGenRLModule(TorchRLModule, ValueFunctionAPI):
 
     def setup(self) -> None:
         c = self.model_config
-        spec = NetworkSpec(**{**c["network"], "channels": tuple(c["network"]["channels"])})
-        self.net = _seeded_network(spec, c["seed"])
+        self.net = seeded_network(NetworkSpec.from_dict(c["network"]), c["seed"], c["init"])
 
-    def _set_precision(self, obs: torch.Tensor) -> None:
-        self.net.bf16 = _bf16(self.model_config["precision"], obs.device.type)
+    def _features(self, obs: torch.Tensor) -> torch.Tensor:
+        return run_trunk(self.net.trunk, obs, _bf16(self.model_config["precision"], obs.device.type))
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        self._set_precision(batch[Columns.OBS])
-        return {Columns.ACTION_DIST_INPUTS: self.net(batch[Columns.OBS])[0]}
+        return {Columns.ACTION_DIST_INPUTS: self.net.actor(self._features(batch[Columns.OBS]))}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         # The trunk features ride along as embeddings, so the value loss reuses them.
-        self._set_precision(batch[Columns.OBS])
-        h = run_trunk(self.net, batch[Columns.OBS])
+        h = self._features(batch[Columns.OBS])
         return {Columns.ACTION_DIST_INPUTS: self.net.actor(h), Columns.EMBEDDINGS: h}
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
         if embeddings is None:
-            self._set_precision(batch[Columns.OBS])
-            embeddings = run_trunk(self.net, batch[Columns.OBS])
+            embeddings = self._features(batch[Columns.OBS])
         return self.net.critic(embeddings).squeeze(-1)
 
 
 @functools.lru_cache(maxsize=None)
 def _bf16(precision: str, device_type: str) -> bool:
-    return resolve_precision(precision, torch.device(device_type))
+    """Env runners and learners may sit on different devices: the precision follows the batch's."""
+    return resolve_bf16(precision, torch.device(device_type))
 
 
 class ExpGenPPOLearner(PPOTorchLearner):
@@ -142,29 +140,17 @@ def _on_sample_end(*, env_runner: Any, metrics_logger: Any, **kwargs: Any) -> No
     env.steps_taken = 0
 
 
-def runner_layout(cfg: Config) -> tuple[int, int]:
-    """(env runners that sample, envs per runner); ``num_env_runners=0`` samples in the driver."""
-    r, n = cfg.rllib, cfg.env.num_envs
-    runners = max(r.num_env_runners, 1)
-    per_runner = r.num_envs_per_env_runner or n // runners
-    if per_runner * runners != n:
-        raise ValueError(
-            f"rllib: {runners} env runner(s) x {per_runner} envs != env.num_envs={n}; set "
-            "rllib.num_envs_per_env_runner or an env.num_envs divisible by rllib.num_env_runners"
-        )
-    return runners, per_runner
-
-
 def ppo_config(cfg: Config, member: int) -> PPOConfig:
     """Our config's PPO, network and env settings for member ``member`` as an RLlib ``PPOConfig``."""
     p, r, seed = cfg.ppo, cfg.rllib, cfg.member_seeds[member]
-    batch = p.num_steps * cfg.env.num_envs
+    batch = cfg.steps_per_update
     learners = max(r.num_learners, 1)
-    runners, per_runner = runner_layout(cfg)
-    spec = network_spec(cfg)
-    env_config = rllib_env_config(cfg.env.game, cfg.train_levels, cfg.env.distribution_mode,
+    runners, per_runner = rllib_runner_layout(cfg)
+    spec = NetworkSpec.from_config(cfg.network)
+    env_config = rllib_env_config(cfg.env.game, cfg.env.train_levels, cfg.env.distribution_mode,
                                   cfg.env.use_backgrounds, seed * RUNNER_SEED_STRIDE, cfg.env.num_threads)
-    lr = [[0, p.lr], [p.total_steps, 0.0]] if p.anneal_lr else p.lr
+    # The native schedule, expressed on RLlib's env-step counter: lr at step 0, 0 at the budget.
+    lr = [[0, learning_rate(p, 0, 1)], [p.total_steps, learning_rate(p, 1, 1)]] if p.anneal_lr else p.lr
     return (
         PPOConfig()
         .environment(env=register_rllib_env(), env_config=env_config, disable_env_checking=True)
@@ -173,8 +159,8 @@ def ppo_config(cfg: Config, member: int) -> PPOConfig:
         .learners(num_learners=r.num_learners, num_gpus_per_learner=r.num_gpus_per_learner,
                   learner_class=ExpGenPPOLearner, learner_config_dict={"adam_eps": p.adam_eps})
         .rl_module(rl_module_spec=RLModuleSpec(module_class=ExpGenRLModule, model_config={
-            "network": {"kind": spec.kind, "channels": list(spec.channels), "hidden": spec.hidden},
-            "seed": seed, "precision": cfg.network.precision,
+            "network": spec.to_dict(),
+            "seed": seed, "precision": cfg.network.precision, "init": cfg.network.init,
         }))
         .training(
             lr=lr, gamma=p.gamma, lambda_=p.gae_lambda, clip_param=p.clip_coef,
@@ -202,63 +188,50 @@ def ensure_ray(cfg: Config) -> None:
              include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
-class _LearningRate:
-    """Stands in for ``Trainer.opt``: the shared loop reads only ``opt.param_groups[0]["lr"]``."""
-
-    def __init__(self, lr: float) -> None:
-        self.param_groups = [{"lr": lr}]
-
-
-class RLlibTrainer(EngineTrainer):
+class RLlibLearner(MemberLearner):
     """Trains ensemble member ``member`` with RLlib's PPO; checkpoints in our format."""
 
-    def __init__(self, cfg: Config, member: int, device: torch.device | None = None) -> None:
-        super().__init__(cfg, member, device)
-        self.params = []  # RLlib's learner owns the parameters and the optimiser
+    def __init__(self, cfg: Config, member: int, runtime: Runtime) -> None:
+        super().__init__(cfg, member, runtime)
         ensure_ray(cfg)
         self.algo: Algorithm = ppo_config(cfg, member).build_algo()
-        self.opt = _LearningRate(cfg.ppo.lr)
-        self._result: dict[str, Any] = {}
+        self.lr = cfg.ppo.lr
 
     @property
     def module(self) -> ExpGenRLModule:
         """The learner's RLModule (the one updated; env runners get its weights after each update)."""
         return self.algo.get_module(DEFAULT_MODULE_ID)
 
-    def collect(self) -> EpisodeLog:
-        """Run one whole RLlib iteration (sampling and update); return the episodes it finished."""
-        self._result = self.algo.train()
-        runners = self._result["env_runners"]
+    def iterate(self) -> IterationResult:
+        """One whole RLlib iteration (sampling and update), read back under our metric names."""
+        result = self.algo.train()
+        runners, learner = result["env_runners"], result["learners"][DEFAULT_MODULE_ID]
         episodes = EpisodeLog()
         for ours, theirs in (("charts/episodic_return", EPISODE_RETURNS), ("charts/episodic_length", EPISODE_LENGTHS)):
             # RLlib reduces a series of one item to the bare item, so both shapes arrive.
             values = np.atleast_1d(np.asarray(runners.get(theirs, []), np.float64))
             if len(values):
                 episodes.add(ours, 0, values)
-        return episodes
-
-    def learn(self) -> dict[str, torch.Tensor]:
-        """The update's metrics, read from RLlib's learner results (the update ran in ``collect``)."""
-        learner = self._result["learners"][DEFAULT_MODULE_ID]
-        self.opt.param_groups[0]["lr"] = float(learner.get("default_optimizer_learning_rate", self.opt.param_groups[0]["lr"]))
+        self.lr = float(learner.get("default_optimizer_learning_rate", self.lr))
         names = {"policy_loss": "policy_loss", "value_loss": "vf_loss", "entropy": "entropy",
                  "approx_kl": "approx_kl", "clipfrac": "clipfrac", "explained_variance": "vf_explained_var"}
-        metrics = {ours: torch.tensor([float(learner[theirs])]) for ours, theirs in names.items() if theirs in learner}
+        metrics = {ours: np.array([float(learner[theirs])]) for ours, theirs in names.items() if theirs in learner}
         # Env steps procgen really took this iteration: at least steps_per_update (see envs/rllib_env.py).
-        metrics["charts/env_steps_sampled"] = torch.tensor([float(self._result["env_runners"].get(ENV_STEPS, 0))])
-        return metrics
+        metrics["charts/env_steps_sampled"] = np.array([float(runners.get(ENV_STEPS, 0))])
+        self.update += 1
+        return IterationResult(episodes, metrics, self.lr)
 
     def exported_state(self) -> dict[str, torch.Tensor]:
         """The learner's network as a plain ``ActorCritic`` state dict on the CPU: the checkpoint format."""
         return {k: v.detach().cpu().clone() for k, v in self.module.net.state_dict().items()}
 
-    def _payload(self, i: int) -> dict[str, Any]:
+    def state(self, i: int) -> dict[str, Any]:
         # RLlib's own state (learner weights, Adam moments, lr schedule, counters) for resuming;
         # env runners are left out: their envs restart from the seed on resume.
         return {**network_payload(self.spec, self.exported_state()), "seed": self.seed,
                 "rllib": self.algo.get_state(components=["learner_group", "metrics_logger"])}
 
-    def _load(self, i: int, ckpt: dict[str, Any]) -> None:
+    def load_state(self, i: int, ckpt: dict[str, Any]) -> None:
         self.algo.set_state(ckpt["rllib"])
         # Push the restored weights to the env runners before they sample again.
         self.algo.env_runner_group.sync_weights(from_worker_or_learner_group=self.algo.learner_group,

@@ -11,21 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from agents.acting import ActionPicker, PopulationActor
 from agents.controller import ExpGenController, plurality_votes
 from agents.population import Population
-from agents.sampling import make_generators, sample_actions
-
-
-class ActionPicker:
-    """Sampled (one generator per policy, so streams do not depend on each other) or argmax actions."""
-
-    def __init__(self, seeds: list[int], device: torch.device, salt: int, sample: bool) -> None:
-        self.sample = sample
-        self.generators = make_generators(seeds, device, salt) if sample else []
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        """(P, N, A) logits -> (P, N) actions."""
-        return sample_actions(logits, self.generators) if self.sample else logits.argmax(-1)
 
 
 class Policy:
@@ -66,38 +54,17 @@ class VotePolicy(Policy):
         return plurality_votes(member_actions(self.pop, self.pick, obs))[1].unsqueeze(0)
 
 
-class ExplorerStepper:
-    """Runs the explorer one step at a time, carrying its GRU state and zeroing it at episode starts."""
-
-    def __init__(self, net: torch.nn.Module, num_envs: int, device: torch.device) -> None:
-        self.net = net
-        self.recurrent = bool(getattr(net.spec, "recurrent", False))
-        self.state = net.initial_state(num_envs, device) if self.recurrent else None
-        self.first = torch.ones(num_envs, device=device)  # reset() frames start episodes
-
-    def logits(self, obs: torch.Tensor) -> torch.Tensor:
-        """(1, N, ...) frames -> (1, N, A) logits; the state advances on every call."""
-        if not self.recurrent:
-            return self.net(obs[0])[0].unsqueeze(0)
-        logits, _, self.state = self.net(obs, self.state, self.first.unsqueeze(0))
-        return logits
-
-    def observe(self, terminated: np.ndarray) -> None:
-        # Procgen resets in the same step: the next frame of a terminated env starts an episode.
-        self.first = torch.as_tensor(terminated, dtype=torch.float32, device=self.first.device)
-
-
 class ExplorerPolicy(Policy):
-    """The explorer alone."""
+    """The explorer alone (its GRU state carried across steps, reset at episode starts)."""
 
-    def __init__(self, stepper: ExplorerStepper, pick: ActionPicker) -> None:
-        self.stepper, self.pick = stepper, pick
+    def __init__(self, actor: PopulationActor) -> None:
+        self.actor = actor
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.pick(self.stepper.logits(obs))
+        return self.actor(obs)[0]
 
     def observe(self, info: dict) -> None:
-        self.stepper.observe(info["terminated"])
+        self.actor.episode_ended(0, info["terminated"])
 
 
 @dataclass
@@ -145,18 +112,19 @@ class ExpGenTally:
 
 
 class ExpGenPolicy(Policy):
-    """All members and the explorer act every step; the controller picks per env (EXPGEN.md 3)."""
+    """All members and the explorer act every step; the controller picks per env
+    (docs/expgen.md, "Controller")."""
 
-    def __init__(self, pop: Population, pick: ActionPicker, stepper: ExplorerStepper | None,
-                 explorer_pick: ActionPicker, controller: ExpGenController, tally: ExpGenTally) -> None:
-        self.pop, self.pick, self.stepper, self.explorer_pick = pop, pick, stepper, explorer_pick
+    def __init__(self, pop: Population, pick: ActionPicker, explorer: PopulationActor | None,
+                 controller: ExpGenController, tally: ExpGenTally) -> None:
+        self.pop, self.pick, self.explorer = pop, pick, explorer
         self.controller, self.tally = controller, tally
         self.out = None
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         actions = member_actions(self.pop, self.pick, obs)
-        if self.stepper is not None:  # advanced on every real frame, used or not
-            explorer = self.explorer_pick(self.stepper.logits(obs))[0]
+        if self.explorer is not None:  # advanced on every real frame, used or not
+            explorer = self.explorer(obs)[0][0]
         else:  # random_explorer ablation without an explorer: the controller draws the actions
             explorer = torch.zeros_like(actions[0])
         self.out = self.controller.step(actions, explorer)
@@ -168,5 +136,5 @@ class ExpGenPolicy(Policy):
         self.tally.step(self.out.votes.cpu().numpy(), self.out.explored.cpu().numpy(),
                         self.out.consensus.cpu().numpy(), term)
         self.controller.reset(torch.from_numpy(term))
-        if self.stepper is not None:
-            self.stepper.observe(term)
+        if self.explorer is not None:
+            self.explorer.episode_ended(0, term)

@@ -9,7 +9,7 @@ not know Ray was involved. On a multi-node cluster ``runs_dir`` must therefore b
 every node sees (NFS or similar), and the project installed on every node.
 
 Tune's own bookkeeping (experiment state, per-trial logs, checkpoint pointers) goes to
-``runs/<name>/ray/``. A re-run after the driver died plans only the jobs that have not reached
+``runs/<name>/ray/`` (core/run_layout.py). A re-run after the driver died plans only the jobs that have not reached
 their budget; those resume from their checkpoints.
 """
 from __future__ import annotations
@@ -25,12 +25,14 @@ from typing import Any
 
 import torch
 
-from agents.config import Config, ConfigError
-from agents.runner import Job, pending_jobs, plan, train_job
-from agents.trainer import resolve_device
-from agents.trial_table import TrialTable
+from core.checkpoint import CheckpointError
+from core.config import Config, ConfigError
+from core.runtime import Runtime
+from launch.jobs import Job, pending_jobs, plan, train_job
+from launch.trial_table import TrialTable
 
 log = logging.getLogger("expgen")
+FATAL = "fatal_error"  # the result key of a trial that ended on an error no retry can fix
 
 
 def init_ray(address: str) -> None:
@@ -88,13 +90,11 @@ def check_fits(cfg: Config, requests: dict[str, dict[str, float]], nodes: list[d
                               f"resources.{'explorer' if name == 'explorer' else 'shard'}_gpus or device=auto")
 
 
-def trial_device(cfg: Config) -> torch.device:
-    """``device=auto`` inside a trial: CUDA only if Ray gave the trial a GPU."""
+def trial_runtime(cfg: Config) -> Runtime:
+    """Resolved once per trial: ``device=auto`` means CUDA only if Ray gave the trial a GPU."""
     import ray
 
-    if cfg.device == "auto":
-        return torch.device("cuda" if ray.get_gpu_ids() else "cpu")
-    return resolve_device(cfg.device)
+    return Runtime.resolve(cfg.device, cfg.network.precision, gpu_allowed=bool(ray.get_gpu_ids()))
 
 
 def run_trial(params: dict[str, Any], cfg: Config, cpus: dict[str, float]) -> None:
@@ -120,7 +120,12 @@ def run_trial(params: dict[str, Any], cfg: Config, cpus: dict[str, float]) -> No
             Path(tmp, "expgen_checkpoint.json").write_text(json.dumps({"job": job.name, "step": info["steps"]}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    train_job(cfg, job, trial_device(cfg), progress=False, on_iteration=report)
+    try:
+        train_job(cfg, job, trial_runtime(cfg), progress=False, on_iteration=report)
+    except (ConfigError, CheckpointError) as e:
+        # A wrong setting or an unusable checkpoint fails the same way on every attempt: end the
+        # trial normally with the error as its result, so Tune does not retry it as a crash.
+        tune.report({FATAL: f"{type(e).__name__}: {e}", "done": True})
 
 
 def train_with_ray(cfg: Config) -> list[dict[str, Any]]:
@@ -152,7 +157,7 @@ def train_with_ray(cfg: Config) -> list[dict[str, Any]]:
         tune_config=tune.TuneConfig(max_concurrent_trials=len(jobs), reuse_actors=False),
         run_config=tune.RunConfig(
             name=time.strftime("train_%Y%m%d-%H%M%S"),
-            storage_path=str(cfg.run_dir / "ray"),
+            storage_path=str(cfg.layout.ray),
             failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=callbacks,
@@ -160,11 +165,14 @@ def train_with_ray(cfg: Config) -> list[dict[str, Any]]:
         ),
     )
     results = tuner.fit()
+    fatal = [f"{r.config['job']}: {r.metrics[FATAL]}" for r in results if r.metrics and FATAL in r.metrics]
+    if fatal:
+        raise ConfigError("; ".join(fatal))
     failed = [r for r in results if r.error is not None]
     if failed:
         names = ", ".join(f"{r.config['job']} ({type(r.error).__name__}: {r.error})" for r in failed)
         raise RuntimeError(
             f"trials failed more than resources.max_failures={cfg.resources.max_failures} times: {names}. "
-            f"Their checkpoints are kept; re-run the same command to resume. Logs: {cfg.run_dir / 'ray'}"
+            f"Their checkpoints are kept; re-run the same command to resume. Logs: {cfg.layout.ray}"
         )
     return [{"job": r.config["job"], "wall_s": r.metrics.get("time_total_s", 0.0)} for r in results]

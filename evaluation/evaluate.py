@@ -4,17 +4,17 @@
 such as ``eval.split=test-full``), loads every member's newest valid checkpoint into one
 ``Population`` (one batched forward for all members per step) and the explorer if there is one, and
 plays ``eval.episodes`` complete episodes per agent on ``eval.split`` in each of ``eval.modes``
-(EXPGEN.md section 4):
+(docs/expgen.md, "Evaluation"):
 
 - ``member``: every member alone, each in its own env batch (all members in one forward per step);
 - ``vote``: the plurality of the members' exact actions (ties to the smallest id), no exploration;
 - ``explorer``: the maximum-entropy explorer alone;
-- ``expgen``: the test-time rule of EXPGEN.md section 3 (``agents/controller.py``).
+- ``expgen``: the test-time rule of ``agents/controller.py``.
 
 Every mode resets its envs with the same ``eval.seed``, so all agents meet the same levels in the
-same order, and collects episodes with per-env quotas (``agents/episodes.py``), so short episodes are
+same order, and collects episodes with per-env quotas (``evaluation/episodes.py``), so short episodes are
 not over-sampled. Same seed, same numbers. Writing tables, plots and TensorBoard is
-``agents/report.py``'s job; this module returns a plain dict (JSON-ready).
+``evaluation/report.py``'s job; this module returns a plain dict (JSON-ready).
 """
 from __future__ import annotations
 
@@ -27,119 +27,20 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from agents.checkpoint import (
-    CheckpointError,
-    checkpoint_dir,
-    list_checkpoints,
-    load_agent_network,
-    load_latest,
-    spec_from_checkpoint,
-)
-from agents.config import EVAL_MODES, Config, ConfigError, load_config
-from agents.controller import ControllerConfig, ExpGenController, controller_config_for_game
-from agents.episodes import EpisodeStats, quotas, run_episodes
-from agents.networks import resolve_precision
-from agents.population import Population
-from agents.statistics import iqm_summary, summarize_stats
-from agents.policies import (
-    ActionPicker,
-    ExpGenPolicy,
-    ExpGenTally,
-    ExplorerPolicy,
-    ExplorerStepper,
-    MemberPolicy,
-    Policy,
-    VotePolicy,
-)
-from agents.trainer import make_env, resolve_device
-from agents.video import EpisodeRecorder, write_episodes
+from agents.acting import ActionPicker, PopulationActor
+from agents.controller import ExpGenController, controller_settings
+from core.config import EVAL_MODES, Config
+from core.runtime import Runtime
+from envs.make import make_env
+from evaluation.episodes import EpisodeStats, quotas, run_episodes
+from evaluation.loading import EvalAgents, load_agents, load_eval_config
+from evaluation.policies import ExpGenPolicy, ExpGenTally, ExplorerPolicy, MemberPolicy, Policy, VotePolicy
+from evaluation.statistics import iqm_summary, summarize_stats
+from evaluation.video import EpisodeRecorder, write_episodes
 from envs.levels import get_split
 
 log = logging.getLogger("expgen")
 
-
-
-# ---- loading -------------------------------------------------------------------------------------
-
-
-@dataclass
-class EvalAgents:
-    """The networks under evaluation and the checkpoint steps they came from."""
-
-    population: Population
-    member_steps: list[int]
-    member_seeds: list[int]
-    explorer: torch.nn.Module | None = None
-    explorer_step: int | None = None
-    explorer_missing: str | None = None  # why there is no explorer, if there is none
-
-    @property
-    def size(self) -> int:
-        return self.population.size
-
-
-def load_eval_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The run's saved config plus ``overrides``; run paths follow ``run_dir`` wherever it now lives."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{str(run_dir)!r} has no config.yaml: is it a run directory written by train.py?"
-        )
-    cfg = load_config(path, list(overrides))
-    # The saved runs_dir may be relative to wherever training ran; the directory given wins.
-    cfg.runs_dir, cfg.name = str(run_dir.parent), run_dir.name
-    return cfg
-
-
-def load_members(cfg: Config, device: torch.device) -> tuple[Population, list[int]]:
-    """Newest readable checkpoint of members ``0..m-1`` (``expgen.members`` or all) as one Population."""
-    count = cfg.expgen.members or cfg.ensemble.size
-    ckpts = []
-    for m in range(count):
-        agent_dir = cfg.run_dir / f"member_{m}"
-        ckpt = load_latest(agent_dir, "cpu")
-        if ckpt is None:
-            raise CheckpointError(
-                f"member {m} has no readable checkpoint in {checkpoint_dir(agent_dir)}; "
-                "train the run first (python train.py --config ...)"
-            )
-        ckpts.append(ckpt)
-    specs = [spec_from_checkpoint(c) for c in ckpts]
-    if any(s != specs[0] for s in specs) or specs[0].recurrent:
-        raise CheckpointError(
-            f"members of {cfg.run_dir} must share one non-recurrent network to be evaluated "
-            f"together; found {sorted({str(s) for s in specs})}"
-        )
-    pop = Population.from_state_dicts(
-        specs[0], [c["model"] for c in ckpts], cfg.population.forward_mode
-    )
-    pop.set_bf16(resolve_precision(cfg.network.precision, device))  # as in training
-    return pop.to(device).eval(), [int(c["step"]) for c in ckpts]
-
-
-def load_explorer(cfg: Config, device: torch.device) -> tuple[torch.nn.Module | None, int | None, str | None]:
-    """(network, step, None), or (None, None, why) when the run has no usable explorer."""
-    agent_dir = cfg.run_dir / "explorer"
-    if not list_checkpoints(agent_dir):
-        return None, None, (
-            f"no explorer checkpoint in {checkpoint_dir(agent_dir)} "
-            "(train it with explorer.enabled=true)"
-        )
-    try:
-        net, ckpt = load_agent_network(agent_dir, device)
-    except CheckpointError as e:
-        return None, None, str(e)
-    net.bf16 = resolve_precision(cfg.network.precision, device)  # read by networks.run_trunk
-    return net, int(ckpt["step"]), None
-
-
-def load_agents(cfg: Config, device: torch.device) -> EvalAgents:
-    pop, steps = load_members(cfg, device)
-    explorer, explorer_step, missing = load_explorer(cfg, device)
-    return EvalAgents(pop, steps, cfg.member_seeds[: pop.size], explorer, explorer_step, missing)
 
 
 # ---- playing -------------------------------------------------------------------------------------
@@ -151,9 +52,13 @@ class EvalContext:
 
     cfg: Config
     agents: EvalAgents
-    device: torch.device
+    runtime: Runtime
     num_envs: int
     videos: list[str] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
 
     @property
     def seed(self) -> int:
@@ -167,7 +72,7 @@ class EvalContext:
 def play(ctx: EvalContext, policy: Policy, mode: str) -> EpisodeStats:
     """``eval.episodes`` episodes per group on ``eval.split``; records env 0 of group 0 if asked."""
     cfg = ctx.cfg
-    envs = [make_env(cfg, ctx.num_envs, cfg.eval.split, rand_seed=ctx.seed) for _ in range(policy.groups)]
+    envs = [make_env(cfg.env, ctx.num_envs, cfg.eval.split, rand_seed=ctx.seed) for _ in range(policy.groups)]
     recorder = EpisodeRecorder(cfg.eval.video) if cfg.eval.video > 0 else None
 
     def act(obs: torch.Tensor) -> torch.Tensor:
@@ -189,8 +94,8 @@ def play(ctx: EvalContext, policy: Policy, mode: str) -> EpisodeStats:
         for env in envs:
             env.close()
     if recorder is not None:
-        paths = write_episodes(recorder, cfg.run_dir / "eval" / "videos", mode)
-        ctx.videos += [str(p.relative_to(cfg.run_dir)) for p in paths]
+        paths = write_episodes(recorder, cfg.layout.videos, mode)
+        ctx.videos += [str(p.relative_to(cfg.layout.root)) for p in paths]
         if len(paths) < cfg.eval.video:
             log.warning("%s: env 0 finished %d of the %d episodes asked for video",
                         mode, len(paths), cfg.eval.video)
@@ -219,36 +124,23 @@ def evaluate_vote(ctx: EvalContext) -> dict[str, Any]:
 
 def evaluate_explorer(ctx: EvalContext) -> dict[str, Any]:
     """The explorer alone (its GRU state carried across steps, reset at episode starts)."""
-    stepper = ExplorerStepper(ctx.agents.explorer, ctx.num_envs, ctx.device)
-    policy = ExplorerPolicy(stepper, ctx.picker([ctx.cfg.explorer.seed]))
+    policy = ExplorerPolicy(explorer_actor(ctx))
     return summarize_stats(play(ctx, policy, "explorer"), ctx.cfg, 0)
 
 
-def expgen_controller_config(cfg: Config, members: int) -> ControllerConfig:
-    """The game's controller settings for ``members`` members, with the config's overrides."""
-    e = cfg.expgen
-    overrides: dict[str, Any] = dict(mode=e.controller, burst=e.burst, burst_p=e.burst_p,
-                                     burst_length=e.burst_length, random_explorer=e.random_explorer)
-    if e.threshold > 0:
-        if e.threshold > members:
-            raise ConfigError(
-                f"expgen.threshold={e.threshold} exceeds the {members} members evaluated: "
-                "consensus would be impossible"
-            )
-        overrides["threshold"] = e.threshold
-    return controller_config_for_game(cfg.env.game, members, **overrides)
+def explorer_actor(ctx: EvalContext) -> PopulationActor:
+    return PopulationActor(ctx.agents.explorer, ctx.num_envs, ctx.picker([ctx.cfg.explorer.seed]), ctx.device)
 
 
 def evaluate_expgen(ctx: EvalContext) -> dict[str, Any]:
     """ExpGen: consensus action or explorer bursts per env; also explore fraction and vote counts."""
     cfg, agents, m = ctx.cfg, ctx.agents, ctx.agents.size
-    ccfg = expgen_controller_config(cfg, m)
+    ccfg = controller_settings(cfg.expgen, cfg.env.game, m)
     generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
     controller = ExpGenController(ccfg, ctx.num_envs, ctx.device, generator)
     tally = ExpGenTally(quotas(cfg.eval.episodes, ctx.num_envs), m)
-    stepper = None if agents.explorer is None else ExplorerStepper(agents.explorer, ctx.num_envs, ctx.device)
-    policy = ExpGenPolicy(agents.population, ctx.picker(agents.member_seeds), stepper,
-                          ctx.picker([cfg.explorer.seed]), controller, tally)
+    explorer = None if agents.explorer is None else explorer_actor(ctx)
+    policy = ExpGenPolicy(agents.population, ctx.picker(agents.member_seeds), explorer, controller, tally)
     result = summarize_stats(play(ctx, policy, "expgen"), cfg, 0)
     steps = max(tally.steps, 1)
     mean_votes = float((np.arange(m + 1) * tally.votes).sum() / steps)
@@ -291,30 +183,23 @@ def results_header(ctx: EvalContext) -> dict[str, Any]:
         "game": cfg.env.game,
         "distribution_mode": cfg.env.distribution_mode,
         "split": cfg.eval.split,
-        "levels": get_split(cfg.eval.split, cfg.train_levels).describe(),
-        "train_levels": cfg.train_levels.describe(),
+        "levels": get_split(cfg.eval.split, cfg.env.train_levels).describe(),
+        "train_levels": cfg.env.train_levels.describe(),
         "episodes": cfg.eval.episodes,
         "seed": cfg.eval.seed,
         "num_envs": ctx.num_envs,
         "sample": cfg.expgen.sample,
         "members": agents.size,
-        "checkpoints": {
-            **{f"member_{m}": s for m, s in enumerate(agents.member_steps)},
-            **({"explorer": agents.explorer_step} if agents.explorer is not None else {}),
-        },
+        "checkpoints": {"members": agents.member_steps, "explorer": agents.explorer_step},
     }
 
 
 def evaluation_context(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> EvalContext:
     """Config, device and networks, checked before any episode is played."""
     cfg = load_eval_config(run_dir, overrides)
-    try:
-        device = resolve_device(cfg.device)
-    except RuntimeError as e:  # e.g. device=cuda without a GPU: a setting, not a crash
-        raise ConfigError(str(e)) from None
-    agents = load_agents(cfg, device)
-    expgen_controller_config(cfg, agents.size)  # a bad threshold fails now, not after other modes
-    return EvalContext(cfg, agents, device, num_envs=min(cfg.eval.num_envs, cfg.eval.episodes))
+    runtime = Runtime.resolve(cfg.device, cfg.network.precision)  # as in training
+    agents = load_agents(cfg, runtime)
+    return EvalContext(cfg, agents, runtime, num_envs=min(cfg.eval.num_envs, cfg.eval.episodes))
 
 
 def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:

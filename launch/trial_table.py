@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from agents.config import Config
-from agents.runner import Job, job_total_steps
+from core.config import Config
+from launch.jobs import Job
 
 
 def _number(value: Any, fmt: str) -> str:
@@ -25,7 +25,7 @@ class TrialTable(Callback):
     """Steps, steps/s, return, held-out return, state and restarts of every trial, redrawn live."""
 
     def __init__(self, cfg: Config, jobs: list[Job], refresh_s: float = 1.0) -> None:
-        self.totals = {j.name: job_total_steps(cfg, j) for j in jobs}
+        self.totals = {j.name: cfg.final_step(j.explorer) for j in jobs}
         self.title = f"{cfg.name}: {len(jobs)} trials on Ray"
         self.refresh_s, self.last_draw = refresh_s, 0.0
         self.live: Live | None = None

@@ -5,8 +5,10 @@ from collections import deque
 
 from tqdm.auto import tqdm
 
+from training.loop import Progress
 
-class Progress:
+
+class ProgressBar(Progress):
     def __init__(self, total: int, desc: str, initial: int = 0, enabled: bool = True) -> None:
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", unit_scale=True,
                         disable=not enabled, dynamic_ncols=True)

@@ -1,4 +1,4 @@
-"""Present ``agents/evaluation.py``'s results: terminal table, JSON, Markdown, PNG, TensorBoard.
+"""Present ``evaluation/evaluate.py``'s results: terminal table, JSON, Markdown, PNG, TensorBoard.
 
 Every view is built from the same rows (``summary_rows``): one per member, the members' IQM, then the
 vote, the explorer and ExpGen, so the terminal, the Markdown file and the plot always agree.
@@ -20,6 +20,8 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+
+from core.run_layout import RunLayout  # noqa: E402
 
 MODE_COLORS = {"member": "#9e9e9e", "iqm": "#616161", "vote": "#1f77b4", "explorer": "#ff7f0e",
                "expgen": "#2ca02c"}
@@ -118,7 +120,10 @@ def markdown_table(results: dict[str, Any]) -> str:
                       f"{results['members']}, {c['burst']} bursts; steps per vote count: {counts}."]
     for mode, reason in results.get("skipped", {}).items():
         lines += ["", f"Skipped `{mode}`: {reason}"]
-    checkpoints = ", ".join(f"{k} {v:,}" for k, v in results["checkpoints"].items())
+    ckpts = results["checkpoints"]
+    named = [(f"member_{m}", s) for m, s in enumerate(ckpts["members"])]
+    named += [("explorer", ckpts["explorer"])] if ckpts.get("explorer") is not None else []
+    checkpoints = ", ".join(f"{k} {v:,}" for k, v in named)
     lines += ["", f"Checkpoint steps: {checkpoints}. Actions {'sampled' if results['sample'] else 'argmax'}."]
     return "\n".join(lines) + "\n"
 
@@ -146,8 +151,7 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
 
 def global_step(results: dict[str, Any]) -> int:
     """The members' newest checkpoint step: evaluations of later checkpoints plot further right."""
-    steps = [v for k, v in results["checkpoints"].items() if k.startswith("member_")]
-    return max(steps, default=0)
+    return max(results["checkpoints"]["members"], default=0)
 
 
 def write_tensorboard(results: dict[str, Any], folder: Path) -> Path:
@@ -185,12 +189,12 @@ def _vote_histogram(writer: SummaryWriter, counts: list[int], step: int) -> None
     )
 
 
-def write_report(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write results.json, results.md, results.png and TensorBoard events into ``out_dir``."""
-    out_dir = Path(out_dir)
+def write_report(results: dict[str, Any], layout: RunLayout) -> dict[str, Path]:
+    """Write results.json, results.md, results.png and TensorBoard events into the run's eval/."""
+    out_dir = layout.eval
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md",
-             "plot": out_dir / "results.png", "tensorboard": out_dir / "tb" / results["split"]}
+             "plot": out_dir / "results.png", "tensorboard": layout.eval_tb(results["split"])}
     paths["json"].write_text(json.dumps(results, indent=2) + "\n")
     paths["markdown"].write_text(markdown_table(results))
     if summary_rows(results):

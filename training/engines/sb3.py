@@ -1,7 +1,7 @@
 """``engine: sb3``: one reward agent trained by Stable-Baselines3's PPO inside our training loop.
 
-SB3 does the rollout, GAE and PPO epochs; ``Trainer`` (agents/trainer.py) keeps everything around
-them: CleanRL-named TensorBoard metrics, held-out evaluations, atomic checkpoints, resuming. The
+SB3 does the rollout, GAE and PPO epochs (one ``iterate`` = one SB3 ``learn`` of one rollout); the
+loop (training/loop.py) keeps everything around them: CleanRL-named TensorBoard metrics, held-out evaluations, atomic checkpoints, resuming. The
 network is ours: SB3's policy runs our trunk (``build_trunk`` + ``run_trunk``) as its features
 extractor and heads shaped and initialised like ``ActorCritic``'s, from the same weights a native
 member with the same seed starts from. Checkpoints hold a plain ``ActorCritic`` state dict, so
@@ -41,11 +41,13 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
-from agents.checkpoint import network_payload
-from agents.config import Config
 from agents.networks import NetworkSpec, build_trunk, run_trunk
 from agents.population import Population
-from agents.trainer import EngineTrainer, EpisodeLog, make_env
+from agents.ppo import learning_rate
+from core.config import Config
+from core.runtime import Runtime
+from envs.make import make_env
+from training.learner import EpisodeLog, IterationResult, MemberLearner, network_payload
 
 
 class TrunkExtractor(BaseFeaturesExtractor):
@@ -54,12 +56,12 @@ class TrunkExtractor(BaseFeaturesExtractor):
     def __init__(self, observation_space: gym.spaces.Box, spec: NetworkSpec, bf16: bool = False) -> None:
         super().__init__(observation_space, features_dim=spec.hidden)
         self.trunk = build_trunk(spec)
-        self.bf16 = bf16  # read by run_trunk
+        self.bf16 = bf16
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         # SB3 hands over a float copy of the uint8 frames (normalize_images=False: unscaled, HWC).
         # Back to uint8, so that our preprocess is the one scaling, bit for bit as in ActorCritic.
-        return run_trunk(self, observations.to(torch.uint8))
+        return run_trunk(self.trunk, observations.to(torch.uint8), self.bf16)
 
 
 class ExpGenSB3Policy(ActorCriticPolicy):
@@ -69,8 +71,8 @@ class ExpGenSB3Policy(ActorCriticPolicy):
 
     def __init__(self, observation_space: gym.spaces.Box, action_space: gym.spaces.Discrete,
                  lr_schedule: Schedule, spec: NetworkSpec, init_seed: int, bf16: bool = False,
-                 **kwargs: Any) -> None:
-        self.spec, self.init_seed = spec, init_seed
+                 init: str = "torch", **kwargs: Any) -> None:
+        self.spec, self.init_seed, self.init = spec, init_seed, init
         super().__init__(
             observation_space, action_space, lr_schedule, net_arch=[],
             ortho_init=False,  # SB3's init (gain sqrt(2) on the trunk) is replaced by ours in _build
@@ -82,7 +84,7 @@ class ExpGenSB3Policy(ActorCriticPolicy):
     def _build(self, lr_schedule: Schedule) -> None:
         super()._build(lr_schedule)
         # In-place copies: the optimizer SB3 just built keeps pointing at these parameters.
-        self.load_actor_critic_state(Population(self.spec, [self.init_seed]).member_state_dict(0))
+        self.load_actor_critic_state(Population(self.spec, [self.init_seed], init=self.init).member_state_dict(0))
 
     def _parts(self) -> dict[str, torch.nn.Module]:
         """ActorCritic's submodule names -> the SB3 modules that play their role."""
@@ -136,43 +138,37 @@ class IterationCallback(BaseCallback):
             buf.advantages = (buf.advantages - buf.advantages.mean()) / (buf.advantages.std(ddof=1) + 1e-8)
 
 
-class SB3Trainer(EngineTrainer):
+class SB3Learner(MemberLearner):
     """Trains reward agent ``member`` (seed ``cfg.member_seeds[member]``) with SB3's PPO."""
 
-    def __init__(self, cfg: Config, member: int, device: torch.device | None = None) -> None:
-        super().__init__(cfg, member, device)
-        p, n, device = cfg.ppo, cfg.env.num_envs, self.device
-        self.env = ProcgenSB3VecEnv(make_env(cfg, n, "train", self.seed))
+    def __init__(self, cfg: Config, member: int, runtime: Runtime) -> None:
+        super().__init__(cfg, member, runtime)
+        p, n = cfg.ppo, cfg.env.num_envs
+        self.env = ProcgenSB3VecEnv(make_env(cfg.env, n, "train", self.seed))
         self.monitor = VecMonitor(self.env)
-        policy_kwargs = {"spec": self.spec, "init_seed": self.seed, "bf16": self.bf16,
+        policy_kwargs = {"spec": self.spec, "init_seed": self.seed, "bf16": runtime.bf16, "init": cfg.network.init,
                          "optimizer_kwargs": {"eps": p.adam_eps}}
-        self.model = ChannelsLastPPO(ExpGenSB3Policy, self.monitor, seed=self.seed, device=device,
+        self.model = ChannelsLastPPO(ExpGenSB3Policy, self.monitor, seed=self.seed, device=runtime.device,
                                      policy_kwargs=policy_kwargs, **sb3_ppo_kwargs(cfg, self._learning_rate))
         # A silent logger of our own: SB3 would otherwise build a new one on every learn() call.
         self.model.set_logger(Logger(folder=None, output_formats=[]))
         self.policy: ExpGenSB3Policy = self.model.policy
-        self.opt = self.policy.optimizer
-        self.params = list(self.policy.parameters())
         self.callback = IterationCallback(normalise_batch=p.norm_adv == "batch")
 
     def _learning_rate(self, _progress_remaining: float) -> float:
         """SB3's progress counter spans one learn() call (one iteration), so anneal by our update
-        counter instead: the native schedule, lr * (1 - update / num_updates)."""
-        p = self.cfg.ppo
-        return p.lr * (1.0 - self.update / self.num_updates) if p.anneal_lr else p.lr
+        counter instead: the native schedule."""
+        return learning_rate(self.cfg.ppo, self.update, self.num_updates)
 
-    def collect(self) -> EpisodeLog:
+    def iterate(self) -> IterationResult:
         """One whole SB3 iteration: a rollout of ``num_steps`` per env, GAE and the PPO epochs.
 
         ``learn`` with ``reset_num_timesteps=False`` continues from SB3's ``_last_obs`` and stops
         once ``num_timesteps`` has grown by one rollout, i.e. after exactly one collect + train.
         """
+        lr = self._learning_rate(1.0)
         self.model.learn(self.steps_per_update, callback=self.callback, log_interval=None,
                          reset_num_timesteps=False)
-        return self.callback.episodes
-
-    def learn(self) -> dict[str, torch.Tensor]:
-        """The losses SB3 logged for the iteration ``collect`` ran, under our metric names."""
         logged = self.model.logger.name_to_value
         metrics = {
             "policy_loss": logged["train/policy_gradient_loss"],
@@ -183,31 +179,32 @@ class SB3Trainer(EngineTrainer):
             "explained_variance": logged["train/explained_variance"],
         }
         self.model.logger.dump(self.model.num_timesteps)  # clears the values for the next iteration
-        return {k: torch.tensor([float(v)]) for k, v in metrics.items()}
+        self.update += 1
+        return IterationResult(self.callback.episodes, {k: np.array([float(v)]) for k, v in metrics.items()}, lr)
 
     def exported_state(self) -> dict[str, torch.Tensor]:
         return self.policy.actor_critic_state()
 
-    def _payload(self, i: int) -> dict[str, Any]:
+    def state(self, i: int) -> dict[str, Any]:
         return {
             **network_payload(self.spec, self.exported_state()),
             "seed": self.seed,
             "engine": "sb3",
-            "optimizer": self.opt.state_dict(),
+            "optimizer": self.policy.optimizer.state_dict(),
             # SB3 samples actions with torch's and shuffles minibatches with numpy's global generators.
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
+            "rng": {"torch": torch.get_rng_state(), "numpy": list(np.random.get_state()),
+                    "cuda": torch.cuda.get_rng_state_all() if self.runtime.device.type == "cuda" else None},
             "env": self.env.get_state(),
             "episode_starts": self.model._last_episode_starts.copy(),
             "n_updates": self.model._n_updates,
         }
 
-    def _load(self, i: int, ckpt: dict[str, Any]) -> None:
+    def load_state(self, i: int, ckpt: dict[str, Any]) -> None:
         self.policy.load_actor_critic_state(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
+        self.policy.optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"]["torch"])
-        np.random.set_state(ckpt["rng"]["numpy"])
-        if ckpt["rng"]["cuda"] is not None and self.device.type == "cuda":
+        np.random.set_state(tuple(ckpt["rng"]["numpy"]))
+        if ckpt["rng"]["cuda"] is not None and self.runtime.device.type == "cuda":
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         # With _last_obs set, SB3's learn() continues these episodes instead of resetting the envs.
         self.model._last_obs = self.env.set_state(ckpt["env"])
@@ -225,7 +222,7 @@ class SB3Trainer(EngineTrainer):
 def sb3_ppo_kwargs(cfg: Config, learning_rate: Schedule) -> dict[str, Any]:
     """``ppo.*`` as SB3 PPO arguments (see the module docstring for the mapping's fine print)."""
     p = cfg.ppo
-    samples = p.num_steps * cfg.env.num_envs  # config validation ensures num_minibatches divides it
+    samples = cfg.steps_per_update  # config validation ensures num_minibatches divides it
     return {
         "learning_rate": learning_rate,
         "n_steps": p.num_steps,

@@ -1,0 +1,94 @@
+"""How PPO cuts a rollout into minibatches: the strategies of the one PPO data path (agents/ppo.py).
+
+Both draw every member's order from that member's own generator, so a member's minibatches do not
+depend on which other members share its population.
+
+- ``SampleMinibatches``: CleanRL's random minibatches of single transitions, (M, b) samples.
+- ``SequenceMinibatches``: minibatches of whole env sequences, (M, T, b): every step of b envs. A
+  recurrent network replays them from the state the rollout began with (the explorer); the authors'
+  PPO also feeds its feed-forward members this way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Iterator, Protocol
+
+import torch
+
+
+@dataclass
+class Batch:
+    """PPO's data per member: (M, ...) tensors whose next axes index samples, (T, N) or (b,)."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    logprobs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    first: torch.Tensor  # 1 where the sample's frame starts an episode
+
+    def flat(self) -> "Batch":
+        """Every sample axis merged into one: (M, T, b, ...) -> (M, T*b, ...); a no-op on (M, b)."""
+        axes = self.actions.dim() - 1
+        if axes == 1:
+            return self
+        return Batch(*(getattr(self, f.name).flatten(1, axes) for f in fields(self)))
+
+    def select(self, idx: torch.Tensor) -> "Batch":
+        """Per-member sample indices (M, b) into a flat batch -> a (M, b, ...) minibatch."""
+        rows = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
+        return Batch(*(getattr(self, f.name)[rows, idx] for f in fields(self)))
+
+    def select_envs(self, idx: torch.Tensor) -> "Batch":
+        """Per-member env indices (M, b) into a (M, T, N) batch -> their whole sequences (M, T, b)."""
+        return Batch(*(torch.stack([getattr(self, f.name)[m][:, i] for m, i in enumerate(idx)])
+                       for f in fields(self)))
+
+
+@dataclass
+class Minibatch:
+    """What one optimiser step sees: ``batch`` in the strategy's shape, and for sequences the env
+    indices (M, b) whose stored start states the recurrent forward begins from."""
+
+    batch: Batch
+    envs: torch.Tensor | None = None
+
+
+class MinibatchStrategy(Protocol):
+    def __call__(self, batch: Batch, epochs: int, num_minibatches: int) -> Iterator[Minibatch]: ...
+
+
+class SampleMinibatches:
+    """Each epoch, a fresh random permutation of each member's T*N samples, cut into equal parts."""
+
+    def __init__(self, generators: list[torch.Generator]) -> None:
+        self.generators = generators
+
+    def __call__(self, batch: Batch, epochs: int, num_minibatches: int) -> Iterator[Minibatch]:
+        flat = batch.flat()
+        samples = flat.actions.shape[1]
+        size = samples // num_minibatches
+        for _ in range(epochs):
+            order = torch.stack([torch.randperm(samples, generator=g) for g in self.generators])
+            order = order.to(flat.actions.device)
+            for start in range(0, samples, size):
+                yield Minibatch(flat.select(order[:, start : start + size]))
+
+
+class SequenceMinibatches:
+    """Each epoch, a fresh random permutation of each member's N envs, cut into equal sets of whole
+    sequences (the config requires ``num_minibatches`` to divide N)."""
+
+    def __init__(self, generators: list[torch.Generator]) -> None:
+        self.generators = generators
+
+    def __call__(self, batch: Batch, epochs: int, num_minibatches: int) -> Iterator[Minibatch]:
+        envs = batch.actions.shape[2]
+        size = envs // num_minibatches
+        for _ in range(epochs):
+            order = torch.stack([torch.randperm(envs, generator=g) for g in self.generators])
+            order = order.to(batch.actions.device)
+            for start in range(0, envs, size):
+                idx = order[:, start : start + size]
+                yield Minibatch(batch.select_envs(idx), idx)

@@ -1,0 +1,85 @@
+"""The run directory: the one place that knows where a run's files live.
+
+::
+
+    runs/<name>/config.yaml                      the config the run was trained with
+    runs/<name>/member_<i>/checkpoints/, tb/     reward agent i
+    runs/<name>/explorer/checkpoints/, tb/       the exploration agent
+    runs/<name>/population_<a>-<b>/tb/           curves summarised over a shard's members
+    runs/<name>/summary.json                     steps, held-out returns and wall time per agent
+    runs/<name>/ray/                             Ray Tune's own state
+    runs/<name>/eval/                            eval.py's reports, tb/<split>/, videos/
+
+train.py, eval.py, the Ray trials and the reports all ask a ``RunLayout`` for paths; nothing else
+spells a folder name, and nothing parses one back (an ``AgentDir`` carries its member index).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class AgentDir:
+    """One agent's folder: its checkpoints and TensorBoard curves."""
+
+    path: Path
+    member: int | None  # the ensemble index of a reward agent; None for the explorer
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def tb(self) -> Path:
+        return self.path / "tb"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def ray(self) -> Path:
+        return self.root / "ray"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def videos(self) -> Path:
+        return self.eval / "videos"
+
+    def eval_tb(self, split: str) -> Path:
+        return self.eval / "tb" / split
+
+    def member(self, index: int) -> AgentDir:
+        return AgentDir(self.root / f"member_{index}", index)
+
+    @property
+    def explorer(self) -> AgentDir:
+        return AgentDir(self.root / "explorer", None)
+
+    def population_tb(self, members: list[int]) -> Path:
+        """Summary curves of the shard that trains ``members`` together."""
+        return self.root / f"population_{members[0]}-{members[-1]}" / "tb"

@@ -1,0 +1,113 @@
+"""The plan of a run: which jobs train which agents, and how one job is built and trained.
+
+A job is a population shard of ``population.size`` reward agents (0 = all together; the sb3 and
+rllib engines train one member per job) or the explorer. Both launchers (in-process, launch/run.py;
+Ray Tune, launch/ray_trials.py) plan with these functions and train a job with ``train_job``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from core.checkpoint import checkpoint_steps
+from core.config import Config
+from core.run_layout import AgentDir
+from core.runtime import Runtime
+from launch.progress import ProgressBar
+from training import checkpointing
+from training.learner import Learner
+from training.loop import train
+
+log = logging.getLogger("expgen")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of training: reward agents ``members`` trained together, or the explorer."""
+
+    kind: str  # "members" | "explorer"
+    members: tuple[int, ...] = ()
+
+    @property
+    def explorer(self) -> bool:
+        return self.kind == "explorer"
+
+    @property
+    def name(self) -> str:
+        if self.explorer:
+            return "explorer"
+        first, last = self.members[0], self.members[-1]
+        return f"member_{first}" if first == last else f"members_{first}-{last}"
+
+
+def shards(cfg: Config) -> list[list[int]]:
+    """Member indices grouped into populations of ``population.size`` (one each for sb3/rllib,
+    whose PPO trains one network at a time)."""
+    members = list(range(cfg.ensemble.size))
+    size = 1 if cfg.engine != "native" else cfg.population.size or len(members)
+    return [members[i : i + size] for i in range(0, len(members), size)]
+
+
+def plan(cfg: Config) -> list[Job]:
+    jobs = [Job("members", tuple(s)) for s in shards(cfg)]
+    return jobs + ([Job("explorer")] if cfg.explorer.enabled else [])
+
+
+def job_agents(cfg: Config, job: Job) -> list[AgentDir]:
+    return [cfg.layout.explorer] if job.explorer else [cfg.layout.member(m) for m in job.members]
+
+
+def job_finished(cfg: Config, job: Job) -> bool:
+    """Every agent of the job has a checkpoint at its final step."""
+    total = cfg.final_step(job.explorer)
+    return all(total in checkpoint_steps(a.checkpoints) for a in job_agents(cfg, job))
+
+
+def pending_jobs(cfg: Config) -> list[Job]:
+    """The jobs still to train; finished ones are logged as skipped."""
+    pending = []
+    for job in plan(cfg):
+        if job_finished(cfg, job):
+            log.info("%s: already trained to its budget, skipped", job.name)
+        else:
+            pending.append(job)
+    return pending
+
+
+def build_learner(cfg: Config, job: Job, runtime: Runtime) -> Learner:
+    """The engine's learner for a job (sb3 and rllib are imported only when asked for)."""
+    if job.explorer:
+        from training.explorer_learner import ExplorerLearner
+
+        return ExplorerLearner(cfg, runtime)
+    if cfg.engine == "sb3":
+        from training.engines.sb3 import SB3Learner
+
+        return SB3Learner(cfg, job.members[0], runtime)
+    if cfg.engine == "rllib":
+        from training.engines.rllib import RLlibLearner
+
+        return RLlibLearner(cfg, job.members[0], runtime)
+    from training.population_learner import PopulationLearner
+
+    return PopulationLearner(cfg, list(job.members), runtime)
+
+
+def train_job(cfg: Config, job: Job, runtime: Runtime, progress: bool = True,
+              on_iteration: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Resume a job from its newest checkpoints if any, train it to its budget, close it."""
+    learner = build_learner(cfg, job, runtime)
+    try:
+        if checkpointing.restore(learner):
+            log.info("%s: resuming at step %d", job.name, learner.global_step)
+        bar = ProgressBar(learner.num_updates * learner.steps_per_update, job.name, learner.global_step, progress)
+        start = time.perf_counter()
+        try:
+            summary = train(learner, cfg, runtime, bar, on_iteration)
+        finally:
+            bar.close()
+        return {**summary, "job": job.name, "wall_s": time.perf_counter() - start}
+    finally:
+        learner.close()

@@ -1,0 +1,62 @@
+"""Train everything a run's config asks for, into its run directory (core/run_layout.py).
+
+With ``ray: true`` every job of the plan (launch/jobs.py) is a Ray Tune trial
+(launch/ray_trials.py); with ``ray: false`` jobs run here, one after another. Either way a job
+resumes from its newest checkpoints and a finished job is skipped.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import torch
+
+from core.checkpoint import checkpoint_steps, load_latest
+from core.config import Config, save_config
+from core.runtime import Runtime
+from launch.jobs import job_agents, pending_jobs, plan, train_job
+
+
+def has_checkpoints(cfg: Config) -> bool:
+    return any(checkpoint_steps(a.checkpoints) for job in plan(cfg) for a in job_agents(cfg, job))
+
+
+def train_in_process(cfg: Config) -> list[dict[str, Any]]:
+    """``ray: false``: the unfinished jobs one after another in this process."""
+    runtime = Runtime.resolve(cfg.device, cfg.network.precision)
+    torch.manual_seed(cfg.seed)
+    return [train_job(cfg, job, runtime, cfg.logging.progress) for job in pending_jobs(cfg)]
+
+
+def run_summary(cfg: Config, trained: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    """Per agent, from its newest checkpoint: steps and the last held-out returns; per job, the
+    wall time this invocation spent on it (0 for jobs that were already finished)."""
+    job_wall = {s["job"]: s["wall_s"] for s in trained}
+    agents = []
+    for job in plan(cfg):
+        for agent in job_agents(cfg, job):
+            ckpt = load_latest(agent.checkpoints) or {}
+            heldout = {f"{split}_return": value for split, value in ckpt.get("heldout", {}).items()}
+            agents.append({"agent": agent.name, "job": job.name, "steps": ckpt.get("step", 0),
+                           "job_wall_s": job_wall.get(job.name, 0.0), **heldout})
+    summary = {"run_dir": str(cfg.layout.root), "wall_s": wall_s, "ray": cfg.ray, "agents": agents}
+    cfg.layout.summary.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def train_run(cfg: Config, require_resume: bool = False) -> dict[str, Any]:
+    """Train (or continue) every agent of the run; returns the run summary (``run_summary``)."""
+    if require_resume and not has_checkpoints(cfg):
+        raise FileNotFoundError(
+            f"--resume: no checkpoints under {cfg.layout.root}; drop --resume to start a new run"
+        )
+    save_config(cfg, cfg.layout.config)
+    start = time.perf_counter()
+    if cfg.ray:
+        from launch.ray_trials import train_with_ray  # Ray is imported only when it is used
+
+        trained = train_with_ray(cfg)
+    else:
+        trained = train_in_process(cfg)
+    return run_summary(cfg, trained, time.perf_counter() - start)

@@ -1,0 +1,39 @@
+"""Saving a learner's agents together and resuming them from a step all of them reached."""
+from __future__ import annotations
+
+from typing import Any
+
+from core.checkpoint import CheckpointError, checkpoint_steps, load_latest, save_checkpoint
+from training.learner import Learner
+
+
+def save(learner: Learner, heldout: dict[str, list[float]]) -> None:
+    """One checkpoint per agent at the learner's current step."""
+    for i, agent in enumerate(learner.agents):
+        payload = {"agent": agent.name, "update": learner.update,
+                   "heldout": {split: returns[i] for split, returns in heldout.items()},
+                   **learner.state(i)}
+        save_checkpoint(agent.checkpoints, learner.global_step, payload)
+
+
+def restore(learner: Learner) -> bool:
+    """Resume every agent from the newest step at which all of them have a readable checkpoint."""
+    common = set.intersection(*(set(checkpoint_steps(a.checkpoints)) for a in learner.agents))
+    for step in sorted(common, reverse=True):
+        ckpts = [load_latest(a.checkpoints, "cpu", max_step=step) for a in learner.agents]
+        if all(c is not None and c["step"] == step for c in ckpts):
+            for i, ckpt in enumerate(ckpts):
+                check_network(learner, ckpt)
+                learner.load_state(i, ckpt)
+            learner.update = ckpts[0]["update"]
+            return True
+    return False
+
+
+def check_network(learner: Learner, ckpt: dict[str, Any]) -> None:
+    expected = learner.spec.to_dict()
+    if ckpt["network"] != expected:
+        raise CheckpointError(
+            f"checkpoint network {ckpt['network']} differs from the config's {expected}; "
+            "use a new run name or restore the original network settings"
+        )

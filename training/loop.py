@@ -1,0 +1,153 @@
+"""The one training loop: a learner composed with TensorBoard, held-out curves, checkpoints,
+progress and the trial reporter.
+
+One iteration, read top to bottom in ``train``: the learner collects and updates
+(``iterate``) -> metrics to TensorBoard -> held-out evaluation every ``logging.eval_interval``
+updates -> checkpoint every ``logging.checkpoint_interval`` -> progress and report. The same loop
+trains native populations, the explorer and the SB3 and RLlib engines.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
+
+from core.config import Config
+from core.runtime import Runtime
+from training import checkpointing
+from training.heldout import Heldout, evaluate_heldout
+from training.learner import IterationResult, Learner
+
+
+class InjectedFault(RuntimeError):
+    """The crash that ``debug.fail_at_update`` asks for."""
+
+
+class Progress:
+    """What the loop tells whoever watches: a progress bar (launch/progress.py) or nothing."""
+
+    def advance(self, steps: int, sps: float, mean_return: float | None) -> None:
+        pass
+
+
+class DeferredInterrupt:
+    """Ctrl-C takes effect at the end of the iteration in flight, which is then checkpointed, so
+    the saved state is always that of a whole iteration and a resumed run replays the interrupted
+    one exactly. A second Ctrl-C interrupts at once (the newest checkpoint stays as it was).
+    Only the main thread receives signals; elsewhere (a Ray trial) this does nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "DeferredInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = Progress(),
+          on_iteration: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train ``learner`` until its step budget. Ctrl-C finishes and checkpoints the iteration in
+    flight, then raises ``KeyboardInterrupt`` (``DeferredInterrupt``).
+
+    ``on_iteration`` receives, after every update, the agents' steps, SPS, mean episodic return,
+    held-out returns and whether a checkpoint was written (Ray Tune reports these).
+    """
+    log = cfg.logging
+    # purge_step: a run resumed from a checkpoint at step S hides the events that an interrupted
+    # run logged after S, so curves have neither gaps nor repeated steps.
+    purge = learner.global_step + 1 if learner.update else None
+    writers = [SummaryWriter(a.tb, purge_step=purge) for a in learner.agents]
+    members = [a.member for a in learner.agents if a.member is not None]
+    # A population of several members also gets summary curves across its members.
+    summary = SummaryWriter(cfg.layout.population_tb(members), purge_step=purge) if len(members) > 1 else None
+    last_heldout: dict[str, list[float]] = {}
+    try:
+        with DeferredInterrupt() as interrupt:
+            while learner.update < learner.num_updates:
+                start = time.perf_counter()
+                result = learner.iterate()
+                sps = learner.steps_per_update * len(writers) / (time.perf_counter() - start)
+                step = learner.global_step
+                log_iteration(writers, result, sps, step)
+                if summary is not None:
+                    log_population(summary, result, sps, step, len(writers))
+                last = learner.update == learner.num_updates
+                if log.eval_interval and (learner.update % log.eval_interval == 0 or last):
+                    pop, seeds = learner.acting_population()
+                    heldout = evaluate_heldout(cfg, pop, seeds, learner.update, runtime.device)
+                    log_heldout(writers, heldout, step)
+                    last_heldout = {split: h.returns.mean(1).tolist() for split, h in heldout.items()}
+                saved = learner.update % log.checkpoint_interval == 0 or last or interrupt.requested
+                if saved:
+                    checkpointing.save(learner, last_heldout)
+                mean_return = result.episodes.means("charts/episodic_return")
+                progress.advance(learner.steps_per_update, sps, mean_return)
+                if on_iteration is not None:
+                    on_iteration({"steps": step, "sps": sps, "episodic_return": mean_return,
+                                  "heldout": last_heldout, "checkpoint": saved, "done": last})
+                if interrupt.requested:
+                    raise KeyboardInterrupt
+                _maybe_inject_fault(cfg, learner)
+    finally:
+        for w in writers + ([summary] if summary else []):
+            w.close()
+    return {"agents": [a.name for a in learner.agents], "steps": learner.global_step,
+            "heldout": last_heldout}
+
+
+def log_iteration(writers: list[SummaryWriter], result: IterationResult, sps: float, step: int) -> None:
+    for i, w in enumerate(writers):
+        for k, v in result.metrics.items():
+            w.add_scalar(k if "/" in k else f"losses/{k}", float(v[i]), step)
+        w.add_scalar("charts/SPS", sps / len(writers), step)
+        w.add_scalar("charts/learning_rate", result.lr, step)
+        for name in result.episodes.values:
+            value = result.episodes.means(name, i)
+            if value is not None:
+                w.add_scalar(name, value, step)
+
+
+def log_population(w: SummaryWriter, result: IterationResult, sps: float, step: int, size: int) -> None:
+    """Aggregate SPS and the spread of the members' curves (mean, min, max over members)."""
+    w.add_scalar("charts/SPS", sps, step)
+    per_member = [result.episodes.means("charts/episodic_return", i) for i in range(size)]
+    returns = np.array([r for r in per_member if r is not None])
+    if len(returns):
+        for name, fn in (("mean", np.mean), ("min", np.min), ("max", np.max)):
+            w.add_scalar(f"population/episodic_return_{name}", float(fn(returns)), step)
+    for k in ("value_loss", "approx_kl", "grad_norm"):
+        if k in result.metrics:
+            w.add_scalar(f"population/{k}_max", float(result.metrics[k].max()), step)
+
+
+def log_heldout(writers: list[SummaryWriter], heldout: dict[str, Heldout], step: int) -> None:
+    for split, h in heldout.items():
+        for i, w in enumerate(writers):
+            w.add_scalar(f"eval/{split}_return", float(h.returns[i].mean()), step)
+            w.add_scalar(f"eval/{split}_success", float(h.successes[i].mean()), step)
+
+
+def _maybe_inject_fault(cfg: Config, learner: Learner) -> None:
+    """Test-only (``debug.fail_at_update``): crash once, to exercise Ray Tune's restarts.
+
+    A marker file makes the crash happen once per agent, not again after the restart.
+    """
+    at = cfg.debug.fail_at_update
+    marker = learner.agents[0].path / ".fault_injected"
+    if at and learner.update == at and not marker.exists():
+        marker.touch()
+        raise InjectedFault(f"{learner.agents[0].name}: injected fault after update {at}")
