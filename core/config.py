@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -245,9 +246,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), name: str | 
         layers = [schema]
         if path is not None:
             path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"config file {str(path)!r} does not exist")
-            layers.append(OmegaConf.load(path))
+            layers.append(_read_yaml(path))
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"overrides must look like key=value, got {bad}")
@@ -266,6 +265,22 @@ def load_config(path: str | Path | None, overrides: list[str] = (), name: str | 
         raise ConfigError(_explain(e)) from None
     validate(cfg)
     return cfg
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    """A config file as a mapping; an empty file, a list, a scalar or bad YAML is an error (an
+    empty file would otherwise start the full default run)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(loaded, dict) or not loaded:
+        what = "empty" if not loaded else f"a {type(loaded).__name__}, not a mapping"
+        raise ConfigError(f"config file {str(path)!r} is {what}; it must be a mapping of sections "
+                          "(env:, ppo:, ...), e.g. configs/quickstart.yaml")
+    return OmegaConf.load(path)  # OmegaConf's own YAML reading (e.g. 3e-4 is a float there)
 
 
 def _explain(e: OmegaConfBaseException) -> str:
@@ -320,7 +335,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"device={cfg.device!r}: choose auto, cpu, cuda or cuda:N")
     for key in ("env.num_envs", "ppo.num_steps", "ppo.epochs", "ppo.num_minibatches",
                 "ppo.total_steps", "ppo.lr", "ensemble.size", "eval.episodes", "eval.num_envs",
-                "logging.checkpoint_interval", "network.hidden"):
+                "logging.checkpoint_interval", "network.hidden", "logging.eval_episodes",
+                "env.num_threads", "expgen.burst_length"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name))
     _positive("logging.eval_interval", cfg.logging.eval_interval, strict=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import train
-from core.config import ConfigError
+from core.config import ConfigError, load_config
 from tests.conftest import make_small_cfg
 
 # 6 envs x 8 steps = 48 samples: divisible by 4 minibatches, but 6 env sequences are not.
@@ -78,3 +78,20 @@ def test_train_cli_refuses_before_creating_anything(small_cli_args, tmp_path, ca
     assert captured.err.startswith("error:"), captured.err
     assert "Traceback" not in captured.err
     assert list(tmp_path.iterdir()) == [], "no run directory may be created for a refused config"
+
+
+@pytest.mark.parametrize("text, message", [("[1, 2]", "is a list"), ("3", "is a int"), ("", "is empty"),
+                                           ("# only a comment\n", "is empty"), ("env: [", "not valid YAML")])
+def test_config_files_that_are_not_mappings_are_refused(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override, key", [("logging.eval_episodes=0", "logging.eval_episodes"),
+                                           ("env.num_threads=-1", "env.num_threads"),
+                                           ("expgen.burst_length=0", "expgen.burst_length")])
+def test_values_that_used_to_fail_late_are_refused(small_cfg, override, key):
+    with pytest.raises(ConfigError, match=key):
+        small_cfg(override)
