@@ -80,6 +80,16 @@ def save_checkpoint(folder: Path, step: int, payload: dict[str, Any], keep: int 
     return final
 
 
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporary files a process killed mid-write left behind; returns how many.
+    Call only while holding the run's lock: a running writer's temporary is not stale."""
+    folder = Path(folder)
+    stale = list(folder.glob(".tmp_*.pt")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def list_checkpoints(folder: Path) -> list[Path]:
     """Checkpoint files in ``folder``, newest (highest step) first."""
     folder = Path(folder)

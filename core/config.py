@@ -319,6 +319,8 @@ def validate(cfg: Config) -> None:
     _choice("network.init", cfg.network.init, INITS)
     _choice("expgen.unclassed_anchor", cfg.expgen.unclassed_anchor, UNCLASSED_ANCHORS)
     _choice("eval.split", cfg.eval.split, SPLITS)
+    if not cfg.eval.modes:
+        raise ConfigError(f"eval.modes is empty; choose one or more of: {', '.join(EVAL_MODES)}")
     for mode in cfg.eval.modes:
         _choice("eval.modes", mode, EVAL_MODES)
     _choice("expgen.controller", cfg.expgen.controller, CONTROLLER_MODES)

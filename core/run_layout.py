@@ -55,6 +55,11 @@ class RunLayout:
         return self.root / "config.yaml"
 
     @property
+    def lock(self) -> Path:
+        """Held by the train.py process that trains this run (launch/run.py)."""
+        return self.root / ".lock"
+
+    @property
     def summary(self) -> Path:
         return self.root / "summary.json"
 

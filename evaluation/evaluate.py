@@ -33,7 +33,7 @@ from core.config import EVAL_MODES, Config
 from core.runtime import Runtime
 from envs.make import make_env
 from evaluation.episodes import EpisodeStats, quotas, run_episodes
-from evaluation.loading import EvalAgents, load_agents, load_eval_config
+from evaluation.loading import EvalAgents, check_writable, load_agents, load_eval_config
 from evaluation.policies import ExpGenPolicy, ExpGenTally, ExplorerPolicy, MemberPolicy, Policy, VotePolicy
 from evaluation.statistics import iqm_summary, summarize_stats
 from evaluation.video import EpisodeRecorder, write_episodes
@@ -209,6 +209,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     under ``skipped``. Videos (``eval.video`` > 0) are written to ``<run>/eval/videos``.
     """
     ctx = evaluation_context(run_dir, overrides)
+    check_writable(ctx.cfg.layout.eval)  # before minutes of episodes, not after
     results: dict[str, Any] = {**results_header(ctx), "modes": {}, "skipped": {}}
     for mode in dict.fromkeys(ctx.cfg.eval.modes):  # de-duplicated, in the order asked
         reason = missing_requirement(mode, ctx.cfg, ctx.agents)

@@ -28,6 +28,18 @@ class EvalAgents:
         return self.population.size
 
 
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and make sure files can be written there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise FileNotFoundError(f"cannot write evaluation results to {folder}: {e.strerror or e}; "
+                                "fix its permissions or copy the run somewhere writable") from None
+
+
 def load_eval_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The run's saved config plus ``overrides``; run paths follow ``run_dir`` wherever it now lives."""
     layout = RunLayout(Path(run_dir))

@@ -2,8 +2,9 @@
 
 Frames are the agent's own 64x64 observations, upscaled with nearest-neighbour (pixels stay crisp)
 and framed with a red border on the steps where ExpGen handed control to the explorer. Written as
-MP4 through imageio's ffmpeg plugin (``imageio-ffmpeg`` ships its own binary), or as a GIF when
-ffmpeg cannot be used.
+H.264 MP4 through imageio's PyAV plugin (the ``av`` package bundles FFmpeg; imageio's own ffmpeg
+plugin is unusable here because gym3 pins an imageio-ffmpeg that predates imageio 2.38), or as a
+GIF when that fails.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import imageio.v2 as imageio
 import imageio.v3 as iio
 import numpy as np
 
@@ -76,14 +76,13 @@ def write_video(path: Path, frames: np.ndarray, fps: int = FPS) -> Path:
     mp4 = path.with_suffix(".mp4")
     if _mp4_error is None:
         try:
-            imageio.mimwrite(mp4, list(frames), format="FFMPEG", fps=fps, codec="libx264",
-                             macro_block_size=1)
+            iio.imwrite(mp4, np.asarray(frames), plugin="pyav", codec="libx264", fps=fps)
             return mp4
         except Exception as e:  # missing or broken ffmpeg: imageio raises several types
             mp4.unlink(missing_ok=True)
             _mp4_error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
-            log.warning("cannot write MP4 (%s); writing GIFs instead. For MP4: pip install -U "
-                        "imageio-ffmpeg (gym3's pin, < 0.4, predates imageio 2.38)", _mp4_error)
+            log.warning("cannot write MP4 (%s); writing GIFs instead. For MP4: pip install av",
+                        _mp4_error)
     gif = path.with_suffix(".gif")
     iio.imwrite(gif, np.asarray(frames), duration=1000 / fps, loop=0)  # pillow: milliseconds
     return gif

@@ -169,6 +169,10 @@ def train_with_ray(cfg: Config) -> list[dict[str, Any]]:
     if fatal:
         raise ConfigError("; ".join(fatal))
     failed = [r for r in results if r.error is not None]
+    unfinished = [r for r in results if r.error is None and not (r.metrics or {}).get("done")]
+    if unfinished and not failed:
+        # Tune returns normally when Ctrl-C stops the experiment: the run is not complete.
+        raise KeyboardInterrupt
     if failed:
         names = ", ".join(f"{r.config['job']} ({type(r.error).__name__}: {r.error})" for r in failed)
         raise RuntimeError(

@@ -6,14 +6,19 @@ resumes from its newest checkpoints and a finished job is skipped.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import socket
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from core.checkpoint import checkpoint_steps, load_latest
-from core.config import Config, save_config
+from core.checkpoint import checkpoint_steps, load_latest, remove_stale_temporaries
+from core.config import Config, ConfigError, save_config
+from core.run_layout import RunLayout
 from core.runtime import Runtime
 from launch.jobs import job_agents, pending_jobs, plan, train_job
 
@@ -45,18 +50,49 @@ def run_summary(cfg: Config, trained: list[dict[str, Any]], wall_s: float) -> di
     return summary
 
 
+@contextlib.contextmanager
+def run_lock(layout: RunLayout) -> Iterator[None]:
+    """One train.py per run directory: an exclusive ``flock`` on ``<run>/.lock``. The kernel
+    releases it when the holder exits, crashed or not, so a stale lock file never blocks."""
+    try:
+        layout.root.mkdir(parents=True, exist_ok=True)
+        f = open(layout.lock, "a+")
+    except OSError as e:
+        raise ConfigError(f"cannot write the run directory {layout.root}: {e.strerror or e}; check "
+                          "runs_dir and its permissions") from None
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ConfigError(f"{layout.root} is being trained by {holder}; wait for it to finish, "
+                              "or stop it, before training this run again") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        yield
+    finally:
+        f.close()  # closing releases the lock
+
+
 def train_run(cfg: Config, require_resume: bool = False) -> dict[str, Any]:
     """Train (or continue) every agent of the run; returns the run summary (``run_summary``)."""
     if require_resume and not has_checkpoints(cfg):
         raise FileNotFoundError(
             f"--resume: no checkpoints under {cfg.layout.root}; drop --resume to start a new run"
         )
-    save_config(cfg, cfg.layout.config)
-    start = time.perf_counter()
-    if cfg.ray:
-        from launch.ray_trials import train_with_ray  # Ray is imported only when it is used
+    with run_lock(cfg.layout):
+        for job in plan(cfg):
+            for agent in job_agents(cfg, job):
+                remove_stale_temporaries(agent.checkpoints)
+        save_config(cfg, cfg.layout.config)
+        start = time.perf_counter()
+        if cfg.ray:
+            from launch.ray_trials import train_with_ray  # Ray is imported only when it is used
 
-        trained = train_with_ray(cfg)
-    else:
-        trained = train_in_process(cfg)
-    return run_summary(cfg, trained, time.perf_counter() - start)
+            trained = train_with_ray(cfg)
+        else:
+            trained = train_in_process(cfg)
+        return run_summary(cfg, trained, time.perf_counter() - start)

@@ -5,6 +5,7 @@ redraws the table in place.
 """
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from core.config import Config
 from launch.jobs import Job
+from launch.progress import LINE_INTERVAL_S
 
 
 def _number(value: Any, fmt: str) -> str:
@@ -49,13 +51,24 @@ class TrialTable(Callback):
         return table
 
     def setup(self, **info: Any) -> None:
-        self.live = Live(self.render([]), console=Console(stderr=True), auto_refresh=False)
-        self.live.start()
+        if sys.stderr.isatty():
+            self.live = Live(self.render([]), console=Console(stderr=True), auto_refresh=False)
+            self.live.start()
 
     def on_step(self, iteration: int, trials: list, **info: Any) -> None:
-        if self.live is not None and time.monotonic() - self.last_draw >= self.refresh_s:
+        now = time.monotonic()
+        if self.live is not None and now - self.last_draw >= self.refresh_s:
             self.live.update(self.render(trials), refresh=True)
-            self.last_draw = time.monotonic()
+            self.last_draw = now
+        elif self.live is None and now - self.last_draw >= LINE_INTERVAL_S:
+            # Off a terminal (a file, CI): one plain line per trial instead of a redrawn table.
+            self.last_draw = now
+            for trial in sorted(trials, key=lambda t: t.config["job"]):
+                name, res = trial.config["job"], trial.last_result or {}
+                print(f"{name}: {trial.status}, {res.get('steps', 0):,} / {self.totals[name]:,} steps, "
+                      f"{_number(res.get('sps'), ',.0f')} steps/s, return {_number(res.get('episodic_return'), '.2f')}, "
+                      f"test {_number(res.get('test_return'), '.2f')}, restarts {trial.num_failures}",
+                      file=sys.stderr, flush=True)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self.live is not None:
