@@ -416,9 +416,29 @@ def save_config(cfg: Config, path: Path) -> None:
     OmegaConf.save(OmegaConf.structured(cfg), path)
 
 
-def to_dict(cfg: Config) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+def _flat(cfg: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for section, value in OmegaConf.to_container(OmegaConf.structured(cfg)).items():  # type: ignore[union-attr]
+        if isinstance(value, dict):
+            out.update({f"{section}.{k}": v for k, v in value.items()})
+        else:
+            out[section] = value
+    return out
 
 
-def as_dictconfig(cfg: Config) -> DictConfig:
-    return OmegaConf.structured(cfg)
+# What a trained run's checkpoints depend on: changing these and resuming would train a different
+# experiment on top of the old one (or fail to restore). Budgets, logging, evaluation, resources
+# and the controller may change between invocations.
+FIXED_KEYS = ("env.game", "env.num_envs", "env.distribution_mode", "env.start_level", "env.num_levels",
+              "env.use_backgrounds", "network.kind", "network.channels", "network.hidden", "network.init",
+              "seed", "ensemble.seeds", "engine", "explorer.gamma", "explorer.k", "explorer.buffer_size",
+              "explorer.pool", "explorer.seed")
+FIXED_SECTIONS = ("ppo.",)  # every PPO setting except its budget
+CHANGEABLE = ("ppo.total_steps",)
+
+
+def incompatible_changes(saved: Config, new: Config) -> list[str]:
+    """The keys whose value ``new`` changes from the ``saved`` config of a run that has trained."""
+    a, b = _flat(saved), _flat(new)
+    keys = [k for k in a if k in FIXED_KEYS or (k.startswith(FIXED_SECTIONS) and k not in CHANGEABLE)]
+    return [f"{k}: {a[k]!r} -> {b.get(k)!r}" for k in keys if a[k] != b.get(k)]

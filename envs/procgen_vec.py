@@ -10,8 +10,14 @@ Per-step ``info`` (arrays of length ``num_envs``):
 - ``level_seed``: the level each env is playing now;
 - ``prev_level_seed``, ``level_complete``: for envs whose episode just ended, the finished level and
   whether the agent completed it (``_level_complete`` masks which entries are meaningful);
-- ``episode``: ``{"r": return, "l": length}`` of finished episodes, masked by ``_episode``
-  (gymnasium's ``RecordEpisodeStatistics`` convention).
+- ``episode_return``, ``episode_length``: the return and length of episodes that just ended,
+  each masked by its ``_``-key (gymnasium's vector-info convention).
+
+``info["episode"]`` is deliberately left to gymnasium's ``RecordEpisodeStatistics``, which refuses
+envs that fill it. That wrapper assumes NEXT_STEP autoreset, though: under SAME_STEP it skips the
+first step of every episode after an env's first one, so its lengths are one short and that step's
+reward (0 in every ProcGen game but a few) is left out. ``episode_return``/``episode_length`` are
+exact.
 """
 from __future__ import annotations
 
@@ -112,11 +118,10 @@ class ProcgenVecEnv(gym.vector.VectorEnv):
             info["prev_level_seed"] = raw["prev_level_seed"].copy()
             info["level_complete"] = raw["prev_level_complete"].astype(bool) & first
             info["_level_complete"] = first.copy()
-            info["episode"] = {
-                "r": np.where(first, self._ep_return, 0.0).astype(np.float32),
-                "l": np.where(first, self._ep_length, 0),
-            }
-            info["_episode"] = first.copy()
+            info["episode_return"] = np.where(first, self._ep_return, 0.0).astype(np.float32)
+            info["_episode_return"] = first.copy()
+            info["episode_length"] = np.where(first, self._ep_length, 0)
+            info["_episode_length"] = first.copy()
             self._ep_return[first] = 0.0
             self._ep_length[first] = 0
         truncated = np.zeros(self.num_envs, bool)

@@ -62,8 +62,8 @@ def run_episodes(
                 continue
             j = np.flatnonzero(term & (done_count[g] < quota))
             idx = slot[j] + done_count[g, j]
-            out["returns"][g, idx] = info["episode"]["r"][j]
-            out["lengths"][g, idx] = info["episode"]["l"][j]
+            out["returns"][g, idx] = info["episode_return"][j]
+            out["lengths"][g, idx] = info["episode_length"][j]
             out["level_seeds"][g, idx] = info["prev_level_seed"][j]
             out["successes"][g, idx] = info["level_complete"][j]
             done_count[g, term] += 1

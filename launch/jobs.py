@@ -65,12 +65,13 @@ def job_finished(cfg: Config, job: Job) -> bool:
     return all(total in checkpoint_steps(a.checkpoints) for a in job_agents(cfg, job))
 
 
-def pending_jobs(cfg: Config) -> list[Job]:
-    """The jobs still to train; finished ones are logged as skipped."""
+def pending_jobs(cfg: Config, quiet: bool = False) -> list[Job]:
+    """The jobs still to train; finished ones are logged as skipped (unless ``quiet``)."""
     pending = []
     for job in plan(cfg):
         if job_finished(cfg, job):
-            log.info("%s: already trained to its budget, skipped", job.name)
+            if not quiet:
+                log.info("%s: already trained to its budget, skipped", job.name)
         else:
             pending.append(job)
     return pending

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 
 from core.checkpoint import checkpoint_steps, load_latest, remove_stale_temporaries
-from core.config import Config, ConfigError, save_config
+from core.config import Config, ConfigError, incompatible_changes, load_config, save_config
 from core.run_layout import RunLayout
 from core.runtime import Runtime
 from launch.jobs import job_agents, pending_jobs, plan, train_job
@@ -77,6 +77,19 @@ def run_lock(layout: RunLayout) -> Iterator[None]:
         f.close()  # closing releases the lock
 
 
+def check_unchanged(cfg: Config) -> None:
+    """A run that has checkpoints continues only with the settings it was trained with."""
+    if not (cfg.layout.config.is_file() and has_checkpoints(cfg)):
+        return
+    changed = incompatible_changes(load_config(cfg.layout.config, name=cfg.name), cfg)
+    if changed:
+        raise ConfigError(
+            f"{cfg.layout.root} was trained with other settings ({'; '.join(changed)}); continuing "
+            "would mix two experiments. Use a new run name (name=...) or the original settings; "
+            "budgets (ppo.total_steps, explorer.total_steps), logging, eval and resources may change."
+        )
+
+
 def train_run(cfg: Config, require_resume: bool = False) -> dict[str, Any]:
     """Train (or continue) every agent of the run; returns the run summary (``run_summary``)."""
     if require_resume and not has_checkpoints(cfg):
@@ -84,10 +97,12 @@ def train_run(cfg: Config, require_resume: bool = False) -> dict[str, Any]:
             f"--resume: no checkpoints under {cfg.layout.root}; drop --resume to start a new run"
         )
     with run_lock(cfg.layout):
+        check_unchanged(cfg)
         for job in plan(cfg):
             for agent in job_agents(cfg, job):
                 remove_stale_temporaries(agent.checkpoints)
-        save_config(cfg, cfg.layout.config)
+        if pending_jobs(cfg, quiet=True):  # a re-run that trains nothing leaves config.yaml alone
+            save_config(cfg, cfg.layout.config)
         start = time.perf_counter()
         if cfg.ray:
             from launch.ray_trials import train_with_ray  # Ray is imported only when it is used

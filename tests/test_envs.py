@@ -85,17 +85,18 @@ def test_episode_statistics_match_reference_sums():
             ret += rew
             length += 1
             if not term.any():
-                assert "episode" not in info
+                assert "episode_return" not in info and "episode" not in info
                 continue
-            mask = info["_episode"]
-            np.testing.assert_array_equal(mask, term)
+            assert "episode" not in info  # left to gymnasium's RecordEpisodeStatistics
+            np.testing.assert_array_equal(info["_episode_return"], term)
+            np.testing.assert_array_equal(info["_episode_length"], term)
             np.testing.assert_array_equal(info["_level_complete"], term)
-            np.testing.assert_allclose(info["episode"]["r"][term], ret[term], rtol=1e-5, atol=1e-4)
-            np.testing.assert_array_equal(info["episode"]["l"][term], length[term])
+            np.testing.assert_allclose(info["episode_return"][term], ret[term], rtol=1e-5, atol=1e-4)
+            np.testing.assert_array_equal(info["episode_length"][term], length[term])
             # the finished level is the one the env was playing before the step
             np.testing.assert_array_equal(info["prev_level_seed"][term], level[term])
             # entries of envs that did not finish are masked out and zero
-            assert (info["episode"]["r"][~term] == 0).all() and (info["episode"]["l"][~term] == 0).all()
+            assert (info["episode_return"][~term] == 0).all() and (info["episode_length"][~term] == 0).all()
             assert not info["level_complete"][~term].any()
             checked += int(term.sum())
             nonzero += int((ret[term] != 0).sum())
@@ -111,7 +112,7 @@ def _rollout(env: ProcgenVecEnv, actions: np.ndarray) -> list:
     for a in actions:
         obs, rew, term, _, info = env.step(a)
         out.append((obs.copy(), rew.copy(), term.copy(), info["level_seed"].copy(),
-                    info["episode"]["r"].copy() if "episode" in info else None))
+                    info["episode_return"].copy() if "episode_return" in info else None))
     return out
 
 

@@ -63,3 +63,26 @@ def test_progress_off_a_terminal_prints_lines(small_cli_args, capsys, monkeypatc
     assert lines[0] == "member_0: 0 / 64 steps"
     assert lines[-1].startswith("member_0: 64 / 64 steps (100%),") and "steps/s" in lines[-1] and "ETA" in lines[-1]
     assert len(lines) == 1 + 2  # the start and both updates
+
+
+def test_rerun_with_an_incompatible_change_is_refused_and_config_kept(small_cfg):
+    cfg = small_cfg()
+    train_run(cfg)
+    saved = cfg.layout.config.read_text()
+    with pytest.raises(ConfigError, match=r"network\.hidden: 256 -> 128.*new run name"):
+        train_run(small_cfg("network.hidden=128"))
+    with pytest.raises(ConfigError, match=r"ppo\.lr"):
+        train_run(small_cfg("ppo.lr=1e-3"))
+    assert cfg.layout.config.read_text() == saved
+
+
+def test_rerun_that_trains_nothing_leaves_config_alone_and_budgets_may_grow(small_cfg):
+    cfg = small_cfg()
+    train_run(cfg)
+    mtime = cfg.layout.config.stat().st_mtime_ns
+    train_run(small_cfg("logging.eval_episodes=7"))  # finished: nothing to train, nothing rewritten
+    assert cfg.layout.config.stat().st_mtime_ns == mtime
+    longer = small_cfg("ppo.total_steps=128")
+    summary = train_run(longer)  # a larger budget continues the run
+    assert summary["agents"][0]["steps"] == 128
+    assert "total_steps: 128" in cfg.layout.config.read_text()

@@ -79,18 +79,23 @@ def eval_steps(cfg, updates: int) -> list[int]:
             if u % EVAL_INTERVAL == 0 or u == updates]
 
 
+def check_agent_tags(scalars, every: list[int], evals: list[int]) -> None:
+    """The tags every agent logs: loss terms, SPS and learning rate each update, held-out curves."""
+    for name in LOSSES:
+        check_once_at(scalars, f"losses/{name}", every)
+    for tag in ("charts/SPS", "charts/learning_rate"):
+        check_once_at(scalars, tag, every)
+    for tag in EVAL_TAGS:
+        check_once_at(scalars, tag, evals)
+
+
 def test_member_tags(run) -> None:
     cfg = run
     every, evals = update_steps(cfg, MEMBER_UPDATES), eval_steps(cfg, MEMBER_UPDATES)
     assert evals == [64, 96]
     for m in (0, 1):
         scalars = read_scalars(cfg.layout.member(m).tb)
-        for name in LOSSES:
-            check_once_at(scalars, f"losses/{name}", every)
-        for tag in ("charts/SPS", "charts/learning_rate"):
-            check_once_at(scalars, tag, every)
-        for tag in EVAL_TAGS:
-            check_once_at(scalars, tag, evals)
+        check_agent_tags(scalars, every, evals)
         for tag in ("charts/episodic_return", "charts/episodic_length"):  # only when episodes end
             if tag in scalars:
                 steps = steps_of(scalars, tag)
@@ -107,12 +112,7 @@ def test_explorer_tags(run) -> None:
     scalars = read_scalars(cfg.layout.explorer.tb)
     check_once_at(scalars, "explore/intrinsic_reward_per_step", every)
     assert all(v >= 0 for _, v in scalars["explore/intrinsic_reward_per_step"])
-    for name in LOSSES:
-        check_once_at(scalars, f"losses/{name}", every)
-    for tag in ("charts/SPS", "charts/learning_rate"):
-        check_once_at(scalars, tag, every)
-    for tag in EVAL_TAGS:
-        check_once_at(scalars, tag, evals)
+    check_agent_tags(scalars, every, evals)
     assert not [t for t in scalars if t.startswith("population/")]
 
 

@@ -146,9 +146,9 @@ def test_vec_env_follows_sb3_contract() -> None:
             ours.append((infos[i]["episode"]["r"], infos[i]["episode"]["l"]))
         assert all("episode" not in infos[i] for i in np.flatnonzero(~dones))
         info = twin.step(actions)[4]
-        if "episode" in info:
-            mask = info["_episode"]
-            theirs += list(zip(info["episode"]["r"][mask], info["episode"]["l"][mask]))
+        if "episode_return" in info:
+            mask = info["_episode_return"]
+            theirs += list(zip(info["episode_return"][mask], info["episode_length"][mask]))
         obs = new_obs
     assert len(ours) >= 4 and ours == theirs  # VecMonitor's episodes are ProcGen's own
     assert monitor.get_attr("game") == ["bigfish"] * 4 and venv.env_is_wrapped(Monitor) == [False] * 4

@@ -52,11 +52,11 @@ class ExplorerLearner(NativeLearner):
             reward = self.knn.step(embed_frames(torch.from_numpy(full).to(self.device), pool), done)
             ro.rewards[0, t] = reward
             self.ep_intrinsic += reward
-            if "episode" in info:
-                mask = info["_episode"]
+            if "episode_return" in info:
+                mask = info["_episode_return"]
                 episodes.add("explore/intrinsic_return", 0, self.ep_intrinsic[done].cpu().numpy())
-                episodes.add("charts/episodic_return", 0, info["episode"]["r"][mask])
-                episodes.add("charts/episodic_length", 0, info["episode"]["l"][mask])
+                episodes.add("charts/episodic_return", 0, info["episode_return"][mask])
+                episodes.add("charts/episodic_length", 0, info["episode_length"][mask])
                 episodes.add("explore/level_complete_rate", 0, info["level_complete"][mask])
                 self.ep_intrinsic[done] = 0.0
             self.actor.episode_ended(0, term)

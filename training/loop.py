@@ -68,8 +68,9 @@ def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = 
     """
     log = cfg.logging
     # purge_step: a run resumed from a checkpoint at step S hides the events that an interrupted
-    # run logged after S, so curves have neither gaps nor repeated steps.
-    purge = learner.global_step + 1 if learner.update else None
+    # run logged after S, so curves have neither gaps nor repeated steps. Also at S = 0: a job
+    # killed before its first checkpoint starts over, and its earlier events must go too.
+    purge = learner.global_step + 1
     writers = [SummaryWriter(a.tb, purge_step=purge) for a in learner.agents]
     members = [a.member for a in learner.agents if a.member is not None]
     # A population of several members also gets summary curves across its members.

@@ -54,10 +54,10 @@ class PopulationLearner(NativeLearner):
             members = range(len(self.envs))
             infos = self.env_threads.map(self._step_member, members) if self.env_threads else map(self._step_member, members)
             for m, info in enumerate(infos):
-                if "episode" in info:
-                    mask = info["_episode"]
-                    episodes.add("charts/episodic_return", m, info["episode"]["r"][mask])
-                    episodes.add("charts/episodic_length", m, info["episode"]["l"][mask])
+                if "episode_return" in info:
+                    mask = info["_episode_return"]
+                    episodes.add("charts/episodic_return", m, info["episode_return"][mask])
+                    episodes.add("charts/episodic_length", m, info["episode_length"][mask])
             ro.rewards[:, t] = torch.from_numpy(self.host_rewards).to(self.device)
             self.next_done = torch.from_numpy(self.host_dones).to(self.device)
             self.next_obs = torch.from_numpy(self.host_obs).to(self.device)

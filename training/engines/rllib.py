@@ -127,10 +127,10 @@ class ExpGenPPOLearner(PPOTorchLearner):
 
 def _on_episode_end(*, episode: Any, metrics_logger: Any, **kwargs: Any) -> None:
     """Log the finished episode's return and length as our env counted them (first step included)."""
-    stats = episode.get_infos(-1).get("episode")
-    if stats is not None:
-        metrics_logger.log_value(EPISODE_RETURNS, float(stats["r"]), reduce="item_series")
-        metrics_logger.log_value(EPISODE_LENGTHS, int(stats["l"]), reduce="item_series")
+    info = episode.get_infos(-1)  # the finished env's info of the step that ended its episode
+    if "episode_return" in info:
+        metrics_logger.log_value(EPISODE_RETURNS, float(info["episode_return"]), reduce="item_series")
+        metrics_logger.log_value(EPISODE_LENGTHS, int(info["episode_length"]), reduce="item_series")
 
 
 def _on_sample_end(*, env_runner: Any, metrics_logger: Any, **kwargs: Any) -> None:
