@@ -12,6 +12,7 @@ summary, explorer); no checkpoint temporaries are left. Prints the counts; exits
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import shutil
 import subprocess
@@ -32,6 +33,10 @@ SETTINGS = ["ray=false", "device=cpu", "logging.progress=false", "network.kind=s
             "ppo.num_steps=32", "ppo.num_minibatches=4", "ppo.epochs=1", "ensemble.size=2",
             "ppo.total_steps=2048", "explorer.total_steps=1536", "explorer.buffer_size=64",
             "logging.checkpoint_interval=1", "logging.eval_interval=2", "logging.eval_episodes=4"]
+
+
+# TensorBoard logs each purge it applies (expected after every kill): keep the report readable.
+logging.getLogger("tensorboard").setLevel(logging.ERROR)
 
 
 def repeated_steps(tb_dir: Path) -> dict[str, list[int]]:
