@@ -90,6 +90,21 @@ def check_fits(cfg: Config, requests: dict[str, dict[str, float]], nodes: list[d
                               f"resources.{'explorer' if name == 'explorer' else 'shard'}_gpus or device=auto")
 
 
+def check_workers_fit(cfg: Config, bundles: dict[str, list[dict[str, float]]], nodes: list[dict[str, float]]) -> None:
+    """``engine=rllib``: a trial's placement group (the trial plus one bundle per env runner and
+    learner) must fit the cluster as a whole, or Tune waits for it forever."""
+    for name, group in bundles.items():
+        for k in ("CPU", "GPU"):
+            need, have = sum(b.get(k, 0.0) for b in group), sum(n.get(k, 0.0) for n in nodes)
+            if need > have:
+                raise ConfigError(
+                    f"{name} with its {cfg.rllib.num_env_runners} RLlib env runner(s) and "
+                    f"{cfg.rllib.num_learners} learner(s) needs {need:g} {k}s, but the Ray cluster has "
+                    f"{have:g}; lower rllib.num_env_runners / rllib.num_learners or "
+                    f"resources.shard_cpus, or join a bigger cluster (--ray-address)"
+                )
+
+
 def trial_runtime(cfg: Config) -> Runtime:
     """Resolved once per trial: ``device=auto`` means CUDA only if Ray gave the trial a GPU."""
     import ray
@@ -141,8 +156,9 @@ def train_with_ray(cfg: Config) -> list[dict[str, Any]]:
     init_ray(cfg.ray_address)
     cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
     bundles = {j.name: trial_bundles(cfg, j, len(jobs), cluster_gpus) for j in jobs}
-    check_fits(cfg, {name: b[0] for name, b in bundles.items()},
-               [n["Resources"] for n in ray.nodes() if n["Alive"]])
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    check_fits(cfg, {name: b[0] for name, b in bundles.items()}, nodes)
+    check_workers_fit(cfg, bundles, nodes)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, cfg=cfg, cpus={k: b[0]["CPU"] for k, b in bundles.items()}),
         # Ray rejects zero-valued resources in a bundle.

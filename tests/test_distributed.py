@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from core.checkpoint import checkpoint_steps
 from core.config import ConfigError
-from launch.ray_trials import check_fits, trial_bundles, trial_resources
+from launch.ray_trials import check_fits, check_workers_fit, trial_bundles, trial_resources
 from core.run_layout import AgentDir
 from launch.jobs import plan
 from launch.run import train_run
@@ -145,3 +145,14 @@ def test_requests_that_no_node_can_hold_fail_before_training(tmp_path):
     cfg.device = "cuda"
     with pytest.raises(ConfigError, match="gets no GPU"):
         check_fits(cfg, {"member_0": {"CPU": 1.0, "GPU": 0.0}}, [node])
+
+
+def test_rllib_workers_that_the_cluster_cannot_hold_fail_before_training(tmp_path):
+    """engine=rllib rllib.num_env_runners=2 on a 2-CPU machine: 3 CPUs for the trial's placement
+    group, which Tune would wait for forever."""
+    cfg = make_small_cfg(tmp_path, "engine=rllib", "rllib.num_env_runners=2")
+    member = plan(cfg)[0]
+    bundles = {member.name: trial_bundles(cfg, member, 1, cluster_gpus=0)}
+    with pytest.raises(ConfigError, match=r"member_0 with its 2 RLlib env runner\(s\).*needs 3 CPUs.*has 2"):
+        check_workers_fit(cfg, bundles, [{"CPU": 2.0, "GPU": 0.0}])
+    check_workers_fit(cfg, bundles, [{"CPU": 2.0}, {"CPU": 1.0}])  # two nodes hold it together
