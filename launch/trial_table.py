@@ -19,6 +19,9 @@ from launch.jobs import Job
 from launch.progress import LINE_INTERVAL_S
 
 
+COLUMNS = ("agent", "state", "steps", "SPS", "return", "test", "restarts")
+
+
 def _number(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -36,18 +39,22 @@ class TrialTable(Callback):
         # Tune pickles its callbacks with the experiment state; a live display holds locks.
         return {**self.__dict__, "live": None}
 
-    def render(self, trials: list) -> Table:
-        table = Table(title=self.title)
-        for col in ("agent", "state", "steps", "SPS", "return", "test", "restarts"):
-            table.add_column(col, justify="left" if col in ("agent", "state") else "right", no_wrap=True)
+    def rows(self, trials: list) -> list[tuple[str, ...]]:
+        """Per trial: agent, state, steps, SPS, return, test return, restarts (``COLUMNS``)."""
+        out = []
         for trial in sorted(trials, key=lambda t: t.config["job"]):
             name, res = trial.config["job"], trial.last_result or {}
-            steps = res.get("steps", 0)
-            table.add_row(
-                name, trial.status, f"{steps:,} / {self.totals[name]:,}", _number(res.get("sps"), ",.0f"),
-                _number(res.get("episodic_return"), ".2f"), _number(res.get("test_return"), ".2f"),
-                str(trial.num_failures),
-            )
+            out.append((name, trial.status, f"{res.get('steps', 0):,} / {self.totals[name]:,}",
+                        _number(res.get("sps"), ",.0f"), _number(res.get("episodic_return"), ".2f"),
+                        _number(res.get("test_return"), ".2f"), str(trial.num_failures)))
+        return out
+
+    def render(self, trials: list) -> Table:
+        table = Table(title=self.title)
+        for col in COLUMNS:
+            table.add_column(col, justify="left" if col in ("agent", "state") else "right", no_wrap=True)
+        for row in self.rows(trials):
+            table.add_row(*row)
         return table
 
     def setup(self, **info: Any) -> None:
@@ -63,12 +70,9 @@ class TrialTable(Callback):
         elif self.live is None and now - self.last_draw >= LINE_INTERVAL_S:
             # Off a terminal (a file, CI): one plain line per trial instead of a redrawn table.
             self.last_draw = now
-            for trial in sorted(trials, key=lambda t: t.config["job"]):
-                name, res = trial.config["job"], trial.last_result or {}
-                print(f"{name}: {trial.status}, {res.get('steps', 0):,} / {self.totals[name]:,} steps, "
-                      f"{_number(res.get('sps'), ',.0f')} steps/s, return {_number(res.get('episodic_return'), '.2f')}, "
-                      f"test {_number(res.get('test_return'), '.2f')}, restarts {trial.num_failures}",
-                      file=sys.stderr, flush=True)
+            for name, state, steps, sps, ret, test, restarts in self.rows(trials):
+                print(f"{name}: {state}, {steps} steps, {sps} steps/s, return {ret}, test {test}, "
+                      f"restarts {restarts}", file=sys.stderr, flush=True)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self.live is not None:

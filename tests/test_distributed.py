@@ -156,3 +156,22 @@ def test_rllib_workers_that_the_cluster_cannot_hold_fail_before_training(tmp_pat
     with pytest.raises(ConfigError, match=r"member_0 with its 2 RLlib env runner\(s\).*needs 3 CPUs.*has 2"):
         check_workers_fit(cfg, bundles, [{"CPU": 2.0, "GPU": 0.0}])
     check_workers_fit(cfg, bundles, [{"CPU": 2.0}, {"CPU": 1.0}])  # two nodes hold it together
+
+
+def test_trial_table_rows_and_off_terminal_lines(tmp_path, capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    import launch.trial_table as trial_table
+
+    cfg = make_small_cfg(tmp_path, "ensemble.size=2", "population.size=1")
+    table = trial_table.TrialTable(cfg, plan(cfg))
+    trials = [SimpleNamespace(config={"job": "member_1"}, status="RUNNING", num_failures=1,
+                              last_result={"steps": 32, "sps": 1234.5, "episodic_return": 5.0}),
+              SimpleNamespace(config={"job": "member_0"}, status="PENDING", num_failures=0, last_result=None)]
+    assert table.rows(trials) == [("member_0", "PENDING", "0 / 64", "-", "-", "-", "0"),
+                                  ("member_1", "RUNNING", "32 / 64", "1,234", "5.00", "-", "1")]
+    assert table.render(trials).row_count == 2
+    monkeypatch.setattr(trial_table, "LINE_INTERVAL_S", 0.0)
+    table.setup()  # not a terminal under pytest: lines, not a live table
+    table.on_step(0, trials)
+    assert "member_1: RUNNING, 32 / 64 steps, 1,234 steps/s, return 5.00, test -, restarts 1" in capsys.readouterr().err
