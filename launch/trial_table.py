@@ -62,7 +62,7 @@ class TrialTable(Callback):
             self.live = Live(self.render([]), console=Console(stderr=True), auto_refresh=False)
             self.live.start()
 
-    def on_step(self, iteration: int, trials: list, **info: Any) -> None:
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
         if self.live is not None and now - self.last_draw >= self.refresh_s:
             self.live.update(self.render(trials), refresh=True)

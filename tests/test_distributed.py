@@ -173,5 +173,8 @@ def test_trial_table_rows_and_off_terminal_lines(tmp_path, capsys, monkeypatch):
     assert table.render(trials).row_count == 2
     monkeypatch.setattr(trial_table, "LINE_INTERVAL_S", 0.0)
     table.setup()  # not a terminal under pytest: lines, not a live table
-    table.on_step(0, trials)
+    table.on_step_end(0, trials)
+    from ray.tune import Callback  # the hooks overridden are ones Tune calls
+
+    assert all(hook in vars(Callback) for hook in ("setup", "on_step_end", "on_experiment_end"))
     assert "member_1: RUNNING, 32 / 64 steps, 1,234 steps/s, return 5.00, test -, restarts 1" in capsys.readouterr().err
