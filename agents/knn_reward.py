@@ -36,18 +36,27 @@ def embedding_dim(pool: int = 3, size: int = 64, channels: int = 3) -> int:
     return channels * (size // pool) ** 2
 
 
+def embedding_scale(pool: int = 3) -> float:
+    """Every ``embed_frames`` value is an integer (a sum of ``pool**2`` bytes) divided by this."""
+    _check_positive("pool", pool)
+    return 255.0 * pool * pool
+
+
 def embed_frames(frames: torch.Tensor, pool: int = 3) -> torch.Tensor:
     """Map uint8 frames (N, H, W, 3) to the explorer's state vectors (N, 3 * (H//pool) * (W//pool)).
 
-    Scales to [0, 1], average-pools ``pool`` x ``pool`` with stride ``pool`` (the last rows/columns
-    that do not fill a window are dropped: 64x64 -> 21x21 for pool=3) and flattens channels-first.
+    Average-pools ``pool`` x ``pool`` with stride ``pool`` (the last rows/columns that do not fill a
+    window are dropped: 64x64 -> 21x21 for pool=3), scaled to [0, 1], flattened channels-first.
     Pooling makes the distance insensitive to small sprite motions and cuts the buffer 9-fold.
+    Computed as exact integer window sums divided by ``embedding_scale(pool)``, so a stored
+    embedding is recovered bit for bit from its integer sums (``EpisodicKNNReward.state_dict``).
     """
     _check_positive("pool", pool)
     if frames.dim() != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must have shape (N, H, W, 3), got {tuple(frames.shape)}")
-    images = frames.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
-    return F.avg_pool2d(images, kernel_size=pool, stride=pool).flatten(1)
+    images = frames.permute(0, 3, 1, 2).to(torch.float32)
+    sums = F.avg_pool2d(images, kernel_size=pool, stride=pool, divisor_override=1)  # exact in fp32
+    return sums.flatten(1).div_(embedding_scale(pool))
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -62,14 +71,19 @@ class EpisodicKNNReward:
     each env's current episode; ``counts`` (num_envs,) how many slots are valid (capped at
     ``buffer_size``); ``positions`` (num_envs,) the slot the next frame is written to. Slots are
     filled from 0 after a restart, so the valid slots are always ``0 .. counts - 1``.
+
+    ``scale``: when every embedding is an integer up to 65535 divided by ``scale`` (as
+    ``embed_frames``' are, with ``embedding_scale(pool)``), ``state_dict`` stores the buffer as those
+    integers in uint16: half the bytes of float32, and exact (``load_state_dict`` divides again).
     """
 
     def __init__(self, num_envs: int, dim: int, k: int = 3, buffer_size: int = 500,
-                 device: Device = "cpu") -> None:
+                 device: Device = "cpu", scale: float | None = None) -> None:
         for name, value in (("num_envs", num_envs), ("dim", dim), ("k", k),
                             ("buffer_size", buffer_size)):
             _check_positive(name, value)
         self.num_envs, self.dim, self.k, self.buffer_size = num_envs, dim, k, buffer_size
+        self.scale = scale
         self.device = torch.device(device)
         self.buffer = torch.zeros(num_envs, buffer_size, dim, dtype=torch.float32, device=self.device)
         self.counts = torch.zeros(num_envs, dtype=torch.long, device=self.device)
@@ -134,12 +148,24 @@ class EpisodicKNNReward:
         return done
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
-        """Copies of the buffers, so an explorer checkpoint resumes mid-episode with the same rewards."""
-        return {"buffer": self.buffer.clone(), "counts": self.counts.clone(),
-                "positions": self.positions.clone()}
+        """Copies of the buffers, so an explorer checkpoint resumes mid-episode with the same rewards.
+
+        With a ``scale``, ``buffer`` is the uint16 integers behind the embeddings; a buffer whose
+        integers do not restore it bit for bit is a misuse of ``scale`` and raises.
+        """
+        buffer = self.buffer.clone()
+        if self.scale is not None:
+            sums = torch.round(buffer * self.scale)
+            if sums.max() > torch.iinfo(torch.uint16).max or not torch.equal(sums / self.scale, buffer):
+                raise ValueError(f"the buffer does not hold integers divided by scale={self.scale}; "
+                                 "build EpisodicKNNReward without scale to store it in float32")
+            buffer = sums.to(torch.uint16)
+        return {"buffer": buffer, "counts": self.counts.clone(), "positions": self.positions.clone()}
 
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
-        """Restore ``state_dict()`` output; shapes must match this instance's num_envs/buffer/dim."""
+        """Restore ``state_dict()`` output; shapes must match this instance's num_envs/buffer/dim.
+
+        A float32 ``buffer`` is taken as is; a uint16 one is divided by ``scale``."""
         expected = {"buffer": self.buffer, "counts": self.counts, "positions": self.positions}
         missing = set(expected) - set(state)
         if missing:
@@ -148,7 +174,12 @@ class EpisodicKNNReward:
             if tuple(state[name].shape) != tuple(current.shape):
                 raise ValueError(f"{name} has shape {tuple(state[name].shape)}, "
                                  f"expected {tuple(current.shape)}")
-        self.buffer = state["buffer"].to(device=self.device, dtype=torch.float32).clone()
+        buffer = state["buffer"].to(self.device)
+        if buffer.dtype == torch.uint16:
+            if self.scale is None:
+                raise ValueError("state holds an integer buffer but this EpisodicKNNReward has no scale")
+            buffer = buffer.to(torch.float32) / self.scale
+        self.buffer = buffer.to(torch.float32).clone()
         self.counts = state["counts"].to(device=self.device, dtype=torch.long).clone()
         self.positions = state["positions"].to(device=self.device, dtype=torch.long).clone()
         self._initialised = True

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.knn_reward import EpisodicKNNReward, embed_frames, embedding_dim
+from agents.knn_reward import EpisodicKNNReward, embed_frames, embedding_dim, embedding_scale
 
 
 class ReferenceKNN:
@@ -128,3 +128,34 @@ def test_bad_inputs_raise() -> None:
         embed_frames(torch.zeros(2, 64, 64, dtype=torch.uint8))
     with pytest.raises(ValueError):
         embed_frames(torch.zeros(1, 64, 64, 3, dtype=torch.uint8), pool=0)
+
+
+def test_integer_state_is_half_the_bytes_and_restores_bit_for_bit() -> None:
+    """Embeddings are window sums / embedding_scale: the checkpoint stores the sums as uint16."""
+    rng = np.random.default_rng(2)
+    frames = [torch.from_numpy(rng.integers(0, 256, size=(4, 64, 64, 3), dtype=np.uint8)) for _ in range(12)]
+    frames[3][:] = 255  # the largest sum, 9 * 255
+    kwargs = dict(num_envs=4, dim=embedding_dim(), k=3, buffer_size=8, scale=embedding_scale())
+    module = EpisodicKNNReward(**kwargs)
+    module.reset(embed_frames(frames[0]))
+    done = torch.tensor([False, True, False, False])
+    for f in frames[1:10]:
+        module.step(embed_frames(f), done)
+    state = module.state_dict()
+    assert state["buffer"].dtype == torch.uint16
+    restored = EpisodicKNNReward(**kwargs)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.buffer, module.buffer)  # bit for bit, so rewards resume exactly
+    for f in frames[10:]:
+        assert torch.equal(module.step(embed_frames(f), done), restored.step(embed_frames(f), done))
+    # A float32 state (checkpoints written before the integer store) still loads.
+    legacy = EpisodicKNNReward(**kwargs)
+    legacy.load_state_dict({**state, "buffer": restored.buffer.clone()})
+    assert torch.equal(legacy.buffer, restored.buffer)
+
+
+def test_integer_state_refuses_embeddings_that_are_not_window_sums() -> None:
+    module = EpisodicKNNReward(2, 3, buffer_size=4, scale=embedding_scale())
+    module.reset(torch.full((2, 3), 0.3))
+    with pytest.raises(ValueError, match="without scale"):
+        module.state_dict()

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from agents.knn_reward import EpisodicKNNReward, embed_frames, embedding_dim
+from agents.knn_reward import EpisodicKNNReward, embed_frames, embedding_dim, embedding_scale
 from agents.minibatches import Minibatch, SequenceMinibatches
 from agents.networks import NetworkSpec
 from agents.sampling import make_generators
@@ -34,7 +34,8 @@ class ExplorerLearner(NativeLearner):
         self.gamma = cfg.explorer_gamma
         self.minibatches = SequenceMinibatches(make_generators([ex.seed], "cpu", salt=2))
         self.envs = FullViewPair(functools.partial(make_env, cfg.env, n, "train", ex.seed))
-        self.knn = EpisodicKNNReward(n, embedding_dim(ex.pool), ex.k, ex.buffer_size, self.device)
+        self.knn = EpisodicKNNReward(n, embedding_dim(ex.pool), ex.k, ex.buffer_size, self.device,
+                                     scale=embedding_scale(ex.pool))
         obs, full, _ = self.envs.reset(seed=ex.seed)
         self.next_obs = torch.from_numpy(obs).to(self.device).unsqueeze(0)
         self.knn.reset(embed_frames(torch.from_numpy(full).to(self.device), ex.pool))
