@@ -2,7 +2,8 @@
 steps, each exactly once, and the annealed learning rate.
 
 One tiny in-process run trains two members together (3 updates) and the explorer (2 updates), with
-held-out evaluation every 2 updates (so at update 2 and at the last update, 3) and ``ppo.anneal_lr``;
+held-out evaluation before training and every 2 updates (so at 0, 2 and the last update, 3) and
+``ppo.anneal_lr``;
 every test reads its event files back.
 """
 from __future__ import annotations
@@ -13,7 +14,10 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from core.runtime import Runtime
 from launch.run import train_run
+from training.heldout import evaluate_heldout
+from training.population_learner import PopulationLearner
 from tests.conftest import make_small_cfg
 
 MEMBER_UPDATES, EXPLORER_UPDATES, EVAL_INTERVAL = 3, 2, 2
@@ -73,8 +77,8 @@ def update_steps(cfg, updates: int) -> list[int]:
 
 
 def eval_steps(cfg, updates: int) -> list[int]:
-    """Held-out evaluation: every ``eval_interval`` updates and after the last one."""
-    return [u * cfg.steps_per_update for u in range(1, updates + 1)
+    """Held-out evaluation: before training, every ``eval_interval`` updates and after the last one."""
+    return [u * cfg.steps_per_update for u in range(0, updates + 1)
             if u % EVAL_INTERVAL == 0 or u == updates]
 
 
@@ -91,7 +95,7 @@ def check_agent_tags(scalars, every: list[int], evals: list[int]) -> None:
 def test_member_tags(run) -> None:
     cfg = run
     every, evals = update_steps(cfg, MEMBER_UPDATES), eval_steps(cfg, MEMBER_UPDATES)
-    assert evals == [64, 96]
+    assert evals == [0, 64, 96]
     for m in (0, 1):
         scalars = read_scalars(cfg.layout.member(m).tb)
         check_agent_tags(scalars, every, evals)
@@ -151,3 +155,29 @@ def test_annealed_learning_rate(run) -> None:
         for step, lr in want.items():
             assert logged[step] == pytest.approx(lr, rel=1e-6), (tb, step)
     assert cfg.num_updates() == MEMBER_UPDATES and cfg.num_updates(explorer=True) == EXPLORER_UPDATES
+
+
+def test_first_heldout_point_is_the_untrained_policy(run) -> None:
+    """The step-0 point is the seeded initial policy, evaluated before any update: it equals a
+    held-out evaluation of a freshly built, never trained population."""
+    cfg = run
+    runtime = Runtime.resolve("cpu", cfg.network.precision)
+    learner = PopulationLearner(cfg, [0, 1], runtime)
+    try:
+        pop, seeds = learner.acting_population()
+        fresh = evaluate_heldout(cfg, pop, seeds, 0, runtime.device)
+    finally:
+        learner.close()
+    for m in (0, 1):
+        logged = dict(read_scalars(cfg.layout.member(m).tb)["eval/test_return"])
+        assert logged[0] == pytest.approx(float(fresh["test"].returns[m].mean()), rel=1e-6)
+
+
+def test_warns_when_heldout_evaluation_costs_more_than_training(tmp_path, capsys) -> None:
+    """Whole held-out episodes after every 8-step update: evaluation dominates, and the user is told."""
+    cfg = make_small_cfg(tmp_path, "env.game=maze", "ppo.total_steps=64", "logging.eval_interval=1",
+                         "logging.eval_episodes=4", "logging.eval_splits=[test]")
+    train_run(cfg)
+    out = capsys.readouterr().out
+    assert out.count("warning: member_0: held-out evaluation has taken") == 1
+    assert "logging.eval_interval=1 updates" in out

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from core.config import Config
+from core.config import Config, LoggingConfig
 from core.runtime import Runtime
 from training import checkpointing
 from training.heldout import Heldout, evaluate_heldout
@@ -68,19 +68,33 @@ def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = 
     """
     log = cfg.logging
     # purge_step: a run resumed from a checkpoint at step S hides the events that an interrupted
-    # run logged after S, so curves have neither gaps nor repeated steps. Also at S = 0: a job
-    # killed before its first checkpoint starts over, and its earlier events must go too.
-    purge = learner.global_step + 1
+    # run logged after S, so curves have neither gaps nor repeated steps. A job starting at step 0
+    # (new, or killed before its first checkpoint) purges from 0: its held-out point at step 0 is
+    # logged again.
+    purge = learner.global_step + 1 if learner.global_step else 0
     writers = [SummaryWriter(a.tb, purge_step=purge) for a in learner.agents]
     members = [a.member for a in learner.agents if a.member is not None]
     # A population of several members also gets summary curves across its members.
     summary = SummaryWriter(cfg.layout.population_tb(members), purge_step=purge) if len(members) > 1 else None
     last_heldout: dict[str, list[float]] = {}
+    heldout_clock = HeldoutClock()
+
+    def run_heldout() -> None:
+        nonlocal last_heldout
+        with heldout_clock:
+            pop, seeds = learner.acting_population()
+            heldout = evaluate_heldout(cfg, pop, seeds, learner.update, runtime.device)
+        log_heldout(writers, heldout, learner.global_step)
+        last_heldout = {split: h.returns.mean(1).tolist() for split, h in heldout.items()}
+
     try:
         with DeferredInterrupt() as interrupt:
+            if log.eval_interval and learner.update == 0:
+                run_heldout()  # the untrained policy: where every held-out curve starts
             while learner.update < learner.num_updates:
                 start = time.perf_counter()
                 result = learner.iterate()
+                heldout_clock.training += time.perf_counter() - start
                 sps = learner.steps_per_update * len(writers) / (time.perf_counter() - start)
                 step = learner.global_step
                 log_iteration(writers, result, sps, step)
@@ -88,10 +102,8 @@ def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = 
                     log_population(summary, result, sps, step, len(writers))
                 last = learner.update == learner.num_updates
                 if log.eval_interval and (learner.update % log.eval_interval == 0 or last):
-                    pop, seeds = learner.acting_population()
-                    heldout = evaluate_heldout(cfg, pop, seeds, learner.update, runtime.device)
-                    log_heldout(writers, heldout, step)
-                    last_heldout = {split: h.returns.mean(1).tolist() for split, h in heldout.items()}
+                    run_heldout()
+                    heldout_clock.warn_if_dominant(learner.agents[0].name, log)
                 saved = learner.update % log.checkpoint_interval == 0 or last or interrupt.requested
                 if saved:
                     checkpointing.save(learner, last_heldout)
@@ -108,6 +120,34 @@ def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = 
             w.close()
     return {"agents": [a.name for a in learner.agents], "steps": learner.global_step,
             "heldout": last_heldout}
+
+
+class HeldoutClock:
+    """Wall time spent in held-out evaluation against training, to warn when curves cost more than
+    the training they describe. ``logging.eval_interval`` counts updates, so a small
+    ``ppo.num_steps`` makes evaluations frequent while each still plays whole episodes."""
+
+    def __init__(self) -> None:
+        self.training = 0.0
+        self.heldout = 0.0
+        self.warned = False
+        self._start = 0.0
+
+    def __enter__(self) -> "HeldoutClock":
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.heldout += time.perf_counter() - self._start
+
+    def warn_if_dominant(self, job: str, log: LoggingConfig) -> None:
+        if self.warned or self.heldout <= self.training:
+            return
+        self.warned = True
+        print(f"warning: {job}: held-out evaluation has taken {self.heldout:.0f} s against "
+              f"{self.training:.0f} s of training; evaluate less often (logging.eval_interval="
+              f"{log.eval_interval} updates) or on fewer episodes (logging.eval_episodes="
+              f"{log.eval_episodes})", flush=True)
 
 
 def log_iteration(writers: list[SummaryWriter], result: IterationResult, sps: float, step: int) -> None:
