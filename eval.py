@@ -1,10 +1,11 @@
 """Evaluate a trained run on unseen levels: every member, the ensemble vote, the explorer, ExpGen.
 
     python eval.py runs/maze [--split test|test-full|train] [--episodes N] [--modes member,vote,...]
-                   [--seed S] [--video N] [--device cpu] [key=value ...]
+                   [--seed S] [--video N] [--device cpu] [--name NAME] [key=value ...]
 
 Prints a table with 95% bootstrap confidence intervals and writes runs/<name>/eval/results.json,
-results.md, results.png, TensorBoard events under eval/tb/ and, with --video, eval/videos/.
+results.md, results.png, TensorBoard events under eval/tb/ and, with --video, eval/videos/
+(with --name NAME: the same files under eval/NAME/).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from evaluation.report import print_table, write_report
 def flag_overrides(args: argparse.Namespace) -> list[str]:
     """The convenience flags as config overrides (they win over key=value ones)."""
     pairs = [("eval.split", args.split), ("eval.episodes", args.episodes), ("eval.seed", args.seed),
-             ("eval.video", args.video), ("device", args.device)]
+             ("eval.video", args.video), ("eval.name", args.name), ("device", args.device)]
     out = [f"{k}={v}" for k, v in pairs if v is not None]
     if args.modes is not None:
         out.append(f"eval.modes=[{','.join(m.strip() for m in args.modes.split(',') if m.strip())}]")
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="env and sampling seed (same seed, same numbers)")
     parser.add_argument("--video", type=int, help="episodes per mode to record under eval/videos/")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--name", help="write into <run>/eval/<name>/ instead of <run>/eval/, "
+                                       "e.g. --name train for a train-split table beside the test one")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. expgen.controller=plurality")
     args = parser.parse_intermixed_args(argv)  # flags and key=value in any order
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -10,6 +10,7 @@ are one concept, and a key's rule is easiest to keep right next to the key.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,7 @@ class EvalConfig:
     num_envs: int = 64
     modes: list[str] = field(default_factory=lambda: ["member", "vote", "explorer", "expgen"])
     video: int = 0  # episodes to record as video per mode
+    name: str = ""  # "": results in <run>/eval/; a name: in <run>/eval/<name>/ (ablations, other splits)
 
 
 @dataclass
@@ -319,6 +321,9 @@ def validate(cfg: Config) -> None:
     _choice("network.init", cfg.network.init, INITS)
     _choice("expgen.unclassed_anchor", cfg.expgen.unclassed_anchor, UNCLASSED_ANCHORS)
     _choice("eval.split", cfg.eval.split, SPLITS)
+    if cfg.eval.name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.eval.name):
+        raise ConfigError(f"eval.name={cfg.eval.name!r} must be a plain folder name (letters, digits, "
+                          "'_', '-', '.'), e.g. eval.name=random_explorer")
     if not cfg.eval.modes:
         raise ConfigError(f"eval.modes is empty; choose one or more of: {', '.join(EVAL_MODES)}")
     for mode in cfg.eval.modes:

@@ -67,16 +67,16 @@ class RunLayout:
     def ray(self) -> Path:
         return self.root / "ray"
 
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
+    def eval(self, name: str = "") -> Path:
+        """Where eval.py writes: ``eval/``, or ``eval/<name>`` for a named evaluation (``--name``),
+        so ablations and other splits sit beside the main results instead of overwriting them."""
+        return self.root / "eval" / name if name else self.root / "eval"
 
-    @property
-    def videos(self) -> Path:
-        return self.eval / "videos"
+    def videos(self, name: str = "") -> Path:
+        return self.eval(name) / "videos"
 
-    def eval_tb(self, split: str) -> Path:
-        return self.eval / "tb" / split
+    def eval_tb(self, split: str, name: str = "") -> Path:
+        return self.eval(name) / "tb" / split
 
     def member(self, index: int) -> AgentDir:
         return AgentDir(self.root / f"member_{index}", index)

@@ -94,7 +94,7 @@ def play(ctx: EvalContext, policy: Policy, mode: str) -> EpisodeStats:
         for env in envs:
             env.close()
     if recorder is not None:
-        paths = write_episodes(recorder, cfg.layout.videos, mode)
+        paths = write_episodes(recorder, cfg.layout.videos(cfg.eval.name), mode)
         ctx.videos += [str(p.relative_to(cfg.layout.root)) for p in paths]
         if len(paths) < cfg.eval.video:
             log.warning("%s: env 0 finished %d of the %d episodes asked for video",
@@ -180,6 +180,7 @@ def results_header(ctx: EvalContext) -> dict[str, Any]:
     cfg, agents = ctx.cfg, ctx.agents
     return {
         "run": cfg.name,
+        "name": cfg.eval.name,
         "game": cfg.env.game,
         "distribution_mode": cfg.env.distribution_mode,
         "split": cfg.eval.split,
@@ -206,10 +207,11 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
     """Evaluate every mode of ``eval.modes`` on a run directory; returns the JSON-ready results.
 
     Modes whose agent is missing (no explorer checkpoint) are skipped with a printed note and listed
-    under ``skipped``. Videos (``eval.video`` > 0) are written to ``<run>/eval/videos``.
+    under ``skipped``. Videos (``eval.video`` > 0) are written to ``<run>/eval/videos`` (``eval/<name>/videos``
+    for a named evaluation).
     """
     ctx = evaluation_context(run_dir, overrides)
-    check_writable(ctx.cfg.layout.eval)  # before minutes of episodes, not after
+    check_writable(ctx.cfg.layout.eval(ctx.cfg.eval.name))  # before minutes of episodes, not after
     results: dict[str, Any] = {**results_header(ctx), "modes": {}, "skipped": {}}
     for mode in dict.fromkeys(ctx.cfg.eval.modes):  # de-duplicated, in the order asked
         reason = missing_requirement(mode, ctx.cfg, ctx.agents)

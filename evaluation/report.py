@@ -190,11 +190,13 @@ def _vote_histogram(writer: SummaryWriter, counts: list[int], step: int) -> None
 
 
 def write_report(results: dict[str, Any], layout: RunLayout) -> dict[str, Path]:
-    """Write results.json, results.md, results.png and TensorBoard events into the run's eval/."""
-    out_dir = layout.eval
+    """Write results.json, results.md, results.png and TensorBoard events into the run's eval/
+    (``eval/<name>/`` for a named evaluation)."""
+    name = results.get("name", "")
+    out_dir = layout.eval(name)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md",
-             "plot": out_dir / "results.png", "tensorboard": layout.eval_tb(results["split"])}
+             "plot": out_dir / "results.png", "tensorboard": layout.eval_tb(results["split"], name)}
     paths["json"].write_text(json.dumps(results, indent=2) + "\n")
     paths["markdown"].write_text(markdown_table(results))
     if summary_rows(results):

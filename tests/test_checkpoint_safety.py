@@ -99,7 +99,7 @@ def test_eval_uses_the_previous_checkpoint(planted_run) -> None:
         assert eval_cli.main([str(layout.root), "--episodes", "2", "--modes", "member", "--device", "cpu",
                               "eval.num_envs=2"]) == 0
     assert any(str(planted) in str(w.message) for w in record)
-    results = json.loads((layout.eval / "results.json").read_text())
+    results = json.loads((layout.eval() / "results.json").read_text())
     assert results["checkpoints"]["members"] == [64]
     assert results["modes"]["member"]["members"][0]["step"] == 64
     assert not marker.exists()

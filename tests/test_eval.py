@@ -23,6 +23,7 @@ from agents.networks import NetworkSpec
 from agents.population import Population
 from core.checkpoint import save_checkpoint
 from core.config import load_config
+from tests.conftest import DEFAULT_LEVELS
 from core.run_layout import RunLayout
 from evaluation.evaluate import evaluate_run
 from evaluation.policies import ExpGenTally
@@ -49,7 +50,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = load_config("configs/quickstart.yaml", [
         f"runs_dir={tmp}", "name=tiny", "env.game=bigfish", "ppo.total_steps=64", "ppo.num_steps=8",
         "env.num_envs=8", "ppo.num_minibatches=2", "ensemble.size=3", "logging.eval_interval=0",
-        "logging.progress=false", "explorer.enabled=false", f"device={DEVICE}", "ray=false",
+        "logging.progress=false", "explorer.enabled=false", f"device={DEVICE}", "ray=false", *DEFAULT_LEVELS,
     ])
     train_run(cfg)
     spec = NetworkSpec(kind="small", recurrent=True)
@@ -244,3 +245,18 @@ def test_gif_fallback_keeps_the_frame_rate(tmp_path: Path, monkeypatch: pytest.M
         assert gif.n_frames == 3 and gif.size == (256, 256)
         gif.seek(1)
         assert 60 <= gif.info["duration"] <= 70  # 1000 / 15 ms, in GIF's 10 ms steps
+
+
+def test_named_evaluation_sits_beside_the_main_one(run_dir: Path, tmp_path: Path) -> None:
+    """--name writes eval/<name>/ (an ablation, another split) and leaves eval/ as it was."""
+    run = copy_run(run_dir, tmp_path)
+    common = ["--modes", "member", "--episodes", "2", "--device", DEVICE, "eval.num_envs=2"]
+    assert eval_cli.main([str(run), *common]) == 0
+    main = (run / "eval" / "results.json").read_text()
+    assert eval_cli.main([str(run), *common, "--split", "train", "--name", "train"]) == 0
+    assert (run / "eval" / "results.json").read_text() == main
+    named = json.loads((run / "eval" / "train" / "results.json").read_text())
+    assert named["split"] == "train" and named["name"] == "train"
+    assert list((run / "eval" / "train" / "tb" / "train").glob("events.out.tfevents.*"))
+    assert eval_cli.main([str(run), *common, "--name", "../elsewhere"]) == 2
+    assert not (run / "elsewhere").exists()
