@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from core.checkpoint import checkpoint_steps
+from core.checkpoint import checkpoint_steps, list_checkpoints, load_checkpoint, save_checkpoint
 from core.config import ConfigError
 from launch.ray_trials import check_fits, check_workers_fit, trial_bundles, trial_resources
 from core.run_layout import AgentDir
@@ -178,3 +178,20 @@ def test_trial_table_rows_and_off_terminal_lines(tmp_path, capsys, monkeypatch):
 
     assert all(hook in vars(Callback) for hook in ("setup", "on_step_end", "on_experiment_end"))
     assert "member_1: RUNNING, 32 / 64 steps, 1,234 steps/s, return 5.00, test -, restarts 1" in capsys.readouterr().err
+
+
+def test_checkpoint_error_inside_a_trial_is_not_retried(local_ray, tmp_path):
+    """A trial whose checkpoint holds another network fails the same way on every attempt: it ends
+    at once with the error as its result (a ConfigError naming it), not after max_failures crashes."""
+    small = [*RAY, "ray=false", "explorer.enabled=false", f"ppo.total_steps={STEP}"]
+    cfg = make_small_cfg(tmp_path, *small)
+    train_run(cfg)
+    path = list_checkpoints(cfg.layout.member(0).checkpoints)[0]
+    ckpt = load_checkpoint(path)
+    save_checkpoint(cfg.layout.member(0).checkpoints, ckpt["step"],
+                    {**ckpt, "network": {**ckpt["network"], "hidden": 7}})
+    cfg = make_small_cfg(tmp_path, *small, "ray=true", f"ppo.total_steps={2 * STEP}", "resources.max_failures=2")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="member_0: CheckpointError: checkpoint network"):
+        train_run(cfg)
+    assert time.monotonic() - start < 60
