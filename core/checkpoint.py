@@ -61,7 +61,9 @@ def decode(obj: Any) -> Any:
 def save_checkpoint(folder: Path, step: int, payload: dict[str, Any], keep: int = 3) -> Path:
     """Write ``payload`` as ``folder/ckpt_<step>.pt`` via temp file + fsync + rename; keep the
     newest ``keep``. A crash at any moment leaves either the old set of files or the old set plus
-    a complete new file: never a truncated ``ckpt_*.pt``."""
+    a complete new file: never a truncated ``ckpt_*.pt``. A write that fails (a full disk, a
+    folder that became read-only) removes its temporary, keeps the previous checkpoints and raises
+    ``CheckpointError`` naming the file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"ckpt_{step:012d}.pt"
@@ -72,8 +74,12 @@ def save_checkpoint(folder: Path, step: int, payload: dict[str, Any], keep: int 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        # torch reports a failed write as RuntimeError ("[enforce fail at inline_container.cc]").
+        if isinstance(e, (OSError, RuntimeError)):
+            raise CheckpointError(f"disk full or not writable: could not write checkpoint {final} ({e}); "
+                                  "the previous checkpoints are kept, free space and re-run to resume") from e
         raise
     for old in list_checkpoints(folder)[keep:]:
         old.unlink(missing_ok=True)
