@@ -62,6 +62,10 @@ def summary_rows(results: dict[str, Any]) -> list[Row]:
                      for m in r["members"]]
             rows.append(_row("members (IQM)", "iqm", r["iqm"], f"{len(r['members'])}x{n}",
                              "CI across members"))
+            if len(r["members"]) > 1:
+                best = max(r["members"], key=lambda m: m["return"])
+                rows.append(_row("best member", "member", best, n,
+                                 f"member {best['member']}, picked on these episodes (optimistic)"))
         else:
             rows.append(_row(mode, mode, r, n, expgen_note(r) if mode == "expgen" else ""))
     return rows

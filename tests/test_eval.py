@@ -88,7 +88,11 @@ def test_cli_writes_every_output(run_dir: Path, cli_results: dict) -> None:
     assert cli_results["checkpoints"] == {"members": [64, 64, 64], "explorer": 5}
     md = (out / "results.md").read_text()
     assert "levels [201, 401)" in md
-    assert all(f"| {m} |" in md for m in ("member 2", "members (IQM)", "vote", "explorer", "expgen"))
+    assert all(f"| {m} |" in md for m in ("member 2", "members (IQM)", "best member", "vote", "explorer", "expgen"))
+    members = cli_results["modes"]["member"]["members"]
+    best = max(members, key=lambda m: m["return"])
+    best_line = next(line for line in md.splitlines() if line.startswith("| best member |"))
+    assert f"| {best['return']:.2f} |" in best_line and f"member {best['member']}," in best_line
 
 
 def check_summary(r: dict, episodes: int) -> None:
