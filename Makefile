@@ -1,5 +1,6 @@
 # Two entry points for a fresh clone (see README.md):
-#   make quickstart   set up .venv if needed, train the quickstart run, evaluate it on unseen levels
+#   make quickstart   set up .venv if needed, train the quickstart run, evaluate it on its training
+#                     level (eval/train/) and on unseen levels (eval/)
 #   make test         set up .venv if needed, run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,6 +12,7 @@ BIN := $(VENV)/bin
 
 quickstart: $(VENV)/.installed
 	$(BIN)/python train.py --config configs/quickstart.yaml
+	$(BIN)/python eval.py runs/quickstart --split train --modes member --name train
 	$(BIN)/python eval.py runs/quickstart
 
 test: $(VENV)/.installed

@@ -15,10 +15,20 @@ from core.config import Config, load_config  # noqa: E402
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
+# The quickstart's demo choices (one training level, test-full) are not what tests are about:
+# they run on the default level ranges, training [0, 200) and test [201, 401).
+DEFAULT_LEVELS = [
+    "env.start_level=0",
+    "env.num_levels=200",
+    "eval.split=test",
+    "logging.eval_splits=[train,test]",
+]
+
 # The smallest config that still exercises every part of an iteration: 4 envs x 8 steps,
 # two minibatches, one member, small CNN, no held-out evaluation, a checkpoint every update,
 # no exploration agent.
 SMALL = [
+    *DEFAULT_LEVELS,
     "device=cpu",
     "ray=false",
     "logging.progress=false",

@@ -115,8 +115,8 @@ def test_overrides_apply_and_name_defaults_to_stem(tmp_path):
     assert cfg.ppo.lr == pytest.approx(1e-3)
     assert cfg.env.num_envs == 8 and cfg.network.kind == "impala"
     assert cfg.member_seeds == [5, 9]
-    assert cfg.ppo.num_steps == 128  # from the YAML file
-    assert cfg.ppo.gamma == pytest.approx(0.999)  # schema default, untouched by the file
+    assert cfg.ppo.num_steps == 64  # from the YAML file
+    assert cfg.ppo.lr == pytest.approx(1e-3) and cfg.ppo.clip_coef == pytest.approx(0.2)  # default, untouched by the file
     # later overrides win; seeds default to seed + m
     cfg = load_config(QUICKSTART, ["seed=10", "ensemble.size=3", "env.num_envs=4", "env.num_envs=16"])
     assert cfg.member_seeds == [10, 11, 12] and cfg.env.num_envs == 16
