@@ -37,6 +37,7 @@ def plot(series_by_agent: dict[str, dict[str, list[tuple[int, float]]]], tags: l
                 ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=agent)
         ax.set_title(tag)
         ax.set_xlabel("env steps (per agent)")
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x / 1e3:,.0f}k"))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
