@@ -67,13 +67,9 @@ class SampleMinibatches:
 
     def __call__(self, batch: Batch, epochs: int, num_minibatches: int) -> Iterator[Minibatch]:
         flat = batch.flat()
-        samples = flat.actions.shape[1]
-        size = samples // num_minibatches
-        for _ in range(epochs):
-            order = torch.stack([torch.randperm(samples, generator=g) for g in self.generators])
-            order = order.to(flat.actions.device)
-            for start in range(0, samples, size):
-                yield Minibatch(flat.select(order[:, start : start + size]))
+        for idx in _permuted_parts(self.generators, flat.actions.shape[1], num_minibatches, epochs,
+                                   flat.actions.device):
+            yield Minibatch(flat.select(idx))
 
 
 class SequenceMinibatches:
@@ -84,11 +80,17 @@ class SequenceMinibatches:
         self.generators = generators
 
     def __call__(self, batch: Batch, epochs: int, num_minibatches: int) -> Iterator[Minibatch]:
-        envs = batch.actions.shape[2]
-        size = envs // num_minibatches
-        for _ in range(epochs):
-            order = torch.stack([torch.randperm(envs, generator=g) for g in self.generators])
-            order = order.to(batch.actions.device)
-            for start in range(0, envs, size):
-                idx = order[:, start : start + size]
-                yield Minibatch(batch.select_envs(idx), idx)
+        for idx in _permuted_parts(self.generators, batch.actions.shape[2], num_minibatches, epochs,
+                                   batch.actions.device):
+            yield Minibatch(batch.select_envs(idx), idx)
+
+
+def _permuted_parts(generators: list[torch.Generator], units: int, parts: int, epochs: int,
+                    device: torch.device) -> Iterator[torch.Tensor]:
+    """Per epoch, one random permutation of ``units`` per member (its own generator), cut into
+    ``parts`` equal index sets of shape (members, units // parts)."""
+    size = units // parts
+    for _ in range(epochs):
+        order = torch.stack([torch.randperm(units, generator=g) for g in generators]).to(device)
+        for start in range(0, units, size):
+            yield order[:, start : start + size]
