@@ -94,8 +94,9 @@ def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = 
             while learner.update < learner.num_updates:
                 start = time.perf_counter()
                 result = learner.iterate()
-                heldout_clock.training += time.perf_counter() - start
-                sps = learner.steps_per_update * len(writers) / (time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                heldout_clock.training += elapsed
+                sps = learner.steps_per_update * len(writers) / elapsed
                 step = learner.global_step
                 log_iteration(writers, result, sps, step)
                 if summary is not None:
