@@ -35,6 +35,7 @@ BURSTS = ("reference", "geometric", "fixed")
 UNCLASSED_ANCHORS = ("up", "exact")
 MINIBATCHES = ("samples", "sequences")
 INITS = ("torch", "reference")
+PIPELINES = ("auto", "serial", "overlap")
 
 
 class ConfigError(ValueError):
@@ -50,6 +51,11 @@ class EnvConfig:
     num_levels: int = 200
     use_backgrounds: bool = True
     num_threads: int = 1  # procgen's own C++ threads per batch
+    # How a rollout step is scheduled. serial: infer all envs, then step them all. overlap: each
+    # env batch is split in two halves; one half steps (CPU) while the device infers the other.
+    # Same actions, rewards and frames either way; auto = overlap on CUDA, serial elsewhere (on a
+    # CPU the two halves would compete for the same cores).
+    pipeline: str = "auto"  # auto | serial | overlap
 
     @property
     def train_levels(self) -> LevelRange:
@@ -176,6 +182,9 @@ class ResourcesConfig:
     explorer_cpus: float = 1.0
     explorer_gpus: float = -1.0
     max_failures: int = 3  # restarts of a crashed trial (from its newest checkpoint) before giving up
+    # ray: false. true: the pending jobs train side by side, one child process each (the
+    # trial's CPUs as torch threads, all on this machine's device); false: one after another here.
+    side_by_side: bool = True
 
 
 @dataclass
@@ -192,7 +201,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0  # base seed: member m uses seeds[m] (default seed + m)
     engine: str = "native"  # native | sb3 | rllib: who trains the reward agents
-    ray: bool = True  # distribute agents as Ray Tune trials; false: train in-process, one after another
+    ray: bool = True  # distribute agents as Ray Tune trials; false: no Ray (see resources.side_by_side)
     ray_address: str = ""  # "": start Ray locally; "auto" or host:port: join that cluster
     env: EnvConfig = field(default_factory=EnvConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -318,6 +327,10 @@ def validate(cfg: Config) -> None:
     _choice("population.forward_mode", cfg.population.forward_mode, FORWARD_MODES)
     _choice("ppo.norm_adv", cfg.ppo.norm_adv, NORM_ADV)
     _choice("ppo.minibatch", cfg.ppo.minibatch, MINIBATCHES)
+    _choice("env.pipeline", cfg.env.pipeline, PIPELINES)
+    if cfg.env.pipeline == "overlap" and cfg.env.num_envs % 2:
+        raise ConfigError(f"env.pipeline=overlap splits each env batch in two halves; env.num_envs="
+                          f"{cfg.env.num_envs} is odd: use an even number of envs or env.pipeline=serial")
     _choice("network.init", cfg.network.init, INITS)
     _choice("expgen.unclassed_anchor", cfg.expgen.unclassed_anchor, UNCLASSED_ANCHORS)
     _choice("eval.split", cfg.eval.split, SPLITS)
