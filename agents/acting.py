@@ -10,19 +10,31 @@ import numpy as np
 import torch
 
 from agents.population import Population
-from agents.sampling import make_generators, sample_actions
+from agents.sampling import gumbel_noise, make_generators
 
 
 class ActionPicker:
     """Sampled actions, one generator per member (streams independent of each other), or argmax."""
 
     def __init__(self, seeds: list[int], device: torch.device, salt: int, sample: bool = True) -> None:
-        self.sample = sample
+        self.sample, self.device = sample, device
         self.generators = make_generators(seeds, device, salt) if sample else []
+        self.noise: torch.Tensor | None = None
+
+    def draw(self, members: int, num_envs: int, num_actions: int) -> None:
+        """Draw one step's sampling noise for every env at once. A rollout that then acts on slices
+        of the envs (``env.pipeline=overlap``) samples exactly what acting on all envs would."""
+        if self.sample:
+            self.noise = gumbel_noise(self.generators[:members], num_envs, num_actions, self.device)
+
+    def pick(self, logits: torch.Tensor, envs: slice = slice(None)) -> torch.Tensor:
+        """(M, n, A) logits of the envs ``envs`` -> (M, n) actions, with the noise of ``draw``."""
+        return (logits + self.noise[:, envs]).argmax(-1) if self.sample else logits.argmax(-1)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        """(M, N, A) logits -> (M, N) actions."""
-        return sample_actions(logits, self.generators) if self.sample else logits.argmax(-1)
+        """(M, N, A) logits -> (M, N) actions: ``draw`` and ``pick`` for all envs."""
+        self.draw(*logits.shape)
+        return self.pick(logits)
 
 
 class PopulationActor:
@@ -34,16 +46,24 @@ class PopulationActor:
         self.state = torch.zeros(pop.size, num_envs, pop.spec.hidden, device=device) if self.recurrent else None
         self.first = torch.ones(pop.size, num_envs, device=device)  # reset frames start episodes
 
-    def __call__(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """obs (M, N, 64, 64, 3) -> actions (M, N), logits (M, N, A), values (M, N)."""
+    def __call__(self, obs: torch.Tensor, envs: slice | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """obs (M, N, 64, 64, 3) -> actions (M, N), logits (M, N, A), values (M, N).
+
+        ``envs``: ``obs`` are the frames of that slice of the envs only, sampled with the noise the
+        picker drew for the step (``ActionPicker.draw``); None: all envs, noise drawn here.
+        """
+        at = slice(None) if envs is None else envs
         if self.recurrent:
-            logits, values, self.state = self.pop(obs.unsqueeze(1), self.state, self.first.unsqueeze(1))
+            logits, values, state = self.pop(obs.unsqueeze(1), self.state[:, at], self.first[:, at].unsqueeze(1))
             logits, values = logits[:, 0], values[:, 0]
-            self.first.zero_()
+            self.state[:, at] = state
+            self.first[:, at] = 0.0
         else:
             logits, values = self.pop(obs)
-        return self.pick(logits), logits, values
+        actions = self.pick(logits) if envs is None else self.pick.pick(logits, envs)
+        return actions, logits, values
 
-    def episode_ended(self, member: int, terminated: np.ndarray | torch.Tensor) -> None:
-        """Member m's envs that just finished an episode start the next one from a zero state."""
-        self.first[member] = torch.as_tensor(terminated, dtype=torch.float32, device=self.first.device)
+    def episode_ended(self, member: int, terminated: np.ndarray | torch.Tensor, envs: slice = slice(None)) -> None:
+        """Member m's envs (of the slice ``envs``) that just finished an episode start the next one
+        from a zero state."""
+        self.first[member, envs] = torch.as_tensor(terminated, dtype=torch.float32, device=self.first.device)

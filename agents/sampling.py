@@ -19,6 +19,13 @@ def make_generators(seeds: list[int], device: torch.device | str, salt: int) -> 
     return gens
 
 
+def gumbel_noise(generators: list[torch.Generator], num_envs: int, num_actions: int,
+                 device: torch.device) -> torch.Tensor:
+    """(M, N, A) Gumbel noise, member m drawing from generators[m] (M = len(generators))."""
+    u = torch.stack([torch.rand(num_envs, num_actions, generator=g, device=device) for g in generators])
+    return -torch.log(-torch.log(u.clamp_(min=1e-20, max=1.0 - 1e-7)))
+
+
 def sample_actions(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
     """Sample from Categorical(logits) for (M, N, A) logits, member m drawing from generators[m].
 
@@ -26,11 +33,7 @@ def sample_actions(logits: torch.Tensor, generators: list[torch.Generator]) -> t
     (M calls); the rest is one batched operation.
     """
     m, n, a = logits.shape
-    u = torch.stack(
-        [torch.rand(n, a, generator=g, device=logits.device) for g in generators[:m]]
-    )
-    gumbel = -torch.log(-torch.log(u.clamp_(min=1e-20, max=1.0 - 1e-7)))
-    return (logits + gumbel).argmax(-1)
+    return (logits + gumbel_noise(generators[:m], n, a, logits.device)).argmax(-1)
 
 
 def log_prob_entropy(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from envs.procgen_vec import ProcgenVecEnv
+from envs.split_batch import SplitBatch
 
 
 class LockstepError(RuntimeError):
@@ -21,22 +22,26 @@ class LockstepError(RuntimeError):
 
 
 class FullViewPair:
-    def __init__(self, make: Callable[..., ProcgenVecEnv]) -> None:
-        """``make(center_agent=...)`` builds one batch; both are built with the same other options."""
-        self.agent = make(center_agent=True)
-        self.full = make(center_agent=False)
-        self.num_envs = self.agent.num_envs
+    """Both views of ``num_envs`` games, each held as ``parts`` slices (envs/split_batch.py)."""
 
-    def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        obs, info = self.agent.reset(seed=seed)
-        full, full_info = self.full.reset(seed=seed)
-        self._check(info["level_seed"], full_info["level_seed"], "level seeds at reset")
-        return obs, full, info
+    def __init__(self, make: Callable[..., ProcgenVecEnv], num_envs: int, parts: int = 1) -> None:
+        """``make(num_envs, center_agent=...)`` builds one batch; both views share every other option."""
+        self.agent = SplitBatch(lambda n: make(n, center_agent=True), num_envs, parts)
+        self.full = SplitBatch(lambda n: make(n, center_agent=False), num_envs, parts)
+        self.num_envs = num_envs
+        self.slices = self.agent.slices
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """-> agent-view obs, full-view obs, reward, terminated, the agent batch's info."""
-        obs, reward, term, _, info = self.agent.step(actions)
-        full, full_reward, full_term, _, full_info = self.full.step(actions)
+    def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> agent-view and full-view frames of every env's new episode."""
+        obs, full = self.agent.reset(seed), self.full.reset(seed)
+        self._check(self.agent.level_seeds(), self.full.level_seeds(), "level seeds at reset")
+        return obs, full
+
+    def step(self, part: int, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step slice ``part`` of both views -> agent-view obs, full-view obs, reward, terminated,
+        the agent view's info (all of that slice)."""
+        obs, reward, term, info = self.agent.step(part, actions)
+        full, full_reward, full_term, full_info = self.full.step(part, actions)
         self._check(term, full_term, "episode ends")
         self._check(info["level_seed"], full_info["level_seed"], "level seeds")
         self._check(reward, full_reward, "rewards")

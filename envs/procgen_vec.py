@@ -127,6 +127,10 @@ class ProcgenVecEnv(gym.vector.VectorEnv):
         truncated = np.zeros(self.num_envs, bool)
         return obs["rgb"], reward, first.copy(), truncated, info
 
+    def level_seeds(self) -> np.ndarray:
+        """The level each env is playing now."""
+        return self._env._info["level_seed"].copy()
+
     def get_state(self) -> dict[str, Any]:
         """The full state of every env (level, positions, random generators): for checkpoints."""
         return {

@@ -15,6 +15,7 @@ from training.loop import train
 from envs.full_view import FullViewPair, LockstepError
 from envs.levels import get_split
 from envs.procgen_vec import ProcgenVecEnv
+from envs.split_batch import SplitBatch
 
 EXPLORER = ["explorer.enabled=true", "ensemble.size=1", "env.game=chaser", "env.num_envs=4",
             "ppo.num_steps=48", "ppo.num_minibatches=2", "explorer.total_steps=384",
@@ -27,19 +28,19 @@ def make_explorer(cfg) -> ExplorerLearner:
 
 
 def pair(game: str, agent_seed: int, full_seed: int, n: int = 8) -> FullViewPair:
-    make = functools.partial(ProcgenVecEnv, game, n, get_split("train"))
-    p = FullViewPair(lambda center_agent: make(center_agent=center_agent, rand_seed=agent_seed))
+    make = functools.partial(ProcgenVecEnv, game, levels=get_split("train"))
+    p = FullViewPair(functools.partial(make, rand_seed=agent_seed), n)
     if full_seed != agent_seed:
-        p.full = make(center_agent=False, rand_seed=full_seed)
+        p.full = SplitBatch(lambda k: make(k, center_agent=False, rand_seed=full_seed), n)
     return p
 
 
 def test_views_stay_in_lockstep_over_thousands_of_steps() -> None:
     p = pair("coinrun", 3, 3)
-    obs, full, _ = p.reset(seed=3)
+    obs, full = p.reset(seed=3)
     rng, ends, differ = np.random.default_rng(0), 0, 0
     for _ in range(3000):  # raises LockstepError on any divergence
-        obs, full, _, term, _ = p.step(rng.integers(0, 15, p.num_envs))
+        obs, full, _, term, _ = p.step(0, rng.integers(0, 15, p.num_envs))
         ends += term.sum()
         differ += (obs != full).any()
     assert ends > 20  # many episode ends and level changes were crossed
@@ -53,7 +54,7 @@ def test_divergence_is_detected() -> None:
         p.reset(seed=3)
         p.full.reset(seed=4)  # a twin that plays other levels
         for _ in range(2000):
-            p.step(np.zeros(p.num_envs, np.int64))
+            p.step(0, np.zeros(p.num_envs, np.int64))
 
 
 def test_sequence_replay_equals_the_step_by_step_rollout(small_cfg) -> None:

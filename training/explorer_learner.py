@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numpy as np
 import torch
 
 from agents.knn_reward import EpisodicKNNReward, embed_frames, embedding_dim, embedding_scale
@@ -21,6 +22,7 @@ from core.config import Config
 from core.runtime import Runtime
 from envs.full_view import FullViewPair
 from envs.make import make_env
+from envs.procgen_vec import OBS_SHAPE
 from training.learner import EpisodeLog
 from training.native_learner import NativeLearner
 
@@ -33,37 +35,65 @@ class ExplorerLearner(NativeLearner):
         self.agents = [cfg.layout.explorer]
         self.gamma = cfg.explorer_gamma
         self.minibatches = SequenceMinibatches(make_generators([ex.seed], "cpu", salt=2))
-        self.envs = FullViewPair(functools.partial(make_env, cfg.env, n, "train", ex.seed))
+        parts = len(self.slices)
+        self.envs = FullViewPair(functools.partial(make_env, cfg.env, split="train", rand_seed=ex.seed), n, parts)
+        self.env_workers = parts
+        size = n // parts
+        self.host_obs = [self.host_buffer((size,) + OBS_SHAPE, torch.uint8) for _ in self.slices]
+        self.host_full = [self.host_buffer((size,) + OBS_SHAPE, torch.uint8) for _ in self.slices]
+        self.full = torch.zeros((n,) + OBS_SHAPE, dtype=torch.uint8, device=self.device)
         self.knn = EpisodicKNNReward(n, embedding_dim(ex.pool), ex.k, ex.buffer_size, self.device,
                                      scale=embedding_scale(ex.pool))
-        obs, full, _ = self.envs.reset(seed=ex.seed)
-        self.next_obs = torch.from_numpy(obs).to(self.device).unsqueeze(0)
+        obs, full = self.envs.reset(seed=ex.seed)
+        self.next_obs[0] = torch.from_numpy(obs).to(self.device)
         self.knn.reset(embed_frames(torch.from_numpy(full).to(self.device), ex.pool))
-        self.next_done = torch.zeros(1, n, device=self.device)
         self.ep_intrinsic = torch.zeros(n, device=self.device)
 
-    @torch.no_grad()
-    def collect(self) -> EpisodeLog:
-        ro, episodes, pool = self.ro, EpisodeLog(), self.cfg.explorer.pool
+    def begin_rollout(self) -> None:
         self.start_state = self.actor.state.clone()  # sequences are replayed from here in `forward`
-        for t in range(ro.steps):
-            actions = self.act(t)
-            obs, full, _, term, info = self.envs.step(actions[0].cpu().numpy())
-            done = torch.from_numpy(term).to(self.device)
-            reward = self.knn.step(embed_frames(torch.from_numpy(full).to(self.device), pool), done)
-            ro.rewards[0, t] = reward
-            self.ep_intrinsic += reward
-            if "episode_return" in info:
-                mask = info["_episode_return"]
-                episodes.add("explore/intrinsic_return", 0, self.ep_intrinsic[done].cpu().numpy())
-                episodes.add("charts/episodic_return", 0, info["episode_return"][mask])
-                episodes.add("charts/episodic_length", 0, info["episode_length"][mask])
-                episodes.add("explore/level_complete_rate", 0, info["level_complete"][mask])
-                self.ep_intrinsic[done] = 0.0
-            self.actor.episode_ended(0, term)
-            self.next_done = done.float().unsqueeze(0)
-            self.next_obs = torch.from_numpy(obs).to(self.device).unsqueeze(0)
+        # Intrinsic returns of the episodes that end, by step (NaN elsewhere): read once at the end
+        # of the rollout instead of a host sync at every episode end.
+        self.ended_intrinsic = torch.full((self.ro.steps, self.cfg.env.num_envs), float("nan"), device=self.device)
+
+    def collect(self) -> EpisodeLog:
+        episodes = super().collect()
+        ended = self.ended_intrinsic.cpu().numpy()
+        episodes.add("explore/intrinsic_return", 0, ended[~np.isnan(ended)])
         return episodes
+
+    def send(self, part: int, actions: torch.Tensor) -> None:
+        self.run_env_tasks(part, [functools.partial(self._step_slice, part, actions[0].numpy())])
+
+    def _step_slice(self, part: int, actions: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """Step both views of one slice, writing its frames into the slice's host buffers."""
+        obs, full, _, term, info = self.envs.step(part, actions)
+        self.host_obs[part][:], self.host_full[part][:] = obs, full
+        return term, info
+
+    def receive(self, part: int, t: int) -> None:
+        envs = self.slices[part]
+        [(term, info)] = self.env_results(part)
+        if "episode_return" in info:
+            mask = info["_episode_return"]
+            self.episodes.add("charts/episodic_return", 0, info["episode_return"][mask])
+            self.episodes.add("charts/episodic_length", 0, info["episode_length"][mask])
+            self.episodes.add("explore/level_complete_rate", 0, info["level_complete"][mask])
+        self.actor.episode_ended(0, term, envs)
+        self.next_done[0, envs] = torch.from_numpy(term).to(self.device, non_blocking=self.pinned)
+        self.to_device(self.host_obs[part], self.next_obs[0, envs])
+        self.to_device(self.host_full[part], self.full[envs])
+        if part == len(self.slices) - 1:  # step t is complete: its reward needs every env's frame
+            self.reward(t)
+
+    def reward(self, t: int) -> None:
+        """The intrinsic reward of step t, for all envs at once (one batched kNN)."""
+        with self.clock("reward"):
+            done = self.next_done[0].bool()
+            reward = self.knn.step(embed_frames(self.full, self.cfg.explorer.pool), done)
+            self.ro.rewards[0, t] = reward
+            self.ep_intrinsic += reward
+            self.ended_intrinsic[t] = torch.where(done, self.ep_intrinsic, self.ended_intrinsic[t])
+            self.ep_intrinsic.masked_fill_(done, 0.0)
 
     def forward(self, mb: Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Replay each minibatch sequence through the GRU from its env's state at rollout start."""
@@ -93,11 +123,12 @@ class ExplorerLearner(NativeLearner):
     def load_state(self, i: int, ckpt: dict[str, Any]) -> None:
         super().load_state(i, ckpt)
         obs, _ = self.envs.set_state(ckpt["env"])
-        self.next_obs = torch.from_numpy(obs).to(self.device).unsqueeze(0)
+        self.next_obs[0] = torch.from_numpy(obs).to(self.device)
         self.actor.state[0] = ckpt["recurrent_state"].to(self.device)
         self.actor.first[0] = self.next_done[0]
         self.knn.load_state_dict({k: v.to(self.device) for k, v in ckpt["knn"].items()})
         self.ep_intrinsic = ckpt["episode_intrinsic"].to(self.device)
 
     def close(self) -> None:
+        super().close()
         self.envs.close()

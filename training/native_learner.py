@@ -1,11 +1,23 @@
 """What the native learners share: a population of stacked networks trained by the one PPO data
-path (agents/ppo.py). ``PopulationLearner`` (reward agents) and ``ExplorerLearner`` differ only in
-how they collect a rollout, the discount, the minibatch strategy and the forward over a minibatch."""
+path (agents/ppo.py), and the rollout loop that fills it. ``PopulationLearner`` (reward agents) and
+``ExplorerLearner`` differ only in how their envs step and what a step stores, the discount, the
+minibatch strategy and the forward over a minibatch.
+
+The rollout pipeline (``env.pipeline``). Each env batch is held as one or two slices of its envs
+(envs/split_batch.py). At every step, each slice in turn is taken back from the CPU (its frames
+copied to the device), inferred, and handed back to the CPU to step with its actions. With two
+slices, the CPU steps one slice while the device infers the other, and the only host sync per step
+and slice is reading the actions the envs need. The slices play exactly the games of the whole
+batch and a step's sampling noise is drawn for all envs at once, so both schedules take the same
+actions and see the same frames and rewards (tests/test_pipeline.py).
+"""
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from agents.acting import ActionPicker, PopulationActor
@@ -14,19 +26,32 @@ from agents.networks import NetworkSpec
 from agents.population import Population
 from agents.ppo import explained_variance, learning_rate, ppo_update
 from agents.rollout import Rollout, compute_gae
+from envs.procgen_vec import OBS_SHAPE
 from agents.sampling import log_prob_entropy
 from core.config import Config
 from core.memory import tune_allocator
+from core.config import EnvConfig
 from core.runtime import Runtime
 from training.learner import EpisodeLog, IterationResult, Learner, network_payload
+from training.phases import PhaseClock
+
+
+def rollout_slices(env: EnvConfig, device: torch.device) -> int:
+    """How many slices each env batch is stepped in: 2 overlaps env stepping with inference.
+
+    ``auto`` overlaps on CUDA only: on a CPU, inference and env stepping share the same cores.
+    """
+    overlap = env.pipeline == "overlap" or (env.pipeline == "auto" and device.type == "cuda")
+    return 2 if overlap and env.num_envs % 2 == 0 else 1
 
 
 class NativeLearner(Learner):
-    """Subclasses build ``envs`` and set ``next_obs``/``next_done``, and implement ``collect``,
-    ``forward`` and ``next_value``."""
+    """Subclasses build their envs (each batch split into ``self.slices``), and implement
+    ``send``/``receive`` (one slice's env step), ``forward`` and ``next_value``."""
 
     gamma: float
     minibatches: MinibatchStrategy
+    env_workers: int  # slices in flight at once x env batches per slice; 1 = step inline
 
     def __init__(self, cfg: Config, spec: NetworkSpec, seeds: list[int], runtime: Runtime,
                  forward_mode: str, num_updates: int) -> None:
@@ -41,6 +66,47 @@ class NativeLearner(Learner):
         self.ro = Rollout.allocate(len(self.seeds), p.num_steps, n, self.device)
         self.steps_per_update = cfg.steps_per_update
         self.num_updates = num_updates
+        parts = rollout_slices(cfg.env, self.device)
+        self.slices = [slice(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
+        self.next_obs = torch.zeros((len(self.seeds), n) + OBS_SHAPE, dtype=torch.uint8, device=self.device)
+        self.next_done = torch.zeros(len(self.seeds), n, device=self.device)
+        self.clock = PhaseClock(self.device)
+        # Host buffers the envs write into: pinned on CUDA, so frames go to the device without
+        # blocking the host (the slice's next action read orders that copy before the next write).
+        self.pinned = self.device.type == "cuda"
+        self._threads: ThreadPoolExecutor | None = None
+        self._in_flight: list[list[Future] | None] = [None] * parts
+
+    def host_buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> np.ndarray:
+        return torch.zeros(shape, dtype=dtype, pin_memory=self.pinned).numpy()
+
+    def to_device(self, host: np.ndarray, out: torch.Tensor) -> None:
+        """Copy host rows into ``out`` (a view of a device tensor) without a host sync."""
+        with self.clock("transfer"):
+            out.copy_(torch.from_numpy(host), non_blocking=self.pinned)
+
+    def run_env_tasks(self, part: int, tasks: list[Callable[[], Any]]) -> None:
+        """Start stepping slice ``part``: in worker threads (procgen releases the GIL inside its
+        C++ step), or inline when only one batch steps at a time."""
+        if self.env_workers == 1:
+            done: list[Future] = []
+            for task in tasks:
+                f: Future = Future()
+                with self.clock("env"):
+                    f.set_result(task())
+                done.append(f)
+            self._in_flight[part] = done
+            return
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self.env_workers)
+        self._in_flight[part] = [self._threads.submit(task) for task in tasks]
+
+    def env_results(self, part: int) -> list[Any]:
+        """Wait for slice ``part``'s env step; its tasks' results in order."""
+        with self.clock("env"):
+            results = [f.result() for f in self._in_flight[part]]
+        self._in_flight[part] = None
+        return results
 
     def iterate(self) -> IterationResult:
         lr = learning_rate(self.cfg.ppo, self.update, self.num_updates)
@@ -51,19 +117,47 @@ class NativeLearner(Learner):
         self.update += 1
         return IterationResult(episodes, metrics, lr)
 
-    def act(self, t: int) -> torch.Tensor:
-        """Step t of the rollout: store the current frames, act, store what PPO needs; the actions."""
-        ro = self.ro
-        ro.obs[:, t] = self.next_obs
-        ro.dones[:, t] = self.next_done
-        actions, logits, values = self.actor(self.next_obs)
-        ro.actions[:, t], ro.values[:, t] = actions, values
-        ro.logprobs[:, t] = log_prob_entropy(logits, actions)[0]
-        return actions
+    @torch.no_grad()
+    def collect(self) -> EpisodeLog:
+        """Fill ``self.ro`` with one rollout and leave ``next_obs``/``next_done`` after it (the
+        rollout pipeline: module docstring)."""
+        self.episodes = EpisodeLog()
+        self.begin_rollout()
+        members, n = self.next_done.shape
+        for t in range(self.ro.steps):
+            with self.clock("inference"):
+                self.actor.pick.draw(members, n, self.spec.num_actions)
+            for part, envs in enumerate(self.slices):
+                if t:
+                    self.receive(part, t - 1)
+                self.send(part, self.act(t, envs))
+        for part in range(len(self.slices)):
+            self.receive(part, self.ro.steps - 1)
+        return self.episodes
+
+    def begin_rollout(self) -> None:
+        """Before the rollout's first step (the explorer keeps its GRU state here)."""
+
+    def act(self, t: int, envs: slice) -> torch.Tensor:
+        """Step t of the rollout for the envs ``envs``: store their current frames, act, store
+        what PPO needs; the actions, on the host (the envs need them: the one sync)."""
+        with self.clock("inference"):
+            ro = self.ro
+            ro.obs[:, t, envs] = self.next_obs[:, envs]
+            ro.dones[:, t, envs] = self.next_done[:, envs]
+            actions, logits, values = self.actor(self.next_obs[:, envs], envs)
+            ro.actions[:, t, envs], ro.values[:, t, envs] = actions, values
+            ro.logprobs[:, t, envs] = log_prob_entropy(logits, actions)[0]
+            return actions.cpu()
 
     @abstractmethod
-    def collect(self) -> EpisodeLog:
-        """Fill ``self.ro`` with one rollout and leave ``next_obs``/``next_done`` after it."""
+    def send(self, part: int, actions: torch.Tensor) -> None:
+        """Start stepping slice ``part``'s envs with ``actions`` (M, slice size) (``run_env_tasks``)."""
+
+    @abstractmethod
+    def receive(self, part: int, t: int) -> None:
+        """Take slice ``part``'s step t back (``env_results``): rewards into the rollout, episode
+        numbers into ``self.episodes``, frames and episode starts into ``next_obs``/``next_done``."""
 
     @abstractmethod
     def forward(self, mb: Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,6 +168,10 @@ class NativeLearner(Learner):
         """(M, N) value of the observation after the rollout."""
 
     def learn(self) -> dict[str, torch.Tensor]:
+        with self.clock("update"):
+            return self._learn()
+
+    def _learn(self) -> dict[str, torch.Tensor]:
         ro = self.ro
         with torch.no_grad():
             next_value = self.next_value()
@@ -119,3 +217,7 @@ class NativeLearner(Learner):
                     state.setdefault(k, torch.zeros_like(p))[i].copy_(v)
                 else:
                     state[k] = v.clone() if torch.is_tensor(v) else v
+
+    def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown()

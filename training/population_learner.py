@@ -1,13 +1,14 @@
 """The native learner of reward agents: a population of M members trained as one batched
 computation (a single agent is a population of one).
 
-Collecting: one batched forward for all members per step, then every member's env batch steps
-(in parallel threads: procgen releases the GIL). Members are independent learners that merely
-share kernels: each has its seed, envs, sampling and minibatch streams, Adam moments and metrics.
+Collecting: one batched forward for all members per step (and slice of the envs, see
+training/native_learner.py), then every member's env batch steps, in parallel threads (procgen
+releases the GIL). Members are independent learners that merely share kernels: each has its seed,
+envs, sampling and minibatch streams, Adam moments and metrics.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import functools
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,8 @@ from agents.sampling import make_generators
 from core.config import Config
 from core.runtime import Runtime
 from envs.make import make_env
-from training.learner import EpisodeLog
+from envs.procgen_vec import OBS_SHAPE
+from envs.split_batch import SplitBatch
 from training.native_learner import NativeLearner
 
 
@@ -35,38 +37,44 @@ class PopulationLearner(NativeLearner):
         self.gamma = cfg.ppo.gamma
         strategy = SequenceMinibatches if cfg.ppo.minibatch == "sequences" else SampleMinibatches
         self.minibatches = strategy(make_generators(seeds, "cpu", salt=2))
-        m, n = len(seeds), cfg.env.num_envs
-        self.envs = [make_env(cfg.env, n, "train", s) for s in seeds]
-        self.host_obs = np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seeds)])
-        self.next_obs = torch.from_numpy(self.host_obs).to(self.device)
-        self.next_done = torch.zeros(m, n, device=self.device)
-        self.host_rewards = np.zeros((m, n), np.float32)
-        self.host_dones = np.zeros((m, n), np.float32)
-        # procgen releases the GIL inside its C++ step, so members' env batches step in parallel:
-        # on a GPU machine stepping 10 batches one after another would dominate the rollout.
-        self.env_threads = ThreadPoolExecutor(m) if m > 1 else None
+        m, n, parts = len(seeds), cfg.env.num_envs, len(self.slices)
+        self.envs = [SplitBatch(functools.partial(make_env, cfg.env, split="train", rand_seed=s), n, parts)
+                     for s in seeds]
+        # One host buffer per slice, (M, slice size, ...): contiguous, so one copy moves it.
+        size = n // parts
+        self.host_obs = [self.host_buffer((m, size) + OBS_SHAPE, torch.uint8) for _ in self.slices]
+        self.host_rewards = [self.host_buffer((m, size), torch.float32) for _ in self.slices]
+        self.host_dones = [self.host_buffer((m, size), torch.float32) for _ in self.slices]
+        # Stepping 10 members' batches one after another would dominate a GPU rollout.
+        self.env_workers = m * parts
+        for i, (env, s) in enumerate(zip(self.envs, seeds)):
+            self._set_frames(i, env.reset(s))
 
-    @torch.no_grad()
-    def collect(self) -> EpisodeLog:
-        ro, episodes = self.ro, EpisodeLog()
-        for t in range(ro.steps):
-            self.host_actions = self.act(t).cpu().numpy()
-            members = range(len(self.envs))
-            infos = self.env_threads.map(self._step_member, members) if self.env_threads else map(self._step_member, members)
-            for m, info in enumerate(infos):
-                if "episode_return" in info:
-                    mask = info["_episode_return"]
-                    episodes.add("charts/episodic_return", m, info["episode_return"][mask])
-                    episodes.add("charts/episodic_length", m, info["episode_length"][mask])
-            ro.rewards[:, t] = torch.from_numpy(self.host_rewards).to(self.device)
-            self.next_done = torch.from_numpy(self.host_dones).to(self.device)
-            self.next_obs = torch.from_numpy(self.host_obs).to(self.device)
-        return episodes
+    def send(self, part: int, actions: torch.Tensor) -> None:
+        host = actions.numpy()
+        self.run_env_tasks(part, [functools.partial(self._step_member, m, part, host[m])
+                                  for m in range(len(self.envs))])
 
-    def _step_member(self, m: int) -> dict[str, Any]:
-        """Step member m's env batch, writing into the shared host buffers at row m."""
-        self.host_obs[m], self.host_rewards[m], self.host_dones[m], _, info = self.envs[m].step(self.host_actions[m])
+    def _step_member(self, m: int, part: int, actions: np.ndarray) -> dict[str, Any]:
+        """Step member m's slice, writing into the slice's host buffers at row m (in a worker)."""
+        obs, reward, term, info = self.envs[m].step(part, actions)
+        self.host_obs[part][m], self.host_rewards[part][m], self.host_dones[part][m] = obs, reward, term
         return info
+
+    def receive(self, part: int, t: int) -> None:
+        envs = self.slices[part]
+        for m, info in enumerate(self.env_results(part)):
+            if "episode_return" in info:
+                mask = info["_episode_return"]
+                self.episodes.add("charts/episodic_return", m, info["episode_return"][mask])
+                self.episodes.add("charts/episodic_length", m, info["episode_length"][mask])
+        self.to_device(self.host_rewards[part], self.ro.rewards[:, t, envs])
+        self.to_device(self.host_dones[part], self.next_done[:, envs])
+        self.to_device(self.host_obs[part], self.next_obs[:, envs])
+
+    def _set_frames(self, m: int, frames: np.ndarray) -> None:
+        """Member m's current frames (all N envs), e.g. after a reset or a restored env state."""
+        self.next_obs[m] = torch.from_numpy(frames).to(self.device)
 
     def forward(self, mb: Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.pop(mb.batch.flat().obs)
@@ -79,11 +87,9 @@ class PopulationLearner(NativeLearner):
 
     def load_state(self, i: int, ckpt: dict[str, Any]) -> None:
         super().load_state(i, ckpt)
-        self.host_obs[i] = self.envs[i].set_state(ckpt["env"])
-        self.next_obs = torch.from_numpy(self.host_obs).to(self.device)
+        self._set_frames(i, self.envs[i].set_state(ckpt["env"]))
 
     def close(self) -> None:
-        if self.env_threads is not None:
-            self.env_threads.shutdown()
+        super().close()
         for env in self.envs:
             env.close()
