@@ -7,9 +7,11 @@ so that rollout storage stays uint8 (4x less memory and copying than float frame
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -159,8 +161,9 @@ class RecurrentActorCritic(nn.Module):
     """The explorer's network (docs/expgen.md, "Explorer"): trunk -> GRU(hidden) -> (logits, value).
 
     The GRU state is zeroed where ``first`` marks an episode's first frame, so memory never crosses
-    episodes. ``forward`` runs a whole (T, B) sequence: the trunk, which is nearly all the cost,
-    sees all T*B frames in one batch; only the cheap GRU cell steps through time.
+    episodes. ``forward`` runs a whole (T, B) sequence: the trunk sees all T*B frames in one batch
+    and the GRU runs the whole sequence in one fused call (``gru_sequence``). The parameters are an
+    ``nn.GRUCell``'s, the checkpoint format.
     """
 
     def __init__(self, spec: NetworkSpec, bf16: bool = False) -> None:
@@ -181,10 +184,50 @@ class RecurrentActorCritic(nn.Module):
         values (T, B), final state (B, H)."""
         steps, batch = obs.shape[:2]
         x = run_trunk(self.trunk, obs.flatten(0, 1), self.bf16).view(steps, batch, -1)
-        keep = (1.0 - first.float()).unsqueeze(-1)
-        outs = []
-        for t in range(steps):
-            state = self.gru(x[t], state * keep[t])
-            outs.append(state)
-        h = torch.stack(outs)
+        g = self.gru
+        h, state = gru_sequence(x, state, first, [g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh], self.training)
         return self.actor(h), self.critic(h).squeeze(-1), state
+
+
+# The population's stacked parameters are views, never cuDNN's single flat weight buffer; cuDNN
+# then copies the GRU's 0.8 MB of weights per call (negligible) and would warn every process.
+warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+
+
+def gru_sequence(x: torch.Tensor, state: torch.Tensor, first: torch.Tensor,
+                 weights: list[torch.Tensor], training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A GRU over x (T, B, H) from ``state`` (B, H), its state zeroed wherever ``first`` (T, B) is 1:
+    the outputs (T, B, H) and the final state (B, H), equal to stepping ``nn.GRUCell`` through time.
+
+    Why not the step loop: a 512-step sequence is 512 tiny kernels per layer, forward and backward,
+    in every minibatch; one multi-step GRU call runs the whole time loop inside the library
+    (cuDNN's fused kernels on CUDA). The GRU cannot be reset in mid-sequence, so each env's sequence
+    is cut into its episodes' segments, which run as one packed batch: a segment that starts the
+    sequence starts from ``state`` (zeroed if ``first[0]``), every other from zeros. Reading
+    ``first`` on the host to cut segments is one sync per call.
+    """
+    steps, batch, hidden = x.shape
+    h0 = state * (1.0 - first[0].to(state.dtype)).unsqueeze(-1)
+    starts = first.bool().cpu().numpy()
+    starts[0] = True
+    if not starts[1:].any():  # no reset after the first step (always so when acting, T = 1)
+        out, h = torch.gru(x, h0.unsqueeze(0), weights, True, 1, 0.0, training, False, False)
+        return out, h[0]
+    # Segments, env by env in time order: (env, start), their lengths, longest first (packing order).
+    env, start = np.nonzero(starts.T)
+    same_env_next = np.append(env[1:] == env[:-1], False)
+    length = np.where(same_env_next, np.append(start[1:], steps), steps) - start
+    order = np.argsort(-length, kind="stable")
+    env, start, length = env[order], start[order], length[order]
+    t = np.arange(length[0])[:, None]
+    packed = t < length[None, :]  # (longest, segments): which segments are alive at step t
+    rows = torch.from_numpy(((start[None, :] + t) * batch + env[None, :])[packed]).to(x.device)
+    batch_sizes = torch.from_numpy(packed.sum(1))
+    from_state = torch.from_numpy(start == 0).to(x.device).unsqueeze(-1)
+    hx = torch.where(from_state, h0[torch.from_numpy(env).to(x.device)], 0.0).unsqueeze(0)
+    out, _ = torch.gru(x.reshape(steps * batch, hidden)[rows], batch_sizes, hx, weights, True, 1, 0.0,
+                       training, False)
+    inverse = torch.empty_like(rows)
+    inverse[rows] = torch.arange(len(rows), device=x.device)
+    out = out[inverse].view(steps, batch, hidden)
+    return out, out[-1]

@@ -12,6 +12,8 @@ Two ways to run the stacked network (``forward_mode``):
 - ``loop``: one ``functional_call`` per member on a view of its parameters. On a CPU the arithmetic
   is the cost and grouped convolutions are slower than plain ones (0.65-0.95x measured on a 2-core CPU), so this is
   the CPU default. ``auto`` picks ``vmap`` on CUDA and ``loop`` elsewhere.
+A recurrent population always loops: its fused GRU call (``networks.gru_sequence``) has no vmap
+rule (the explorer is a population of one anyway).
 """
 from __future__ import annotations
 
@@ -64,6 +66,8 @@ class Population(nn.Module):
         return [self.stacked[k.replace(".", "/")] for k in self.names]
 
     def _mode(self, device: torch.device) -> str:
+        if self.spec.recurrent:
+            return "loop"
         if self.forward_mode == "auto":
             return "vmap" if device.type == "cuda" and self.size > 1 else "loop"
         return self.forward_mode

@@ -1,0 +1,77 @@
+"""The explorer's GRU over whole sequences (``gru_sequence``): one fused call that equals stepping
+an ``nn.GRUCell`` through time, resets included, in values and gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from agents.networks import NetworkSpec, RecurrentActorCritic, gru_sequence
+from agents.population import Population
+
+H = 16
+
+
+def step_loop(cell: nn.GRUCell, x: torch.Tensor, state: torch.Tensor, first: torch.Tensor):
+    """The reference: the cell stepped through time, its state zeroed where an episode starts."""
+    outs = []
+    for t in range(x.shape[0]):
+        state = cell(x[t], state * (1.0 - first[t]).unsqueeze(-1))
+        outs.append(state)
+    return torch.stack(outs), state
+
+
+def resets(kind: str, steps: int, batch: int) -> torch.Tensor:
+    first = torch.zeros(steps, batch)
+    if kind == "middle":  # several per env, different in each env, one env never reset
+        for b in range(batch - 1):
+            first[torch.randperm(steps - 1)[: b + 1] + 1, b] = 1
+    elif kind == "first_step":
+        first[0, ::2] = 1
+        first[steps // 2, 1] = 1
+    elif kind == "every_step":
+        first[:, 0] = 1
+        first[3, 1:] = 1
+    return first
+
+
+@pytest.mark.parametrize("kind,steps", [("middle", 40), ("first_step", 40), ("none", 40),
+                                        ("every_step", 12), ("none", 1), ("first_step", 1)])
+def test_fused_gru_equals_the_step_loop(kind: str, steps: int) -> None:
+    torch.manual_seed(0)
+    batch = 5
+    cell = nn.GRUCell(H, H)
+    x = torch.randn(steps, batch, H, requires_grad=True)
+    state = torch.randn(batch, H, requires_grad=True)
+    first = resets(kind, steps, batch)
+    weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+
+    out, final = gru_sequence(x, state, first, weights, training=True)
+    ref_out, ref_final = step_loop(cell, x, state, first)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-5)
+    torch.testing.assert_close(final, ref_final, rtol=0, atol=1e-5)
+
+    probe = torch.randn_like(out)  # any linear function of all outputs and the final state
+    grads = torch.autograd.grad((out * probe).sum() + final.sum(), [x, state, *weights])
+    ref_grads = torch.autograd.grad((ref_out * probe).sum() + ref_final.sum(), [x, state, *weights])
+    for name, g, r in zip(["x", "state", "w_ih", "w_hh", "b_ih", "b_hh"], grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-4, msg=f"gradient of {name}")
+    reset_at_start = first[0].bool()
+    if reset_at_start.any():  # a reset really cuts the memory: no gradient reaches the old state
+        assert torch.equal(grads[1][reset_at_start], torch.zeros_like(grads[1][reset_at_start]))
+    assert grads[1][~reset_at_start].abs().min() > 0
+
+
+def test_recurrent_network_through_the_population_equals_the_step_loop() -> None:
+    spec = NetworkSpec(kind="small", hidden=32, recurrent=True)
+    pop = Population(spec, [7], forward_mode="loop")
+    net = pop.member_network(0)
+    obs = torch.randint(0, 255, (1, 24, 3, 64, 64, 3), dtype=torch.uint8)
+    state, first = torch.randn(1, 3, 32), resets("middle", 24, 3).unsqueeze(0)
+    logits, values, final = pop(obs, state, first)
+    x = net.trunk(obs[0].flatten(0, 1).permute(0, 3, 1, 2).float() / 255).view(24, 3, -1)
+    h, ref_final = step_loop(net.gru, x, state[0], first[0])
+    torch.testing.assert_close(final[0], ref_final, rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits[0], net.actor(h), rtol=0, atol=1e-5)
+    torch.testing.assert_close(values[0], net.critic(h).squeeze(-1), rtol=0, atol=1e-5)
+    assert isinstance(net, RecurrentActorCritic)
