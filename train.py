@@ -2,7 +2,7 @@
 
     python train.py --config configs/maze.yaml [key=value ...]
     python train.py --config configs/maze.yaml --ray-address auto     # join a running Ray cluster
-    python train.py --config configs/quickstart.yaml ray=false        # in-process, no Ray
+    python train.py --config configs/quickstart.yaml ray=false        # no Ray: jobs side by side here
 
 Re-running the same command continues every unfinished agent from its newest checkpoint and skips
 finished ones.
@@ -23,7 +23,7 @@ from launch.run import train_run
 
 def summary_table(summary: dict) -> Table:
     table = Table(title=f"{summary['run_dir']}: {summary['wall_s']:.0f} s wall time "
-                        f"({'Ray' if summary['ray'] else 'in-process'})")
+                        f"({'Ray' if summary['ray'] else 'without Ray'})")
     for col in ("agent", "steps", "train return", "test return", "job wall time"):
         table.add_column(col, justify="left" if col == "agent" else "right")
     fmt = lambda v: "-" if v is None else f"{v:.2f}"
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: checkpoints kept; re-run the same command to continue", file=sys.stderr)
         return 130
-    except RuntimeError as e:  # trials that failed more often than resources.max_failures
+    except RuntimeError as e:  # trials that failed more often than resources.max_failures, or a job's process
         print(f"error: {e}", file=sys.stderr)
         return 1
     Console().print(summary_table(summary))

@@ -1,7 +1,7 @@
 """The plan of a run: which jobs train which agents, and how one job is built and trained.
 
 A job is a population shard of ``population.size`` reward agents (0 = all together; the sb3 and
-rllib engines train one member per job) or the explorer. Both launchers (in-process, launch/run.py;
+rllib engines train one member per job) or the explorer. The launchers (in this process or side by side in child processes, launch/run.py and launch/side_by_side.py;
 Ray Tune, launch/ray_trials.py) plan with these functions and train a job with ``train_job``.
 """
 from __future__ import annotations
@@ -94,6 +94,14 @@ def build_learner(cfg: Config, job: Job, runtime: Runtime) -> Learner:
     from training.population_learner import PopulationLearner
 
     return PopulationLearner(cfg, list(job.members), runtime)
+
+
+def report_metrics(info: dict[str, Any]) -> dict[str, Any]:
+    """What a job reports after every iteration (``train``'s ``on_iteration`` info) to whoever
+    displays or schedules it: steps, steps/s, return, mean held-out return per split, done."""
+    return {"steps": info["steps"], "sps": info["sps"], "done": info["done"],
+            "episodic_return": info["episodic_return"],
+            **{f"{split}_return": sum(v) / len(v) for split, v in info["heldout"].items()}}
 
 
 def train_job(cfg: Config, job: Job, runtime: Runtime, progress: bool = True,

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ray.tune import Callback
 
 from core.checkpoint import CheckpointError
 from core.config import Config, ConfigError
 from core.runtime import Runtime
-from launch.jobs import Job, pending_jobs, plan, train_job
-from launch.trial_table import TrialTable
+
+from launch.jobs import Job, pending_jobs, plan, report_metrics, train_job
+from launch.trial_table import JobTable
 
 log = logging.getLogger("expgen")
 FATAL = "fatal_error"  # the result key of a trial that ended on an error no retry can fix
@@ -123,9 +125,7 @@ def run_trial(params: dict[str, Any], cfg: Config, cpus: dict[str, float]) -> No
         log.info("%s: restarted by Ray Tune; resuming from the newest checkpoint", job.name)
 
     def report(info: dict[str, Any]) -> None:
-        metrics = {"steps": info["steps"], "sps": info["sps"], "done": info["done"],
-                   "episodic_return": info["episodic_return"],
-                   **{f"{split}_return": sum(v) / len(v) for split, v in info["heldout"].items()}}
+        metrics = report_metrics(info)
         if not info["checkpoint"]:
             tune.report(metrics)
             return
@@ -141,6 +141,26 @@ def run_trial(params: dict[str, Any], cfg: Config, cpus: dict[str, float]) -> No
         # A wrong setting or an unusable checkpoint fails the same way on every attempt: end the
         # trial normally with the error as its result, so Tune does not retry it as a crash.
         tune.report({FATAL: f"{type(e).__name__}: {e}", "done": True})
+
+
+class TrialTable(JobTable, Callback):
+    """The live table of a Ray run (launch/trial_table.py), fed by Tune's trial states and reports."""
+
+    def __init__(self, cfg: Config, jobs: list[Job], refresh_s: float = 1.0) -> None:
+        super().__init__(cfg, jobs, f"{cfg.name}: {len(jobs)} trials on Ray", refresh_s)
+
+    def rows(self, trials: list) -> list[tuple[str, ...]]:
+        return [self.row(t.config["job"], t.status, t.last_result or {}, t.num_failures)
+                for t in sorted(trials, key=lambda t: t.config["job"])]
+
+    def setup(self, **info: Any) -> None:
+        self.start()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.show(self.rows(trials))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.stop(self.rows(trials))
 
 
 def train_with_ray(cfg: Config) -> list[dict[str, Any]]:

@@ -1,8 +1,10 @@
 """Train everything a run's config asks for, into its run directory (core/run_layout.py).
 
 With ``ray: true`` every job of the plan (launch/jobs.py) is a Ray Tune trial
-(launch/ray_trials.py); with ``ray: false`` jobs run here, one after another. Either way a job
-resumes from its newest checkpoints and a finished job is skipped.
+(launch/ray_trials.py). With ``ray: false`` the pending jobs train side by side, one child process
+each, on this machine (launch/side_by_side.py; ``resources.side_by_side``), or, when only one job is
+pending or ``resources.side_by_side: false``, here, one after another. Either way a job resumes from
+its newest checkpoints and a finished job is skipped.
 """
 from __future__ import annotations
 
@@ -21,17 +23,22 @@ from core.config import Config, ConfigError, incompatible_changes, load_config, 
 from core.run_layout import RunLayout
 from core.runtime import Runtime
 from launch.jobs import job_agents, pending_jobs, plan, train_job
+from launch.side_by_side import train_side_by_side
 
 
 def has_checkpoints(cfg: Config) -> bool:
     return any(checkpoint_steps(a.checkpoints) for job in plan(cfg) for a in job_agents(cfg, job))
 
 
-def train_in_process(cfg: Config) -> list[dict[str, Any]]:
-    """``ray: false``: the unfinished jobs one after another in this process."""
+def train_without_ray(cfg: Config) -> list[dict[str, Any]]:
+    """``ray: false``: the unfinished jobs side by side in child processes, or one after another in
+    this process (one job pending, or ``resources.side_by_side: false``)."""
+    jobs = pending_jobs(cfg)
+    if cfg.resources.side_by_side and len(jobs) > 1:
+        return train_side_by_side(cfg, jobs)
     runtime = Runtime.resolve(cfg.device, cfg.network.precision)
     torch.manual_seed(cfg.seed)
-    return [train_job(cfg, job, runtime, cfg.logging.progress) for job in pending_jobs(cfg)]
+    return [train_job(cfg, job, runtime, cfg.logging.progress) for job in jobs]
 
 
 def run_summary(cfg: Config, trained: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
@@ -109,5 +116,5 @@ def train_run(cfg: Config, require_resume: bool = False) -> dict[str, Any]:
 
             trained = train_with_ray(cfg)
         else:
-            trained = train_in_process(cfg)
+            trained = train_without_ray(cfg)
         return run_summary(cfg, trained, time.perf_counter() - start)

@@ -31,6 +31,9 @@ SMALL = [
     *DEFAULT_LEVELS,
     "device=cpu",
     "ray=false",
+    # Tests train in this process (they monkeypatch, count calls and need speed); child processes
+    # side by side are tested in tests/test_side_by_side.py.
+    "resources.side_by_side=false",
     "logging.progress=false",
     "env.num_envs=4",
     "ppo.num_steps=8",

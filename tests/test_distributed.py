@@ -162,15 +162,16 @@ def test_trial_table_rows_and_off_terminal_lines(tmp_path, capsys, monkeypatch):
     from types import SimpleNamespace
 
     import launch.trial_table as trial_table
+    from launch.ray_trials import TrialTable
 
     cfg = make_small_cfg(tmp_path, "ensemble.size=2", "population.size=1")
-    table = trial_table.TrialTable(cfg, plan(cfg))
+    table = TrialTable(cfg, plan(cfg))
     trials = [SimpleNamespace(config={"job": "member_1"}, status="RUNNING", num_failures=1,
                               last_result={"steps": 32, "sps": 1234.5, "episodic_return": 5.0}),
               SimpleNamespace(config={"job": "member_0"}, status="PENDING", num_failures=0, last_result=None)]
     assert table.rows(trials) == [("member_0", "PENDING", "0 / 64", "-", "-", "-", "0"),
                                   ("member_1", "RUNNING", "32 / 64", "1,234", "5.00", "-", "1")]
-    assert table.render(trials).row_count == 2
+    assert table.render(table.rows(trials)).row_count == 2
     monkeypatch.setattr(trial_table, "LINE_INTERVAL_S", 0.0)
     table.setup()  # not a terminal under pytest: lines, not a live table
     table.on_step_end(0, trials)
