@@ -130,9 +130,12 @@ def train_side_by_side(cfg: Config, jobs: list[Job]) -> list[dict[str, Any]]:
                 states[name] = "ERROR"
                 errors.append((name, payload))
                 stop_children()  # the others checkpoint their iteration in flight and stop
-            for name, child in children.items():  # a child killed without a word (OOM killer, SIGKILL)
-                if child.exitcode not in (None, 0) and states[name] in ("STARTING", "RUNNING", "STOPPING") \
-                        and reports.empty():
+            for name, child in children.items():  # a child that ended without a word
+                if child.exitcode in (None, 0) or not reports.empty():
+                    continue
+                if states[name] == "STOPPING":  # asked to stop before it could checkpoint anything
+                    states[name] = "INTERRUPTED"
+                elif states[name] in ("STARTING", "RUNNING"):  # killed (OOM killer, SIGKILL) or crashed
                     states[name] = "ERROR"
                     errors.append((name, ("died", f"exit code {child.exitcode}", "")))
                     stop_children()
