@@ -184,14 +184,19 @@ class RecurrentActorCritic(nn.Module):
         values (T, B), final state (B, H)."""
         steps, batch = obs.shape[:2]
         x = run_trunk(self.trunk, obs.flatten(0, 1), self.bf16).view(steps, batch, -1)
-        g = self.gru
-        h, state = gru_sequence(x, state, first, [g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh], self.training)
+        g = self.gru  # read at call time: the population substitutes its stacked parameters
+        # train=grad enabled: with no dropout the flag only makes cuDNN keep what its backward needs
+        # (cuDNN refuses a backward through an eval-mode forward).
+        h, state = gru_sequence(x, state, first, [g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh],
+                                training=torch.is_grad_enabled())
         return self.actor(h), self.critic(h).squeeze(-1), state
 
 
 # The population's stacked parameters are views, never cuDNN's single flat weight buffer; cuDNN
 # then copies the GRU's 0.8 MB of weights per call (negligible) and would warn every process.
-warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+# Only this warning, and only when raised by this module's call (``gru_sequence``).
+warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk",
+                        category=UserWarning, module=__name__)
 
 
 def gru_sequence(x: torch.Tensor, state: torch.Tensor, first: torch.Tensor,
@@ -208,7 +213,7 @@ def gru_sequence(x: torch.Tensor, state: torch.Tensor, first: torch.Tensor,
     """
     steps, batch, hidden = x.shape
     h0 = state * (1.0 - first[0].to(state.dtype)).unsqueeze(-1)
-    starts = first.bool().cpu().numpy()
+    starts = (first != 0).cpu().numpy()  # a new array: marking step 0 never writes into ``first``
     starts[0] = True
     if not starts[1:].any():  # no reset after the first step (always so when acting, T = 1)
         out, h = torch.gru(x, h0.unsqueeze(0), weights, True, 1, 0.0, training, False, False)

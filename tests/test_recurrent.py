@@ -12,6 +12,16 @@ from agents.population import Population
 H = 16
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: with two OpenMP threads on a 2-core machine that is busy elsewhere, spin-waits
+    make these tests ~20x slower (16 s instead of 0.8 s). One thread, restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def step_loop(cell: nn.GRUCell, x: torch.Tensor, state: torch.Tensor, first: torch.Tensor):
     """The reference: the cell stepped through time, its state zeroed where an episode starts."""
     outs = []
@@ -75,3 +85,19 @@ def test_recurrent_network_through_the_population_equals_the_step_loop() -> None
     torch.testing.assert_close(logits[0], net.actor(h), rtol=0, atol=1e-5)
     torch.testing.assert_close(values[0], net.critic(h).squeeze(-1), rtol=0, atol=1e-5)
     assert isinstance(net, RecurrentActorCritic)
+    # The fused GRU op has no vmap rule: a recurrent population loops whatever the mode asked.
+    assert Population(spec, [7, 8], forward_mode="vmap")._mode(torch.device("cuda")) == "loop"
+
+
+def test_bool_first_is_accepted_and_left_unchanged() -> None:
+    torch.manual_seed(1)
+    cell = nn.GRUCell(H, H)
+    x, state = torch.randn(10, 3, H), torch.randn(3, H)
+    first = resets("middle", 10, 3).bool()
+    before = first.clone()
+    out, final = gru_sequence(x, state, first, [cell.weight_ih, cell.weight_hh, cell.bias_ih,
+                                                 cell.bias_hh], training=False)
+    assert torch.equal(first, before)
+    ref_out, ref_final = step_loop(cell, x, state, first.float())
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-5)
+    torch.testing.assert_close(final, ref_final, rtol=0, atol=1e-5)
