@@ -16,8 +16,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from core.checkpoint import CheckpointError
-from core.config import ConfigError, load_config
+from core.config import load_config
+from launch.jobs import USER_ERRORS
 from launch.run import train_run
 
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         summary = train_run(cfg, require_resume=args.resume)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

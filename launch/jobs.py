@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from core.checkpoint import checkpoint_steps
-from core.config import Config
+from core.checkpoint import CheckpointError, checkpoint_steps
+from core.config import Config, ConfigError
 from core.run_layout import AgentDir
 from core.runtime import Runtime
 from launch.progress import ProgressBar
@@ -21,6 +21,9 @@ from training.learner import Learner
 from training.loop import train
 
 log = logging.getLogger("expgen")
+# Errors worded for the user that fail the same way on every attempt: train.py prints them as
+# "error: ..." (exit code 2), and a job trained in a child process passes them on as they are.
+USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError)
 
 
 @dataclass(frozen=True)

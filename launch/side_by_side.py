@@ -17,6 +17,7 @@ exits by itself: nothing is left running.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -31,15 +32,12 @@ from typing import Any
 
 import torch
 
-from core.checkpoint import CheckpointError
-from core.config import Config, ConfigError
+from core.config import Config
 from core.runtime import Runtime
-from launch.jobs import Job, report_metrics, train_job
+from launch.jobs import USER_ERRORS, Job, report_metrics, train_job
 from launch.trial_table import JobTable
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-# Errors that would fail the same way on every attempt, worded for the user: re-raised as they are.
-USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError)
 
 
 class JobFailed(RuntimeError):
@@ -142,13 +140,17 @@ def train_side_by_side(cfg: Config, jobs: list[Job]) -> list[dict[str, Any]]:
             if table is not None:
                 table.show([table.row(j.name, states[j.name], last[j.name], 0) for j in jobs])
     finally:
-        if table is not None:
-            table.stop([table.row(j.name, states[j.name], last[j.name], 0) for j in jobs])
-        for child in children.values():
-            if child.pid is not None:  # started
-                child.join()
+        # Normally every child has ended by now. Leaving the loop on an error of this process must
+        # not leave a job training unwatched: stop them too, and keep reading their reports while
+        # they stop, since a child cannot exit while its unread reports fill the queue's pipe.
+        stop_children()
+        while any(c.is_alive() for c in children.values()):
+            with contextlib.suppress(queue.Empty):
+                reports.get(timeout=0.5)
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+        if table is not None:
+            table.stop([table.row(j.name, states[j.name], last[j.name], 0) for j in jobs])
     if errors:
         name, (kind, message, trace) = errors[0]
         for cls in USER_ERRORS:
