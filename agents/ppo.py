@@ -9,8 +9,8 @@ minibatch loop and are read once per update (one host sync per iteration).
 """
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import torch
 
@@ -20,9 +20,47 @@ from agents.sampling import log_prob_entropy
 from core.config import PPOConfig
 
 
-def learning_rate(cfg: PPOConfig, update: int, num_updates: int) -> float:
-    """The learning rate of update ``update`` (0-based): constant, or linearly annealed to 0."""
-    return cfg.lr * (1.0 - update / num_updates) if cfg.anneal_lr else cfg.lr
+@dataclass(frozen=True)
+class LRSchedule:
+    """The learning rate by update (0-based): ``lr``, or with ``anneal`` linear from ``start_lr`` at
+    update ``start_update`` to 0 at ``num_updates`` (a fresh run: from ``lr`` at 0, CleanRL's
+    ``lr * (1 - update / num_updates)``).
+
+    A budget that changes on a re-run (``resumed``) would make ``lr * (1 - u / N)`` jump (up when
+    the budget grows); the schedule instead continues from the last learning rate used, linearly to
+    0 at the new budget. Checkpoints carry ``state()`` so that this holds over any number of
+    re-runs, and an unchanged budget replays the original schedule exactly.
+    """
+
+    lr: float
+    anneal: bool
+    num_updates: int
+    start_update: int = 0
+    start_lr: float | None = None  # None: lr
+
+    @classmethod
+    def from_config(cls, cfg: PPOConfig, num_updates: int) -> "LRSchedule":
+        return cls(cfg.lr, cfg.anneal_lr, num_updates)
+
+    def __call__(self, update: int) -> float:
+        if not self.anneal:
+            return self.lr
+        start_lr = self.lr if self.start_lr is None else self.start_lr
+        return start_lr * (1.0 - (update - self.start_update) / (self.num_updates - self.start_update))
+
+    def resumed(self, saved: dict[str, Any] | None, update: int) -> "LRSchedule":
+        """This schedule for a run resumed after ``update`` updates under the ``saved`` one (a
+        checkpoint's ``state()``; None: a checkpoint from before schedules were saved, taken to
+        have had this budget)."""
+        if saved is None or not self.anneal:
+            return self
+        old = replace(self, **saved)
+        if old.num_updates == self.num_updates or update == 0:
+            return old
+        return replace(self, start_update=update - 1, start_lr=old(update - 1))
+
+    def state(self) -> dict[str, Any]:
+        return {"num_updates": self.num_updates, "start_update": self.start_update, "start_lr": self.start_lr}
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:

@@ -8,15 +8,37 @@ from __future__ import annotations
 import torch
 
 
+def _mix(*parts: int) -> int:
+    # An explicit mix rather than hash(): the streams must not depend on the Python version.
+    out = 0
+    for p, k in zip(parts, (1_000_003, 7_919, 104_729)):
+        out += int(p) * k
+    return out & 0x7FFF_FFFF_FFFF_FFFF
+
+
 def make_generators(seeds: list[int], device: torch.device | str, salt: int) -> list[torch.Generator]:
     """One generator per member on ``device``; ``salt`` separates streams used for different things."""
     gens = []
     for s in seeds:
         g = torch.Generator(device=device)
-        # An explicit mix rather than hash(): the streams must not depend on the Python version.
-        g.manual_seed((int(s) * 1_000_003 + int(salt) * 7_919) & 0x7FFF_FFFF_FFFF_FFFF)
+        g.manual_seed(_mix(s, salt))
         gens.append(g)
     return gens
+
+
+def restore_generator(g: torch.Generator, state: torch.Tensor, seed: int, salt: int, update: int) -> bool:
+    """Set ``g`` to a saved ``get_state()``; returns False if it had to start another stream.
+
+    A generator's state has a per-device-type form (CPU: Mersenne Twister, 5,056 bytes; CUDA:
+    Philox seed and offset, 16 bytes) that cannot be converted. A state saved on the other kind of
+    device (a run resumed with another ``device``) therefore re-seeds ``g`` from (seed, salt,
+    update) instead: deterministic, but not the stream the uninterrupted run would have drawn.
+    """
+    if state.numel() == g.get_state().numel():
+        g.set_state(state)
+        return True
+    g.manual_seed(_mix(seed, salt, update + 1))  # update + 1: never the fresh stream of update 0
+    return False
 
 
 def gumbel_noise(generators: list[torch.Generator], num_envs: int, num_actions: int,

@@ -128,6 +128,32 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return decode(ckpt)
 
 
+# Planning asks which checkpoints load on every invocation; a file's answer is kept while its size
+# and modification time stay the same.
+_LOADS: dict[tuple[str, int, int], bool] = {}
+
+
+def newest_readable_step(folder: Path) -> int | None:
+    """The step of the newest checkpoint in ``folder`` that loads (``load_checkpoint``), or None:
+    the step an agent resumes from. Unreadable files are skipped silently (``load_latest`` warns
+    when it skips them for real)."""
+    for path in list_checkpoints(folder):
+        try:
+            st = path.stat()
+        except FileNotFoundError:  # deleted since listed (a running job keeps only its newest few)
+            continue
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key not in _LOADS:
+            try:
+                load_checkpoint(path)
+                _LOADS[key] = True
+            except CheckpointError:
+                _LOADS[key] = False
+        if _LOADS[key]:
+            return int(_NAME.search(path.name).group(1))
+    return None
+
+
 def load_latest(folder: Path, map_location: str | torch.device = "cpu", max_step: int | None = None
                 ) -> dict[str, Any] | None:
     """The newest readable checkpoint (at most ``max_step``), skipping bad ones with a warning."""

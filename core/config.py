@@ -298,7 +298,7 @@ def _explain(e: OmegaConfBaseException) -> str:
     key = getattr(e, "full_key", None)
     msg = str(e).splitlines()[0]
     if "not in struct" in str(e) or "Key" in type(e).__name__:
-        return f"unknown config key {key!r}: {msg}. See agents/config.py for the valid keys."
+        return f"unknown config key {key!r}: {msg}. See core/config.py for the valid keys."
     return f"bad value for config key {key!r}: {msg}"
 
 
@@ -370,6 +370,14 @@ def validate(cfg: Config) -> None:
             f"env.num_envs * ppo.num_steps = {batch} is not divisible by "
             f"ppo.num_minibatches = {cfg.ppo.num_minibatches}"
         )
+    # Normalising advantages divides by their std over the samples: undefined (NaN) for one sample.
+    normalised = {"batch": ("env.num_envs * ppo.num_steps", batch),
+                  "minibatch": ("env.num_envs * ppo.num_steps / ppo.num_minibatches", batch // cfg.ppo.num_minibatches)}
+    if cfg.ppo.norm_adv in normalised and normalised[cfg.ppo.norm_adv][1] < 2:
+        what, size = normalised[cfg.ppo.norm_adv]
+        raise ConfigError(f"ppo.norm_adv={cfg.ppo.norm_adv} normalises advantages over {what} = {size} "
+                          "sample(s); it needs at least 2: use more env.num_envs or ppo.num_steps, fewer "
+                          "ppo.num_minibatches, or ppo.norm_adv=none")
     if cfg.ensemble.seeds and len(cfg.ensemble.seeds) != cfg.ensemble.size:
         raise ConfigError(
             f"ensemble.seeds has {len(cfg.ensemble.seeds)} entries but ensemble.size is "

@@ -5,7 +5,7 @@
     runs/<name>/config.yaml                      the config the run was trained with
     runs/<name>/member_<i>/checkpoints/, tb/     reward agent i
     runs/<name>/explorer/checkpoints/, tb/       the exploration agent
-    runs/<name>/population_<a>-<b>/tb/           curves summarised over a shard's members
+    runs/<name>/population_<a>-<b>/tb/           curves summarised over a job's members (a,b,...: not consecutive)
     runs/<name>/summary.json                     steps, held-out returns and wall time per agent
     runs/<name>/ray/                             Ray Tune's own state
     runs/<name>/eval/                            eval.py's reports, tb/<split>/, videos/
@@ -85,6 +85,12 @@ class RunLayout:
     def explorer(self) -> AgentDir:
         return AgentDir(self.root / "explorer", None)
 
-    def population_tb(self, members: list[int]) -> Path:
-        """Summary curves of the shard that trains ``members`` together."""
-        return self.root / f"population_{members[0]}-{members[-1]}" / "tb"
+    def population_tb(self, members: list[int] | tuple[int, ...]) -> Path:
+        """Summary curves of the job that trains ``members`` together."""
+        return self.root / f"population_{members_label(members)}" / "tb"
+
+
+def members_label(members: list[int] | tuple[int, ...]) -> str:
+    """``0-3`` for consecutive members 0..3, ``0,2`` otherwise (a shard split by progress)."""
+    first, last = members[0], members[-1]
+    return f"{first}-{last}" if list(members) == list(range(first, last + 1)) else ",".join(map(str, members))

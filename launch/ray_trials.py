@@ -26,11 +26,10 @@ from typing import Any
 import torch
 from ray.tune import Callback
 
-from core.checkpoint import CheckpointError
 from core.config import Config, ConfigError
 from core.runtime import Runtime
 
-from launch.jobs import Job, pending_jobs, plan, report_metrics, train_job
+from launch.jobs import USER_ERRORS, Job, pending_jobs, report_metrics, train_job
 from launch.trial_table import JobTable
 
 log = logging.getLogger("expgen")
@@ -114,11 +113,11 @@ def trial_runtime(cfg: Config) -> Runtime:
     return Runtime.resolve(cfg.device, cfg.network.precision, gpu_allowed=bool(ray.get_gpu_ids()))
 
 
-def run_trial(params: dict[str, Any], cfg: Config, cpus: dict[str, float]) -> None:
+def run_trial(params: dict[str, Any], cfg: Config, jobs: dict[str, Job], cpus: dict[str, float]) -> None:
     """The Tune trainable: train one job, reporting every update and every checkpoint to Tune."""
     from ray import tune
 
-    job = next(j for j in plan(cfg) if j.name == params["job"])
+    job = jobs[params["job"]]  # as planned: a restarted trial re-plans nothing (train_job re-checks)
     torch.set_num_threads(max(1, int(cpus[job.name])))  # the trial's CPU share, not the whole node
     torch.manual_seed(cfg.seed)
     if tune.get_checkpoint() is not None:
@@ -137,8 +136,9 @@ def run_trial(params: dict[str, Any], cfg: Config, cpus: dict[str, float]) -> No
 
     try:
         train_job(cfg, job, trial_runtime(cfg), progress=False, on_iteration=report)
-    except (ConfigError, CheckpointError) as e:
-        # A wrong setting or an unusable checkpoint fails the same way on every attempt: end the
+    except USER_ERRORS as e:
+        # A wrong setting, an unusable checkpoint or a non-finite loss (resuming replays the same
+        # updates) fails the same way on every attempt: end the
         # trial normally with the error as its result, so Tune does not retry it as a crash.
         tune.report({FATAL: f"{type(e).__name__}: {e}", "done": True})
 
@@ -180,7 +180,8 @@ def train_with_ray(cfg: Config) -> list[dict[str, Any]]:
     check_fits(cfg, {name: b[0] for name, b in bundles.items()}, nodes)
     check_workers_fit(cfg, bundles, nodes)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, cfg=cfg, cpus={k: b[0]["CPU"] for k, b in bundles.items()}),
+        tune.with_parameters(run_trial, cfg=cfg, jobs={j.name: j for j in jobs},
+                             cpus={k: b[0]["CPU"] for k, b in bundles.items()}),
         # Ray rejects zero-valued resources in a bundle.
         lambda params: tune.PlacementGroupFactory(
             [{k: v for k, v in b.items() if v > 0} for b in bundles[params["job"]]]),

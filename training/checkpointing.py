@@ -10,7 +10,7 @@ from training.learner import Learner
 def save(learner: Learner, heldout: dict[str, list[float]]) -> None:
     """One checkpoint per agent at the learner's current step."""
     for i, agent in enumerate(learner.agents):
-        payload = {"agent": agent.name, "update": learner.update,
+        payload = {"agent": agent.name, "update": learner.update, "lr_schedule": learner.lr_schedule.state(),
                    "heldout": {split: returns[i] for split, returns in heldout.items()},
                    **learner.state(i)}
         save_checkpoint(agent.checkpoints, learner.global_step, payload)
@@ -26,6 +26,7 @@ def restore(learner: Learner) -> bool:
                 check_network(learner, ckpt)
                 learner.load_state(i, ckpt)
             learner.update = ckpts[0]["update"]
+            learner.lr_schedule = learner.lr_schedule.resumed(ckpts[0].get("lr_schedule"), learner.update)
             return True
     return False
 

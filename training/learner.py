@@ -15,6 +15,8 @@ import numpy as np
 
 from agents.networks import NetworkSpec
 from agents.population import Population
+from agents.ppo import LRSchedule
+from core.checkpoint import checkpoint_steps
 from core.config import Config
 from core.run_layout import AgentDir
 from core.runtime import Runtime
@@ -49,6 +51,21 @@ class IterationResult:
     lr: float
 
 
+class NonFiniteError(RuntimeError):
+    """A loss term or parameter became NaN or infinite; the run stopped before checkpointing it."""
+
+    @classmethod
+    def of(cls, learner: "Learner", i: int, what: str) -> "NonFiniteError":
+        """The error for agent i of ``learner`` in the update that just ended (``learner.update``)."""
+        agent, u = learner.agents[i], learner.update
+        steps = checkpoint_steps(agent.checkpoints)
+        kept = f"its newest checkpoint (step {steps[0]}) is kept" if steps else "it has no checkpoint yet"
+        return cls(f"{agent.name}: non-finite {what} in update {u} of {learner.num_updates} (steps "
+                   f"{(u - 1) * learner.steps_per_update} to {u * learner.steps_per_update}); training "
+                   f"stopped before saving it and {kept}. Try a lower ppo.lr or ppo.max_grad_norm; "
+                   "re-running resumes from the newest checkpoint")
+
+
 class Learner(ABC):
     """One job's agents: a population shard of reward agents, the explorer, or one engine member."""
 
@@ -57,6 +74,7 @@ class Learner(ABC):
     steps_per_update: int  # env steps per agent per iteration
     num_updates: int
     update: int = 0  # iterations done; ``iterate`` advances it, ``load_state`` restores it
+    lr_schedule: LRSchedule  # the learning rate by update; checkpoints carry it (budgets may change)
 
     @property
     def global_step(self) -> int:
@@ -71,6 +89,10 @@ class Learner(ABC):
     def acting_population(self) -> tuple[Population, list[int]]:
         """The agents as one population on the job's device, and their seeds: what held-out
         evaluation plays."""
+
+    @abstractmethod
+    def finite_parameters(self) -> np.ndarray:
+        """(agents,) bool: whether all of each agent's parameters are finite."""
 
     @abstractmethod
     def state(self, i: int) -> dict[str, Any]:
@@ -93,6 +115,7 @@ class MemberLearner(Learner):
         self.spec = NetworkSpec.from_config(cfg.network)
         self.agents = [cfg.layout.member(member)]
         self.steps_per_update, self.num_updates = cfg.steps_per_update, cfg.num_updates()
+        self.lr_schedule = LRSchedule.from_config(cfg.ppo, self.num_updates)
 
     def acting_population(self) -> tuple[Population, list[int]]:
         pop = Population.from_state_dicts(self.spec, [self.exported_state()], bf16=self.runtime.bf16)
@@ -101,6 +124,9 @@ class MemberLearner(Learner):
     @abstractmethod
     def exported_state(self) -> dict[str, Any]:
         """The library's network as a plain ``ActorCritic`` state dict on the CPU."""
+
+    def finite_parameters(self) -> np.ndarray:
+        return np.array([all(bool(v.isfinite().all()) for v in self.exported_state().values() if v.is_floating_point())])
 
 
 def network_payload(spec: NetworkSpec, model: dict[str, Any]) -> dict[str, Any]:

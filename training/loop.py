@@ -18,13 +18,14 @@ from torch.utils.tensorboard import SummaryWriter
 
 from core.config import Config, LoggingConfig
 from core.runtime import Runtime
-from training import checkpointing
+from training import checkpointing, faults
 from training.heldout import Heldout, evaluate_heldout
-from training.learner import IterationResult, Learner
+from training.learner import IterationResult, Learner, NonFiniteError
 
 
-class InjectedFault(RuntimeError):
-    """The crash that ``debug.fail_at_update`` asks for."""
+# The loss terms every engine reports; explained variance is left out (SB3 reports NaN for
+# constant returns, which is no fault).
+LOSS_TERMS = ("policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm")
 
 
 class Progress:
@@ -95,6 +96,7 @@ def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = 
                 start = time.perf_counter()
                 result = learner.iterate()
                 elapsed = time.perf_counter() - start
+                check_finite(learner, result)
                 heldout_clock.training += elapsed
                 sps = learner.steps_per_update * len(writers) / elapsed
                 step = learner.global_step
@@ -115,12 +117,24 @@ def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = 
                                   "heldout": last_heldout, "checkpoint": saved, "done": last})
                 if interrupt.requested:
                     raise KeyboardInterrupt
-                _maybe_inject_fault(cfg, learner)
+                faults.after_update(cfg, learner)
     finally:
         for w in writers + ([summary] if summary else []):
             w.close()
     return {"agents": [a.name for a in learner.agents], "steps": learner.global_step,
             "heldout": last_heldout}
+
+
+def check_finite(learner: Learner, result: IterationResult) -> None:
+    """Stop the run, before the update is logged or checkpointed, at the first agent whose loss
+    terms or parameters are not finite: training on would only spread NaN, and the newest
+    checkpoint stays the last good state."""
+    finite = learner.finite_parameters()
+    for i, agent in enumerate(learner.agents):
+        bad = [k for k in LOSS_TERMS if k in result.metrics and not np.isfinite(result.metrics[k][i])]
+        bad += [] if finite[i] else ["parameters"]
+        if bad:
+            raise NonFiniteError.of(learner, i, ", ".join(bad))
 
 
 class HeldoutClock:
@@ -181,15 +195,3 @@ def log_heldout(writers: list[SummaryWriter], heldout: dict[str, Heldout], step:
         for i, w in enumerate(writers):
             w.add_scalar(f"eval/{split}_return", float(h.returns[i].mean()), step)
             w.add_scalar(f"eval/{split}_success", float(h.successes[i].mean()), step)
-
-
-def _maybe_inject_fault(cfg: Config, learner: Learner) -> None:
-    """Test-only (``debug.fail_at_update``): crash once, to exercise Ray Tune's restarts.
-
-    A marker file makes the crash happen once per agent, not again after the restart.
-    """
-    at = cfg.debug.fail_at_update
-    marker = learner.agents[0].path / ".fault_injected"
-    if at and learner.update == at and not marker.exists():
-        marker.touch()
-        raise InjectedFault(f"{learner.agents[0].name}: injected fault after update {at}")

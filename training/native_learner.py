@@ -13,6 +13,7 @@ actions and see the same frames and rewards (tests/test_pipeline.py).
 """
 from __future__ import annotations
 
+import logging
 from abc import abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
@@ -24,16 +25,19 @@ from agents.acting import ActionPicker, PopulationActor
 from agents.minibatches import Batch, Minibatch, MinibatchStrategy
 from agents.networks import NetworkSpec
 from agents.population import Population
-from agents.ppo import explained_variance, learning_rate, ppo_update
+from agents.ppo import LRSchedule, explained_variance, ppo_update
 from agents.rollout import Rollout, compute_gae
 from envs.procgen_vec import OBS_SHAPE
-from agents.sampling import log_prob_entropy
+from agents.sampling import log_prob_entropy, restore_generator
 from core.config import Config
 from core.memory import tune_allocator
 from core.config import EnvConfig
 from core.runtime import Runtime
 from training.learner import EpisodeLog, IterationResult, Learner, network_payload
 from training.phases import PhaseClock
+
+log = logging.getLogger("expgen")
+SAMPLE_SALT = 1  # the action-sampling streams (minibatch order uses 2)
 
 
 def rollout_slices(env: EnvConfig, device: torch.device) -> int:
@@ -62,10 +66,11 @@ class NativeLearner(Learner):
         self.pop = Population(spec, self.seeds, forward_mode, runtime.bf16, cfg.network.init).to(self.device)
         self.params = self.pop.member_params()
         self.opt = torch.optim.Adam(self.params, lr=p.lr, eps=p.adam_eps)
-        self.actor = PopulationActor(self.pop, n, ActionPicker(self.seeds, self.device, salt=1), self.device)
+        self.actor = PopulationActor(self.pop, n, ActionPicker(self.seeds, self.device, salt=SAMPLE_SALT), self.device)
         self.ro = Rollout.allocate(len(self.seeds), p.num_steps, n, self.device)
         self.steps_per_update = cfg.steps_per_update
         self.num_updates = num_updates
+        self.lr_schedule = LRSchedule.from_config(p, num_updates)
         parts = rollout_slices(cfg.env, self.device)
         self.slices = [slice(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
         self.next_obs = torch.zeros((len(self.seeds), n) + OBS_SHAPE, dtype=torch.uint8, device=self.device)
@@ -109,7 +114,7 @@ class NativeLearner(Learner):
         return results
 
     def iterate(self) -> IterationResult:
-        lr = learning_rate(self.cfg.ppo, self.update, self.num_updates)
+        lr = self.lr_schedule(self.update)
         for group in self.opt.param_groups:
             group["lr"] = lr
         episodes = self.collect()
@@ -185,12 +190,17 @@ class NativeLearner(Learner):
     def acting_population(self) -> tuple[Population, list[int]]:
         return self.pop, self.seeds
 
+    def finite_parameters(self) -> np.ndarray:
+        with torch.no_grad():  # parameters are stacked on the member axis: one host read for all
+            return torch.stack([p.isfinite().flatten(1).all(1) for p in self.params]).all(0).cpu().numpy()
+
     def state(self, i: int) -> dict[str, Any]:
         return {
             **network_payload(self.spec, self.pop.member_state_dict(i)),
             "seed": self.seeds[i],
             "optimizer": self._optimizer_slice(i),
-            "rng": {"sample": self.actor.pick.generators[i].get_state(),
+            # Sampling draws on the job's device, minibatch order always on the CPU.
+            "rng": {"sample": self.actor.pick.generators[i].get_state(), "sample_device": self.device.type,
                     "minibatch": self.minibatches.generators[i].get_state()},
             "next_done": self.next_done[i].cpu(),
         }
@@ -198,7 +208,12 @@ class NativeLearner(Learner):
     def load_state(self, i: int, ckpt: dict[str, Any]) -> None:
         self.pop.load_member_state_dict(i, ckpt["model"])
         self._load_optimizer_slice(i, ckpt["optimizer"])
-        self.actor.pick.generators[i].set_state(ckpt["rng"]["sample"])
+        rng = ckpt["rng"]
+        if not restore_generator(self.actor.pick.generators[i], rng["sample"], self.seeds[i], SAMPLE_SALT, ckpt["update"]):
+            log.warning("%s: the checkpoint's action-sampling stream was saved on %s and cannot continue on "
+                        "%s; resuming with a new stream derived from the seed and update %d (the run no "
+                        "longer replays an uninterrupted one exactly)", self.agents[i].name,
+                        rng.get("sample_device", "another device type"), self.device.type, ckpt["update"])
         self.minibatches.generators[i].set_state(ckpt["rng"]["minibatch"])
         self.next_done[i] = ckpt["next_done"].to(self.device)
 

@@ -48,7 +48,6 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 
 from agents.networks import ActorCritic, NetworkSpec, run_trunk
 from agents.population import seeded_network
-from agents.ppo import learning_rate
 from core.config import Config, rllib_runner_layout
 from core.runtime import Runtime, resolve_bf16
 from envs.rllib_env import register_rllib_env, rllib_env_config
@@ -150,7 +149,7 @@ def ppo_config(cfg: Config, member: int) -> PPOConfig:
     env_config = rllib_env_config(cfg.env.game, cfg.env.train_levels, cfg.env.distribution_mode,
                                   cfg.env.use_backgrounds, seed * RUNNER_SEED_STRIDE, cfg.env.num_threads)
     # The native schedule, expressed on RLlib's env-step counter: lr at step 0, 0 at the budget.
-    lr = [[0, learning_rate(p, 0, 1)], [p.total_steps, learning_rate(p, 1, 1)]] if p.anneal_lr else p.lr
+    lr = [[0, p.lr], [p.total_steps, 0.0]] if p.anneal_lr else p.lr
     return (
         PPOConfig()
         .environment(env=register_rllib_env(), env_config=env_config, disable_env_checking=True)

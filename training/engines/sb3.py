@@ -43,11 +43,10 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 from agents.networks import NetworkSpec, build_trunk, run_trunk
 from agents.population import Population
-from agents.ppo import learning_rate
 from core.config import Config
 from core.runtime import Runtime
 from envs.make import make_env
-from training.learner import EpisodeLog, IterationResult, MemberLearner, network_payload
+from training.learner import EpisodeLog, IterationResult, MemberLearner, NonFiniteError, network_payload
 
 
 class TrunkExtractor(BaseFeaturesExtractor):
@@ -158,7 +157,7 @@ class SB3Learner(MemberLearner):
     def _learning_rate(self, _progress_remaining: float) -> float:
         """SB3's progress counter spans one learn() call (one iteration), so anneal by our update
         counter instead: the native schedule."""
-        return learning_rate(self.cfg.ppo, self.update, self.num_updates)
+        return self.lr_schedule(self.update)
 
     def iterate(self) -> IterationResult:
         """One whole SB3 iteration: a rollout of ``num_steps`` per env, GAE and the PPO epochs.
@@ -167,8 +166,16 @@ class SB3Learner(MemberLearner):
         once ``num_timesteps`` has grown by one rollout, i.e. after exactly one collect + train.
         """
         lr = self._learning_rate(1.0)
-        self.model.learn(self.steps_per_update, callback=self.callback, log_interval=None,
-                         reset_num_timesteps=False)
+        try:
+            self.model.learn(self.steps_per_update, callback=self.callback, log_interval=None,
+                             reset_num_timesteps=False)
+        except ValueError as e:
+            # SB3's Categorical refuses NaN logits mid-update (torch's argument validation): the
+            # error the loop gives for any non-finite loss (training/loop.py), with what to do.
+            if "found invalid values" not in str(e):
+                raise
+            self.update += 1
+            raise NonFiniteError.of(self, 0, "action logits") from None
         logged = self.model.logger.name_to_value
         metrics = {
             "policy_loss": logged["train/policy_gradient_loss"],
@@ -204,8 +211,11 @@ class SB3Learner(MemberLearner):
         self.policy.optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         np.random.set_state(tuple(ckpt["rng"]["numpy"]))
-        if ckpt["rng"]["cuda"] is not None and self.runtime.device.type == "cuda":
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        # SB3 samples on the policy's device: a run saved on another device type (or with another
+        # number of GPUs) continues from the CPU and numpy streams only, with CUDA's as seeded.
+        cuda = ckpt["rng"]["cuda"]
+        if cuda is not None and self.runtime.device.type == "cuda" and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
         # With _last_obs set, SB3's learn() continues these episodes instead of resetting the envs.
         self.model._last_obs = self.env.set_state(ckpt["env"])
         self.model._last_episode_starts = ckpt["episode_starts"]
