@@ -4,8 +4,10 @@
                    [--seed S] [--video N] [--device cpu] [--name NAME] [key=value ...]
 
 Prints a table with 95% bootstrap confidence intervals and writes runs/<name>/eval/results.json,
-results.md, results.png, TensorBoard events under eval/tb/ and, with --video, eval/videos/
-(with --name NAME: the same files under eval/NAME/).
+results.md, results.png, TensorBoard events under eval/tb/<split>/ and, with --video, eval/videos/
+(with --name NAME: the same files under eval/NAME/). TensorBoard holds one point per checkpoint
+step: re-evaluating the same checkpoints (another --seed, more --episodes) replaces that step's
+point, while points of other steps (the run evaluated before it trained further) stay.
 """
 from __future__ import annotations
 
@@ -56,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: no results written", file=sys.stderr)
         return 130
     layout = RunLayout(Path(args.run_dir))
-    paths = write_report(results, layout)
+    try:
+        paths = write_report(results, layout)
+    except KeyboardInterrupt:
+        print("interrupted while writing results: files not yet replaced keep the previous evaluation's",
+              file=sys.stderr)
+        return 130
     print_table(results)
     for path in [*paths.values(), *(layout.root / v for v in results.get("videos", []))]:
         print(f"wrote {path}")

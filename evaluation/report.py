@@ -2,11 +2,13 @@
 
 Every view is built from the same rows (``summary_rows``): one per member, the members' IQM, then the
 vote, the explorer and ExpGen, so the terminal, the Markdown file and the plot always agree.
-Files go to ``runs/<name>/eval/``: ``results.json``, ``results.md``, ``results.png`` and ``tb/<split>/``.
+Files go to ``runs/<name>/eval/``: ``results.json``, ``results.md``, ``results.png`` and ``tb/<split>/``
+(one point per step there: re-evaluating the same checkpoints replaces the old point).
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from rich.table import Table  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from core.run_layout import RunLayout  # noqa: E402
+from evaluation.tb_events import write_replacing_steps  # noqa: E402
 
 MODE_COLORS = {"member": "#9e9e9e", "iqm": "#616161", "vote": "#1f77b4", "explorer": "#ff7f0e",
                "expgen": "#2ca02c"}
@@ -159,10 +162,12 @@ def global_step(results: dict[str, Any]) -> int:
 
 
 def write_tensorboard(results: dict[str, Any], folder: Path) -> Path:
-    """Scalars per mode, ExpGen's explore fraction, agreement and vote histogram, the Markdown table."""
+    """Scalars per mode, ExpGen's explore fraction, agreement and vote histogram, the Markdown table,
+    all at the members' checkpoint step, replacing what an earlier evaluation logged at that step
+    (``evaluation/tb_events.py``): one point per step, the newest, as in results.json."""
     step = global_step(results)
-    writer = SummaryWriter(str(folder))
-    try:
+
+    def write(writer: SummaryWriter) -> None:
         for mode, r in results["modes"].items():
             headline = r["iqm"] if mode == "member" else r
             writer.add_scalar(f"eval/{mode}_return", headline["return"], step)
@@ -174,9 +179,8 @@ def write_tensorboard(results: dict[str, Any], folder: Path) -> Path:
             writer.add_scalar("expgen/agreement", expgen["agreement"], step)
             _vote_histogram(writer, expgen["vote_histogram"], step)
         writer.add_text("eval/summary", markdown_table(results), step)
-    finally:
-        writer.close()
-    return folder
+
+    return write_replacing_steps(folder, write)
 
 
 def _vote_histogram(writer: SummaryWriter, counts: list[int], step: int) -> None:
@@ -193,19 +197,27 @@ def _vote_histogram(writer: SummaryWriter, counts: list[int], step: int) -> None
     )
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Whole or not at all: an interrupted write leaves the previous file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_report(results: dict[str, Any], layout: RunLayout) -> dict[str, Path]:
     """Write results.json, results.md, results.png and TensorBoard events into the run's eval/
-    (``eval/<name>/`` for a named evaluation)."""
+    (``eval/<name>/`` for a named evaluation). results.json comes last: the TensorBoard point of its
+    step and the files beside it are already the ones it describes."""
     name = results.get("name", "")
     out_dir = layout.eval(name)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md",
              "plot": out_dir / "results.png", "tensorboard": layout.eval_tb(results["split"], name)}
-    paths["json"].write_text(json.dumps(results, indent=2) + "\n")
-    paths["markdown"].write_text(markdown_table(results))
+    write_tensorboard(results, paths["tensorboard"])
+    _write_text(paths["markdown"], markdown_table(results))
     if summary_rows(results):
         plot_results(results, paths["plot"])
     else:  # every mode skipped: nothing to plot, and an older plot would mislead
         paths.pop("plot").unlink(missing_ok=True)
-    write_tensorboard(results, paths["tensorboard"])
+    _write_text(paths["json"], json.dumps(results, indent=2) + "\n")
     return paths

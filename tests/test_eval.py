@@ -264,3 +264,92 @@ def test_named_evaluation_sits_beside_the_main_one(run_dir: Path, tmp_path: Path
     assert list((run / "eval" / "train" / "tb" / "train").glob("events.out.tfevents.*"))
     assert eval_cli.main([str(run), *common, "--name", "../elsewhere"]) == 2
     assert not (run / "elsewhere").exists()
+
+
+# ---- TensorBoard: one point per step and split, the newest ---------------------------------------
+
+
+def tb_points(folder: Path, tag: str = "eval/member_return") -> list[tuple[int, float]]:
+    """(step, value) of every point TensorBoard's loader reads in ``folder``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+
+
+@pytest.mark.parametrize("name", ["", "again"])
+def test_rerun_replaces_the_tensorboard_point(run_dir: Path, tmp_path: Path, name: str) -> None:
+    """Two eval.py runs on the same checkpoints with different seeds: one point, the second's."""
+    run = copy_run(run_dir, tmp_path)
+    common = ["--modes", "member", "--episodes", "2", "--device", DEVICE, "eval.num_envs=2",
+              *(["--name", name] if name else [])]
+    out = RunLayout(run).eval(name)
+    returns = []
+    for seed in ("1", "2"):
+        assert eval_cli.main([str(run), *common, "--seed", seed]) == 0
+        results = json.loads((out / "results.json").read_text())
+        assert results["seed"] == int(seed)
+        returns.append(results["modes"]["member"]["iqm"]["return"])
+        (point,) = tb_points(out / "tb" / "test")
+        assert point == (64, pytest.approx(returns[-1]))
+    assert len(list((out / "tb" / "test").iterdir())) == 1  # one event file, no staging left
+    assert [p.name for p in (out / "tb").iterdir()] == ["test"]
+
+
+def fake_results(step: int, ret: float, split: str = "test", name: str = "") -> dict:
+    """results.json of a vote-only evaluation of checkpoints at ``step`` (no episodes played)."""
+    vote = {"return": ret, "return_ci": [ret - 1, ret + 1], "success": 0.5, "normalised": 0.1, "length": 9.0,
+            "episodes": 4}
+    return {"run": "tiny", "name": name, "game": "bigfish", "distribution_mode": "easy", "split": split,
+            "levels": "levels [201, 401)", "episodes": 4, "seed": 0, "members": 1, "sample": True,
+            "checkpoints": {"members": [step], "explorer": None}, "modes": {"vote": vote}, "skipped": {}}
+
+
+def test_points_of_other_steps_and_splits_stay(tmp_path: Path) -> None:
+    """A run evaluated, trained further and evaluated again keeps a curve: only the same step and
+    split is replaced, and the curve stays in step order."""
+    layout = RunLayout(tmp_path)
+    tb = tmp_path / "eval" / "tb"
+    write_report(fake_results(128, 3.0), layout)
+    write_report(fake_results(64, 1.0), layout)
+    write_report(fake_results(64, 1.0, split="train"), layout)
+    assert tb_points(tb / "test", "eval/vote_return") == [(64, 1.0), (128, 3.0)]
+    write_report(fake_results(64, 2.0), layout)  # the step-64 checkpoints again, another seed
+    assert tb_points(tb / "test", "eval/vote_return") == [(64, 2.0), (128, 3.0)]
+    assert tb_points(tb / "train", "eval/vote_return") == [(64, 1.0)]
+    assert len(list((tb / "test").iterdir())) == 1
+
+
+def test_older_duplicate_points_collapse_to_the_newest(tmp_path: Path) -> None:
+    """A folder left with two files at one step (as eval.py wrote before): one point, the newest."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = tmp_path / "eval" / "tb" / "test"
+    for value in (5.0, 6.0):  # the old write: a new event file per evaluation
+        with SummaryWriter(str(folder)) as writer:
+            writer.add_scalar("eval/vote_return", value, 64, walltime=100 + value)
+            writer.add_scalar("eval/vote_return", value, 32, walltime=100 + value)
+    assert len(tb_points(folder, "eval/vote_return")) == 4
+    write_report(fake_results(32, 1.0), RunLayout(tmp_path))
+    assert tb_points(folder, "eval/vote_return") == [(32, 1.0), (64, 6.0)]
+
+
+def test_interrupted_write_keeps_the_old_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the new events are written: the old point and results.json stay, nothing half-written."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    layout = RunLayout(tmp_path)
+    write_report(fake_results(64, 1.0), layout)
+    before = (tmp_path / "eval" / "results.json").read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SummaryWriter, "add_text", interrupted)  # after the scalars are written
+    with pytest.raises(KeyboardInterrupt):
+        write_report(fake_results(64, 2.0), layout)
+    tb = tmp_path / "eval" / "tb"
+    assert tb_points(tb / "test", "eval/vote_return") == [(64, 1.0)]
+    assert [p.name for p in tb.iterdir()] == ["test"]  # the staging folder is gone
+    assert (tmp_path / "eval" / "results.json").read_text() == before
