@@ -22,13 +22,17 @@ from launch.run import train_run
 
 
 def summary_table(summary: dict) -> Table:
+    """Steps, the last held-out return of every split the run evaluates (named as the split) and
+    the job wall time, per agent."""
     table = Table(title=f"{summary['run_dir']}: {summary['wall_s']:.0f} s wall time "
                         f"({'Ray' if summary['ray'] else 'without Ray'})")
-    for col in ("agent", "steps", "train return", "test return", "job wall time"):
+    splits = list(dict.fromkeys(k.removesuffix("_return") for a in summary["agents"] for k in a
+                                if k.endswith("_return")))
+    for col in ("agent", "steps", *(f"{s} return" for s in splits), "job wall time"):
         table.add_column(col, justify="left" if col == "agent" else "right")
     fmt = lambda v: "-" if v is None else f"{v:.2f}"
     for a in summary["agents"]:
-        table.add_row(a["agent"], f"{a['steps']:,}", fmt(a.get("train_return")), fmt(a.get("test_return")),
+        table.add_row(a["agent"], f"{a['steps']:,}", *(fmt(a.get(f"{s}_return")) for s in splits),
                       f"{a['job_wall_s']:.0f} s" if a["job_wall_s"] else "(already done)")
     return table
 

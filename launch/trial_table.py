@@ -3,7 +3,9 @@ explorer), whether the jobs are Ray Tune trials (``launch.ray_trials.TrialTable`
 Tune's callbacks) or child processes of this one (launch/side_by_side.py).
 
 On a terminal, rich redraws the table in place; off a terminal (a file, CI), one plain line per
-job every ``LINE_INTERVAL_S`` seconds.
+job every ``LINE_INTERVAL_S`` seconds. Both show, after the training return, the mean held-out
+return of each split the jobs evaluate on (``logging.eval_splits`` but train, or train when it is
+the only one), headed by the split's name: ``test-full`` in the quickstart, ``test`` elsewhere.
 """
 from __future__ import annotations
 
@@ -19,7 +21,12 @@ from core.config import Config
 from launch.jobs import Job
 from launch.progress import LINE_INTERVAL_S
 
-COLUMNS = ("agent", "state", "steps", "SPS", "return", "test", "restarts")
+
+def heldout_splits(cfg: Config) -> list[str]:
+    """The splits whose held-out return the table shows: those of ``logging.eval_splits`` other
+    than train (the levels the agents train on), or train alone when it is the only one."""
+    splits = list(dict.fromkeys(cfg.logging.eval_splits))
+    return [s for s in splits if s != "train"] or splits
 
 
 def _number(value: Any, fmt: str) -> str:
@@ -31,6 +38,8 @@ class JobTable:
 
     def __init__(self, cfg: Config, jobs: list[Job], title: str, refresh_s: float = 1.0) -> None:
         self.totals = {j.name: cfg.final_step(j.explorer) for j in jobs}
+        self.splits = heldout_splits(cfg)
+        self.columns = ("agent", "state", "steps", "SPS", "return", *self.splits, "restarts")
         self.title = title
         self.refresh_s, self.last_draw = refresh_s, 0.0
         self.live: Live | None = None
@@ -41,15 +50,16 @@ class JobTable:
         return {**self.__dict__, "live": None}
 
     def row(self, name: str, state: str, result: dict[str, Any], restarts: int) -> tuple[str, ...]:
-        """agent, state, steps, SPS, return, test return, restarts (``COLUMNS``) from a job's last
-        report (the keys of ``launch.jobs.report_metrics``)."""
+        """agent, state, steps, SPS, return, the held-out return of each of ``splits``, restarts
+        (``columns``) from a job's last report (the keys of ``launch.jobs.report_metrics``:
+        ``<split>_return``)."""
         return (name, state, f"{result.get('steps', 0):,} / {self.totals[name]:,}",
                 _number(result.get("sps"), ",.0f"), _number(result.get("episodic_return"), ".2f"),
-                _number(result.get("test_return"), ".2f"), str(restarts))
+                *(_number(result.get(f"{split}_return"), ".2f") for split in self.splits), str(restarts))
 
     def render(self, rows: list[tuple[str, ...]]) -> Table:
         table = Table(title=self.title)
-        for col in COLUMNS:
+        for col in self.columns:
             table.add_column(col, justify="left" if col in ("agent", "state") else "right", no_wrap=True)
         for row in rows:
             table.add_row(*row)
@@ -67,8 +77,9 @@ class JobTable:
             self.last_draw = now
         elif self.live is None and now - self.last_draw >= LINE_INTERVAL_S:
             self.last_draw, self.printed = now, rows
-            for name, state, steps, sps, ret, test, restarts in rows:
-                print(f"{name}: {state}, {steps} steps, {sps} steps/s, return {ret}, test {test}, "
+            for name, state, steps, sps, ret, *heldout, restarts in rows:
+                tests = "".join(f", {split} {value}" for split, value in zip(self.splits, heldout))
+                print(f"{name}: {state}, {steps} steps, {sps} steps/s, return {ret}{tests}, "
                       f"restarts {restarts}", file=sys.stderr, flush=True)
 
     def stop(self, rows: list[tuple[str, ...]]) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import train
 from core.runtime import Runtime
 from launch.run import train_run
 from training.heldout import evaluate_heldout
@@ -181,3 +182,18 @@ def test_warns_when_heldout_evaluation_costs_more_than_training(tmp_path, capsys
     out = capsys.readouterr().out
     assert out.count("warning: member_0: held-out evaluation has taken") == 1
     assert "logging.eval_interval=1 updates" in out
+
+
+def test_summary_table_names_the_held_out_splits_the_run_evaluates() -> None:
+    """The quickstart evaluates test-full: train.py's final table shows it (it showed '-' under 'test')."""
+    from rich.console import Console
+
+    summary = {"run_dir": "runs/quickstart", "wall_s": 10.0, "ray": False, "agents": [
+        {"agent": "member_0", "job": "member_0", "steps": 64, "job_wall_s": 5.0,
+         "train_return": 9.5, "test-full_return": 2.25},
+        {"agent": "explorer", "job": "explorer", "steps": 64, "job_wall_s": 0.0}]}
+    console = Console(width=200, record=True)
+    console.print(train.summary_table(summary))
+    text = console.export_text()
+    assert "train return" in text and "test-full return" in text and "test return" not in text
+    assert "2.25" in text and "9.50" in text and "(already done)" in text
