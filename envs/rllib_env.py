@@ -6,39 +6,26 @@ and step them one by one in Python (or one subprocess each). RLlib 2.60's ``Sing
 takes a ready VectorEnv with ``gym_env_vectorize_mode="vector_entry_point"``: it calls the env
 creator with ``env_config | {"num_envs": n}`` once per runner.
 
-Autoreset mismatch, and what it costs: the runner assumes gymnasium's NEXT_STEP autoreset (after
-``terminated`` the next ``step`` call only resets and its action is ignored), while procgen resets
-in the SAME step (the frame returned with ``terminated`` is already the next episode's first frame)
-and cannot hold back one env of its batch. Fed as is, the runner (1) stores that first frame as the
-finished episode's final observation, whose value PPO masks out anyway because the episode
-terminated, and (2) computes the next action from that same frame, which is exactly the action the
-policy would take at the new episode's start, then records the frame after it as the new episode's
-reset frame. So every recorded transition is real and every action comes from the policy; only the
-first transition of each episode (and its reward, nearly always 0) is left out of the training
-batch and of RLlib's step count. ``RLlibProcgenEnv.steps_taken`` counts the env steps procgen
-really took, and the episode returns we log come from this env's own bookkeeping, which includes
-that first step.
+Autoreset: procgen resets a finished env in the SAME step (gymnasium's ``AutoresetMode.SAME_STEP``,
+which ``ProcgenVecEnv.metadata`` declares): the frame returned with ``terminated`` is already the
+next episode's first frame, and procgen cannot hold one env of its batch back. RLlib 2.60's
+``SingleAgentEnvRunner`` ignores ``metadata["autoreset_mode"]`` and assumes NEXT_STEP: it takes the
+step after a ``terminated`` as a reset, keeping only its frame and dropping its action, reward and
+``terminated``. That would drop the first transition of every episode from the train batch and
+from RLlib's step count, and lose every episode that ends on its first step together with its
+return (jumper: 19 of the 200 training levels end on their first step whatever the action, 4 of
+them with reward 10). The rllib engine therefore samples with
+``training.engines.rllib.SameStepEnvRunner``, which starts the next episode on the frame returned
+with ``terminated``: every procgen step is one real transition, with its reward, in its episode.
+The finished episode's last observation is that same first frame (procgen does not expose the last
+frame); PPO never uses its value, because the episode terminated.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
-
 from envs.levels import LevelRange
 from envs.procgen_vec import ProcgenVecEnv
-
-
-class RLlibProcgenEnv(ProcgenVecEnv):
-    """``ProcgenVecEnv`` that counts the env steps it takes (over all its envs)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.steps_taken = 0
-
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        self.steps_taken += self.num_envs
-        return super().step(actions)
 
 
 def rllib_env_config(game: str, levels: LevelRange, distribution_mode: str, use_backgrounds: bool,
@@ -49,7 +36,7 @@ def rllib_env_config(game: str, levels: LevelRange, distribution_mode: str, use_
             "rand_seed": rand_seed, "num_threads": num_threads}
 
 
-def make_rllib_env(env_config: Mapping[str, Any]) -> RLlibProcgenEnv:
+def make_rllib_env(env_config: Mapping[str, Any]) -> ProcgenVecEnv:
     """RLlib env creator: one procgen batch of ``env_config["num_envs"]`` envs per env runner.
 
     The batch's ``rand_seed`` is only its creation seed: the runner's first ``reset`` re-seeds it
@@ -57,7 +44,7 @@ def make_rllib_env(env_config: Mapping[str, Any]) -> RLlibProcgenEnv:
     member, and each member, plays its own stream of levels.
     """
     c = env_config
-    return RLlibProcgenEnv(
+    return ProcgenVecEnv(
         c["game"], int(c["num_envs"]), LevelRange(c["start_level"], c["num_levels"]),
         c["distribution_mode"], use_backgrounds=c["use_backgrounds"], rand_seed=c["rand_seed"],
         num_threads=c["num_threads"],

@@ -3,8 +3,9 @@
 - Network: ``ExpGenRLModule`` wraps the ``ActorCritic`` that ``NetworkSpec.build()`` makes (one
   definition for every engine), initialised from the member's seed exactly as the native trainer
   does, so the exported state dict is a plain ``ActorCritic`` checkpoint that eval.py reads.
-- Env: our batched procgen, one ``ProcgenVecEnv`` per env runner (envs/rllib_env.py says why and
-  what RLlib's NEXT_STEP autoreset assumption costs).
+- Env: our batched procgen, one ``ProcgenVecEnv`` per env runner (envs/rllib_env.py says why),
+  sampled by ``SameStepEnvRunner``: RLlib's runner with procgen's SAME_STEP autoreset, so every env
+  step procgen takes is one transition of the train batch and every finished episode is logged.
 - One ``iterate`` is one ``algo.train()`` (sampling and update); logging, held-out evaluation and
   checkpoints are the shared loop's (training/loop.py).
 
@@ -31,9 +32,11 @@ Hyper-parameters (``ppo_config``), ours -> RLlib's, and where they differ:
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 import ray
@@ -45,6 +48,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis import ValueFunctionAPI
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.core.rl_module.torch import TorchRLModule
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
 from agents.networks import ActorCritic, NetworkSpec, run_trunk
 from agents.population import seeded_network
@@ -53,12 +57,47 @@ from core.runtime import Runtime, resolve_bf16
 from envs.rllib_env import register_rllib_env, rllib_env_config
 from training.learner import EpisodeLog, IterationResult, MemberLearner, network_payload
 
+log = logging.getLogger("expgen")
 # RLlib seeds runner r of an algorithm with ``config.seed + r``: spacing members' seeds this far
 # apart keeps every (member, runner) pair on its own procgen level stream.
 RUNNER_SEED_STRIDE = 1000
 EPISODE_RETURNS = "expgen_episode_return"
 EPISODE_LENGTHS = "expgen_episode_length"
-ENV_STEPS = "expgen_env_steps"
+# What a SAME_STEP reset frame's info keeps: the finished episode's entries belong to that episode.
+RESET_INFO_KEYS = ("level_seed",)
+
+
+class SameStepEnvRunner(SingleAgentEnvRunner):
+    """RLlib's single-agent env runner for a vector env that resets a finished env inside the step
+    that ends it (gymnasium's SAME_STEP autoreset, as procgen does).
+
+    RLlib 2.60's runner assumes NEXT_STEP autoreset whatever ``env.metadata`` says: after an
+    episode ends it treats that env's next step as the reset, keeps only its frame and drops its
+    action, reward and ``terminated`` flag. Under SAME_STEP the frame returned with ``terminated``
+    is already the next episode's first one, so this runner starts the next episode on it at once
+    (and makes its ``on_episode_start`` callback): the next step is recorded as that episode's first
+    transition with its reward, a one-step episode ends where procgen ended it, and every env step
+    counts in RLlib's step count. The action of that step comes, as before, from the policy on
+    that frame (RLlib computes it before it replaces the finished episode).
+    """
+
+    def make_env(self) -> None:
+        super().make_env()
+        mode = self.env.unwrapped.metadata.get("autoreset_mode")
+        if mode != gym.vector.AutoresetMode.SAME_STEP:
+            raise ValueError(f"{type(self).__name__} needs a SAME_STEP autoreset env, got {mode!r}")
+
+    def _new_episode(self, env_index: int, episodes: list | None = None) -> None:
+        episodes = episodes if episodes is not None else self._ongoing_episodes
+        finished = episodes[env_index]
+        super()._new_episode(env_index, episodes)
+        # A finished episode is only ever replaced right after the step that ended it (env resets
+        # start from emptied episode lists): that step's frame is the new episode's first.
+        if finished is not None and finished.is_done:
+            info = finished.get_infos(-1)
+            episodes[env_index].add_env_reset(observation=finished.get_observations(-1),
+                                              infos={k: info[k] for k in RESET_INFO_KEYS if k in info})
+            self._make_on_episode_callback("on_episode_start", env_index, episodes)
 
 
 class ExpGenRLModule(TorchRLModule, ValueFunctionAPI):
@@ -125,18 +164,11 @@ class ExpGenPPOLearner(PPOTorchLearner):
 
 
 def _on_episode_end(*, episode: Any, metrics_logger: Any, **kwargs: Any) -> None:
-    """Log the finished episode's return and length as our env counted them (first step included)."""
+    """Log each finished episode's return and length as our env counted them: RLlib's own episode
+    metrics are window means, ours are one value per episode."""
     info = episode.get_infos(-1)  # the finished env's info of the step that ended its episode
-    if "episode_return" in info:
-        metrics_logger.log_value(EPISODE_RETURNS, float(info["episode_return"]), reduce="item_series")
-        metrics_logger.log_value(EPISODE_LENGTHS, int(info["episode_length"]), reduce="item_series")
-
-
-def _on_sample_end(*, env_runner: Any, metrics_logger: Any, **kwargs: Any) -> None:
-    """Log the env steps procgen really took in this ``sample`` call (RLlib's count misses some)."""
-    env = env_runner.env.unwrapped
-    metrics_logger.log_value(ENV_STEPS, env.steps_taken, reduce="sum")
-    env.steps_taken = 0
+    metrics_logger.log_value(EPISODE_RETURNS, float(info["episode_return"]), reduce="item_series")
+    metrics_logger.log_value(EPISODE_LENGTHS, int(info["episode_length"]), reduce="item_series")
 
 
 def ppo_config(cfg: Config, member: int) -> PPOConfig:
@@ -153,7 +185,8 @@ def ppo_config(cfg: Config, member: int) -> PPOConfig:
     return (
         PPOConfig()
         .environment(env=register_rllib_env(), env_config=env_config, disable_env_checking=True)
-        .env_runners(num_env_runners=r.num_env_runners, num_envs_per_env_runner=per_runner,
+        .env_runners(env_runner_cls=SameStepEnvRunner,
+                     num_env_runners=r.num_env_runners, num_envs_per_env_runner=per_runner,
                      rollout_fragment_length=p.num_steps, gym_env_vectorize_mode="vector_entry_point")
         .learners(num_learners=r.num_learners, num_gpus_per_learner=r.num_gpus_per_learner,
                   learner_class=ExpGenPPOLearner, learner_config_dict={"adam_eps": p.adam_eps})
@@ -168,7 +201,7 @@ def ppo_config(cfg: Config, member: int) -> PPOConfig:
             num_epochs=p.epochs, train_batch_size_per_learner=batch // learners,
             minibatch_size=batch // learners // p.num_minibatches, shuffle_batch_per_epoch=True,
         )
-        .callbacks(on_episode_end=_on_episode_end, on_sample_end=_on_sample_end)
+        .callbacks(on_episode_end=_on_episode_end)
         .debugging(seed=seed * RUNNER_SEED_STRIDE, log_level="WARN")
     )
 
@@ -215,8 +248,6 @@ class RLlibLearner(MemberLearner):
         names = {"policy_loss": "policy_loss", "value_loss": "vf_loss", "entropy": "entropy",
                  "approx_kl": "approx_kl", "clipfrac": "clipfrac", "explained_variance": "vf_explained_var"}
         metrics = {ours: np.array([float(learner[theirs])]) for ours, theirs in names.items() if theirs in learner}
-        # Env steps procgen really took this iteration: at least steps_per_update (see envs/rllib_env.py).
-        metrics["charts/env_steps_sampled"] = np.array([float(runners.get(ENV_STEPS, 0))])
         self.update += 1
         return IterationResult(episodes, metrics, self.lr)
 
@@ -235,6 +266,12 @@ class RLlibLearner(MemberLearner):
         # Push the restored weights to the env runners before they sample again.
         self.algo.env_runner_group.sync_weights(from_worker_or_learner_group=self.algo.learner_group,
                                                 inference_only=True)
+        saved = (ckpt.get("lr_schedule") or {}).get("num_updates", self.num_updates)
+        if self.cfg.ppo.anneal_lr and saved != self.num_updates:
+            log.warning("%s: the budget changed from %d to %d updates; RLlib anneals the learning rate "
+                        "over its own env-step counter, so it now follows lr * (1 - steps / %d) from "
+                        "here, not the native engines' continuation from the last rate used",
+                        self.agents[0].name, saved, self.num_updates, self.cfg.ppo.total_steps)
 
     def close(self) -> None:
         self.algo.stop()
