@@ -1,7 +1,7 @@
 # Two entry points for a fresh clone (see README.md):
 #   make quickstart   set up .venv if needed, train the quickstart run, evaluate it on its training
 #                     level (eval/train/) and on unseen levels (eval/)
-#   make test         set up .venv if needed, run the test suite
+#   make test         set up .venv if needed (with the dev and video extras), run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 # A CPU build of torch; on a CUDA machine use TORCH=torch (or install torch yourself first).
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,video]"
 	touch $@
 
 clean-runs:

@@ -364,6 +364,9 @@ def validate(cfg: Config) -> None:
     for key in ("shard_cpus", "explorer_cpus"):
         _positive(f"resources.{key}", getattr(cfg.resources, key))
     _positive("resources.max_failures", cfg.resources.max_failures, strict=False)
+    for key, seed in [("seed", cfg.seed), ("explorer.seed", cfg.explorer.seed), ("eval.seed", cfg.eval.seed),
+                      *(("ensemble.seeds", s) for s in cfg.ensemble.seeds)]:
+        _positive(key, seed, strict=False)  # env seeds (gymnasium's reset contract) are >= 0
     batch = cfg.steps_per_update
     if batch % cfg.ppo.num_minibatches:
         raise ConfigError(

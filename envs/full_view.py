@@ -5,7 +5,8 @@ The explorer's reward is computed on fixed-camera frames of the whole level (pro
 ProcGen cannot render both from one game, so, like the reference, we run a second batch with the
 same seed, levels and options and feed it the same actions. The two are deterministic twins; any
 divergence (level seeds, rewards or episode ends) is a bug that would silently corrupt the reward,
-so every step checks it and raises ``LockstepError``.
+so every step checks it and raises ``LockstepError``. A reset gives both views the same seed: an
+unseeded one draws it once, from the pair's own ``np_random`` (seeded by a seeded reset).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from envs.procgen_vec import ProcgenVecEnv
+from envs.procgen_vec import ProcgenVecEnv, ResetSeeding
 from envs.split_batch import SplitBatch
 
 
@@ -21,7 +22,7 @@ class LockstepError(RuntimeError):
     """The agent-view and full-view batches no longer play the same games."""
 
 
-class FullViewPair:
+class FullViewPair(ResetSeeding):
     """Both views of ``num_envs`` games, each held as ``parts`` slices (envs/split_batch.py)."""
 
     def __init__(self, make: Callable[..., ProcgenVecEnv], num_envs: int, parts: int = 1) -> None:
@@ -31,8 +32,9 @@ class FullViewPair:
         self.num_envs = num_envs
         self.slices = self.agent.slices
 
-    def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """-> agent-view and full-view frames of every env's new episode."""
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """-> agent-view and full-view frames of every env's new episode (seeded as ``SplitBatch.reset``)."""
+        seed = self._reset_rand_seed(seed)
         obs, full = self.agent.reset(seed), self.full.reset(seed)
         self._check(self.agent.level_seeds(), self.full.level_seeds(), "level seeds at reset")
         return obs, full

@@ -16,28 +16,103 @@ Per-step ``info`` (arrays of length ``num_envs``):
 ``info["episode"]`` is deliberately left to gymnasium's ``RecordEpisodeStatistics``, which refuses
 envs that fill it. That wrapper assumes NEXT_STEP autoreset, though: under SAME_STEP it skips the
 first step of every episode after an env's first one, so its lengths are one short and that step's
-reward (0 in every ProcGen game but a few) is left out. ``episode_return``/``episode_length`` are
-exact.
+reward is left out (not always 0: in jumper, maze, chaser and miner a level can pay on its first
+step). ``episode_return``/``episode_length`` are exact.
 """
 from __future__ import annotations
 
-import os
-from contextlib import redirect_stderr
+import operator
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.utils import seeding
 
 from envs.games import NUM_ACTIONS, check_distribution_mode, get_game
 from envs.levels import LevelRange
 
 OBS_SHAPE = (64, 64, 3)
+MAX_RAND_SEED = 2**31 - 1  # procgen's rand_seed is a C int
+
+
+def reset_rand_seed(seed: int | None, rng: np.random.Generator) -> int:
+    """The procgen ``rand_seed`` of the batch a reset builds, once ``seed`` (if any) has seeded ``rng``.
+
+    gymnasium's contract (``VectorEnv.reset``): ``reset(seed=s)`` seeds the env's generator with
+    ``s``, and every later ``reset()`` draws from that generator, so the whole sequence of batches
+    follows from ``s``. A seed procgen takes as it is (< 2**31) is the batch's ``rand_seed`` itself,
+    as ``ProcgenVecEnv(rand_seed=s)`` would build it; a larger one (gymnasium and SB3 allow any
+    non-negative int) and an unseeded reset use the generator's next draw.
+    """
+    if seed is not None and seed <= MAX_RAND_SEED:
+        return seed
+    return int(rng.integers(MAX_RAND_SEED))
+
+
+def as_seed(seed: Any) -> int | None:
+    """A reset seed as a Python int (numpy integers too; gymnasium's seeding refuses those)."""
+    if seed is None:
+        return None
+    seed = operator.index(seed)
+    if seed < 0:
+        raise ValueError(f"reset seeds must be >= 0 (gymnasium's seeding), got {seed}")
+    return seed
+
+
+class ResetSeeding:
+    """gymnasium's reset seeding for our batch holders that are not a ``VectorEnv`` (SplitBatch,
+    FullViewPair): ``np_random``/``np_random_seed`` as in gymnasium, and ``_reset_rand_seed``, which
+    a ``reset(seed)`` calls first for the ``rand_seed`` of the batch it builds."""
+
+    _np_random: np.random.Generator | None = None
+    _np_random_seed: int | None = None
+
+    @property
+    def np_random(self) -> np.random.Generator:
+        if self._np_random is None:
+            self._np_random, self._np_random_seed = seeding.np_random()
+        return self._np_random
+
+    @property
+    def np_random_seed(self) -> int:
+        if self._np_random_seed is None:
+            self._np_random, self._np_random_seed = seeding.np_random()
+        return self._np_random_seed
+
+    def _reset_rand_seed(self, seed: int | None) -> int:
+        seed = as_seed(seed)
+        if seed is not None:
+            self._np_random, self._np_random_seed = seeding.np_random(seed)
+        return reset_rand_seed(seed, self.np_random)
+
+
+GYM_BANNER = "Gym has been unmaintained since 2022"
+
+
+def silence_gym_banner() -> None:
+    """Keep the unmaintained ``gym`` package from printing its deprecation banner when imported.
+
+    procgen imports ``gym`` (for its ``gym.make`` registration), and so does SB3 when ``gym`` is
+    installed; ``gym/__init__.py`` then prints ``gym_notices.notices.notices[gym.__version__]``
+    to stderr: a banner telling users to move to gymnasium, which we already use. Only that
+    banner's entries are dropped from the table (before ``gym`` reads it), so no stream is
+    redirected and every other message and warning of those imports still shows. Called when this
+    module is imported, which every path of ours to procgen and SB3 goes through first.
+    """
+    try:
+        from gym_notices import notices
+    except ImportError:  # no gym_notices: gym prints nothing
+        return
+    for version in [v for v, text in notices.notices.items() if text.startswith(GYM_BANNER)]:
+        del notices.notices[version]
+
+
+silence_gym_banner()
 
 
 def _import_procgen():
-    # procgen imports the unmaintained `gym` package, which prints a deprecation banner on import.
-    with open(os.devnull, "w") as devnull, redirect_stderr(devnull):
-        from procgen import ProcgenGym3Env
+    from procgen import ProcgenGym3Env  # imports gym: silenced above
+
     return ProcgenGym3Env
 
 
@@ -93,12 +168,18 @@ class ProcgenVecEnv(gym.vector.VectorEnv):
     def reset(
         self, *, seed: int | None = None, options: dict | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Start every env on a new episode; ``seed`` re-creates the batch with that ``rand_seed``."""
-        if seed is not None:
-            if seed != self._fresh_seed:  # creating a batch costs ~0.2 s: skip when already fresh
-                self._make(seed)
-        else:  # procgen has no reset call: a fresh batch with a seed drawn from the current one
-            self._make(int(self.np_random.integers(2**31 - 1)))
+        """Start every env on a new episode. procgen has no reset call: a reset builds a new batch.
+
+        ``seed`` seeds ``np_random`` (gymnasium's ``VectorEnv.reset``) and builds the batch with
+        ``rand_seed=seed`` (seeds procgen cannot take, >= 2**31: the generator's first draw, see
+        ``reset_rand_seed``); an unseeded reset builds one with a ``rand_seed`` drawn from
+        ``np_random``, so every reset after ``reset(seed=s)`` is reproducible from ``s``.
+        """
+        seed = as_seed(seed)
+        super().reset(seed=seed)
+        rand_seed = reset_rand_seed(seed, self.np_random)
+        if rand_seed != self._fresh_seed:  # creating a batch costs ~0.2 s: skip when already fresh
+            self._make(rand_seed)
         _, obs, _ = self._env.observe()
         return obs["rgb"], {"level_seed": self._env._info["level_seed"].copy()}
 

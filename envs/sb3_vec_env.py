@@ -9,8 +9,11 @@ What SB3 gets, and where ProcGen forces a choice:
 
 - ``reset()`` returns the observations only (uint8, (N, 64, 64, 3)); the level each env plays is in
   ``reset_infos``. ``seed(s)`` takes effect at the next ``reset``: ProcGen seeds a whole batch with
-  one ``rand_seed``, so the batch is rebuilt with the first of SB3's per-env seeds (``s``) and
-  procgen derives every env's stream from it. Reset options are ignored (ProcGen has none).
+  one ``rand_seed``, so that reset is ``ProcgenVecEnv.reset(seed=s)`` with the first of SB3's
+  per-env seeds (``s``), and procgen derives every env's stream from it. As in gymnasium, that seed
+  also seeds the batch's generator, from which every later plain ``reset()`` draws its batch: after
+  ``seed(s)`` the whole sequence of resets is reproducible. Reset options are ignored (ProcGen has
+  none).
 - ``step_wait()`` returns ``(obs, rewards float32 (N,), dones bool (N,), infos)`` with one dict per
   env, as ``DummyVecEnv`` does: ``"level_seed"`` and ``"TimeLimit.truncated"`` every step (always
   False: ProcGen's time limits are part of the game and end an episode like any terminal state, so
@@ -24,27 +27,25 @@ What SB3 gets, and where ProcGen forces a choice:
   ``"prev_level_seed"`` the finished level. No ``"episode"`` key: wrap with SB3's ``VecMonitor``,
   which computes the same returns and lengths (ProcGen has no per-env ``Monitor`` to report them).
 - ``render()`` tiles the current 64x64 observations of all envs (``render_mode="rgb_array"``), so
-  ``VecVideoRecorder`` records what the agent sees.
+  ``VecVideoRecorder`` records what the agent sees (it writes MP4s with moviepy: install the
+  ``video`` extra, ``pip install -e '.[video]'``).
 - The N "envs" are slots of one batch object: ``get_attr`` reads an attribute of the batch (this
   adapter first, then the wrapped ``ProcgenVecEnv``), and ``set_attr``/``env_method`` act on the
   batch, so they accept only all envs at once. No env is wrapped by a gymnasium wrapper.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from contextlib import redirect_stderr
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-# SB3 imports the unmaintained `gym` package when present (procgen installs it), which prints a
-# deprecation banner on import: silenced as in envs/procgen_vec.py.
-with open(os.devnull, "w") as _devnull, redirect_stderr(_devnull):
-    from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
-
+# First: SB3 imports the unmaintained `gym` package when present (procgen installs it), whose
+# import banner envs/procgen_vec.py silences when imported.
 from envs.procgen_vec import ProcgenVecEnv
+
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 RENDER_FPS = 15  # ProcGen's own video frame rate
 

@@ -7,6 +7,10 @@ run's seed as always, and each env's full procgen state (level, positions, rando
 episode counters) is moved into its slice's batch. Stepping the slices with the same actions then
 gives the same frames, rewards and episode ends as stepping the batch of N, and ``get_state`` has
 the format of one batch of N, so checkpoints do not depend on K.
+
+Resets follow gymnasium's seeding contract as ``ProcgenVecEnv.reset`` does: ``reset(seed)`` seeds
+``np_random`` and ``reset()`` builds the batch of N with a seed drawn from it, so for any K the
+sequence of batches after ``reset(s)`` is the one a single ``ProcgenVecEnv`` of N plays.
 """
 from __future__ import annotations
 
@@ -14,10 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from envs.procgen_vec import ProcgenVecEnv
+from envs.procgen_vec import ProcgenVecEnv, ResetSeeding
 
 
-class SplitBatch:
+class SplitBatch(ResetSeeding):
     """``make(num_envs)`` builds a procgen batch; ``parts`` batches of ``num_envs // parts`` envs."""
 
     def __init__(self, make: Callable[[int], ProcgenVecEnv], num_envs: int, parts: int = 1) -> None:
@@ -35,8 +39,10 @@ class SplitBatch:
         self._distribute(whole.get_state())
         whole.close()
 
-    def reset(self, seed: int) -> np.ndarray:
-        """Every env on a new episode of the batch of N seeded with ``seed``; the (N, ...) frames."""
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Every env on a new episode of the batch of N seeded with ``seed`` (``None``: the next seed
+        of ``np_random``, which a seeded reset seeds); the (N, ...) frames."""
+        seed = self._reset_rand_seed(seed)
         if len(self.parts) == 1:
             return self.parts[0].reset(seed=seed)[0]
         whole = self._make(self.num_envs)

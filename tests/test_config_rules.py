@@ -95,3 +95,12 @@ def test_config_files_that_are_not_mappings_are_refused(tmp_path, text, message)
 def test_values_that_used_to_fail_late_are_refused(small_cfg, override, key):
     with pytest.raises(ConfigError, match=key):
         small_cfg(override)
+
+
+@pytest.mark.parametrize("override, key", [("seed=-1", "seed"), ("explorer.seed=-3", "explorer.seed"),
+                                           ("eval.seed=-2", "eval.seed"), ("ensemble.seeds=[0,-1]", "ensemble.seeds")])
+def test_negative_seeds_are_refused_before_work(small_cfg, override, key):
+    """Env resets take seeds >= 0 (gymnasium's contract): a negative one would fail only at the first reset."""
+    extra = ["ensemble.size=2"] if key == "ensemble.seeds" else []
+    with pytest.raises(ConfigError, match=f"^{key} must be >= 0"):
+        small_cfg(*extra, override)

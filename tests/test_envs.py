@@ -1,8 +1,11 @@
-"""ProcgenVecEnv: batched stepping, level splits, episode statistics, state round-trips, errors."""
+"""ProcgenVecEnv: batched stepping, level splits, episode statistics, state round-trips, errors,
+reset seeding (also of SplitBatch, FullViewPair and the SB3 adapter) and gym's import banner."""
 from __future__ import annotations
 
 import gc
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,3 +222,199 @@ def test_failed_construction_leaves_no_error_in_del(monkeypatch):
             pytest.fail(f"{bad} was accepted")
         gc.collect()
     assert errors == []
+
+
+# --- gymnasium's seeding contract: reset(seed=s) seeds np_random, later reset()s follow from it ---
+
+def _levels_after_resets(reset, seeds) -> list[list[int]]:
+    """Level seeds after each ``reset(seed)`` of ``seeds`` (``None``: a plain reset)."""
+    return [reset(s).tolist() for s in seeds]
+
+
+def _vec_reset(env: ProcgenVecEnv):
+    """``reset(seed)`` of ``env`` -> level seeds; ``None`` calls a plain ``env.reset()``."""
+
+    def reset(seed):
+        return (env.reset() if seed is None else env.reset(seed=seed))[1]["level_seed"]
+
+    return reset
+
+
+def _rllib_maze(num_envs: int, levels: LevelRange):
+    """The batch RLlib's env runners get (envs/rllib_env.py's env creator)."""
+    from envs.rllib_env import make_rllib_env, rllib_env_config
+
+    return make_rllib_env(rllib_env_config("maze", levels, "easy", True, rand_seed=0) | {"num_envs": num_envs})
+
+
+@pytest.mark.parametrize("creator", ["ProcgenVecEnv", "rllib"])
+def test_seeded_reset_makes_later_resets_reproducible(creator):
+    """The issue's input: two fresh maze batches of 6 on [0, 200), ``reset(seed=5)`` then ``reset()``.
+    Before, the second resets differed and ``np_random_seed`` was a random 128-bit number."""
+    make = {"ProcgenVecEnv": lambda n, lv: ProcgenVecEnv("maze", n, lv), "rllib": _rllib_maze}[creator]
+    a, b = make(6, LevelRange(0, 200)), make(6, LevelRange(0, 200))
+    try:
+        a.reset(seed=5)
+        b.reset(seed=5)
+        assert a.np_random_seed == 5 and b.np_random_seed == 5
+        rng = np.random.default_rng(0)
+        b.step(random_actions(rng, 6))  # stepping does not change which batches later resets draw
+        obs_a, info_a = a.reset()
+        obs_b, info_b = b.reset()
+        np.testing.assert_array_equal(info_a["level_seed"], info_b["level_seed"])
+        np.testing.assert_array_equal(obs_a, obs_b)
+        seq = [_vec_reset(a)(None).tolist() for _ in range(3)]
+        assert seq == [_vec_reset(b)(None).tolist() for _ in range(3)]
+        assert len({tuple(s) for s in [info_a["level_seed"].tolist(), *seq]}) == 4  # new batches
+        # a seeded reset restarts the same stream; another seed gives another one
+        assert _levels_after_resets(_vec_reset(a), [5, None, None]) == \
+            [[44, 157, 73, 28, 199, 161], info_b["level_seed"].tolist(), seq[0]]
+        assert _levels_after_resets(_vec_reset(b), [6, None])[1] != info_b["level_seed"].tolist()
+        assert b.np_random_seed == 6
+    finally:
+        a.close()
+        b.close()
+
+
+def test_seeded_reset_of_a_fresh_batch_does_not_rebuild_it(monkeypatch):
+    env = ProcgenVecEnv("maze", 2, TRAIN, rand_seed=5)
+    built = []
+    monkeypatch.setattr(env, "_make", lambda s: built.append(s) or ProcgenVecEnv._make(env, s))
+    try:
+        env.reset(seed=5)
+        assert built == [] and env.np_random_seed == 5  # still seeds the generator
+        env.step(np.zeros(2, np.int64))
+        env.reset(seed=5)
+        assert built == [5]  # stepped: rebuilt
+    finally:
+        env.close()
+
+
+def test_seeds_procgen_cannot_take_still_seed_reproducibly():
+    """gymnasium and SB3 allow any non-negative seed; procgen's rand_seed is a C int (< 2**31)."""
+    big = 2**32 - 1  # SB3's VecEnv.seed() without an argument draws seeds up to this
+    a, b = ProcgenVecEnv("maze", 3, TRAIN), ProcgenVecEnv("maze", 3, TRAIN)
+    try:
+        assert _levels_after_resets(_vec_reset(a), [big, None]) == _levels_after_resets(_vec_reset(b), [big, None])
+        assert a.np_random_seed == big
+        assert _levels_after_resets(_vec_reset(a), [np.int64(7)]) == _levels_after_resets(_vec_reset(b), [7])
+        with pytest.raises(ValueError, match=">= 0"):
+            a.reset(seed=-1)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_split_batch_and_full_view_pair_resets_follow_the_seeded_stream(parts):
+    """SplitBatch and FullViewPair reset like one ProcgenVecEnv of N: same batches, for any K,
+    after a seeded reset; the two views of the pair always get the same seed."""
+    from envs.full_view import FullViewPair
+    from envs.split_batch import SplitBatch
+
+    n, seeds = 4, [5, None, None, 2**32 + 3, None]
+    make = lambda k, **kw: ProcgenVecEnv("maze", k, TRAIN, rand_seed=0, **kw)  # noqa: E731
+    single = make(n)
+    split = SplitBatch(make, n, parts)
+    pair = FullViewPair(make, n, parts)
+    try:
+        want = _levels_after_resets(_vec_reset(single), seeds)
+
+        def split_reset(seed):
+            split.reset(seed) if seed is not None else split.reset()
+            return split.level_seeds()
+
+        def pair_reset(seed):
+            pair.reset(seed=seed) if seed is not None else pair.reset()
+            return pair.full.level_seeds()  # reset checks the agent view plays the same levels
+
+        assert _levels_after_resets(split_reset, seeds) == want
+        assert _levels_after_resets(pair_reset, seeds) == want
+        assert split.np_random_seed == pair.np_random_seed == 2**32 + 3
+        # never seeded: a random stream, but the two views of a pair still agree
+        fresh = FullViewPair(make, n, parts)
+        fresh.reset()
+        fresh.close()
+    finally:
+        single.close()
+        split.close()
+        pair.close()
+
+
+def test_sb3_adapter_resets_after_seed_are_reproducible():
+    """SB3's contract: ``venv.seed(s)`` applies at the next reset; later plain resets follow from it."""
+    from envs.sb3_vec_env import ProcgenSB3VecEnv
+
+    def run(seed):
+        venv = ProcgenSB3VecEnv(ProcgenVecEnv("maze", 3, TRAIN))
+        try:
+            venv.seed(seed)
+            out = [venv.reset().copy()]
+            venv.step(np.zeros(3, np.int64))
+            out += [venv.reset().copy(), venv.reset().copy()]
+            return out, [i["level_seed"] for i in venv.reset_infos]
+        finally:
+            venv.close()
+
+    for seed in (5, 2**32 - 2):  # any seed SB3's seed() may hand over
+        (first, *later), levels = run(seed)
+        (first2, *later2), levels2 = run(seed)
+        np.testing.assert_array_equal(first, first2)
+        for x, y in zip(later, later2):
+            np.testing.assert_array_equal(x, y)
+        assert levels == levels2
+
+
+# --- gym's "Gym has been unmaintained since 2022" import banner (procgen and SB3 import gym) ---
+
+GYM_BANNER = "Gym has been unmaintained since 2022"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python_stderr(code: str, *flags: str) -> str:
+    """stderr of a fresh interpreter running ``code`` in the repository (gym is imported once per process)."""
+    run = subprocess.run([sys.executable, *flags, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    return run.stderr
+
+
+def test_gym_prints_its_banner_when_imported_alone():
+    """The control: the installed gym does print the banner, so the tests below can see it."""
+    assert GYM_BANNER in _python_stderr("import gym")
+
+
+@pytest.mark.parametrize("code", [
+    # a batch (the native and RLlib engines, evaluation): procgen imports gym
+    "from envs.procgen_vec import ProcgenVecEnv; from envs.levels import LevelRange;"
+    "ProcgenVecEnv('maze', 2, LevelRange(0, 200)).close()",
+    # the SB3 adapter, then SB3, procgen and gym themselves in any order
+    "import envs.sb3_vec_env, stable_baselines3, procgen, gym",
+    # engine=sb3
+    "import training.engines.sb3",
+], ids=["procgen-batch", "sb3-adapter-then-sb3-procgen-gym", "engine-sb3"])
+def test_no_gym_banner_on_our_import_paths(code):
+    assert GYM_BANNER not in _python_stderr(code)
+
+
+def test_other_output_of_the_procgen_import_still_shows():
+    """Only the banner goes: a warning and a line written to stderr while procgen imports gym (sent
+    here by an audit hook) still reach stderr, as does procgen's own ResourceWarning where enabled."""
+    code = """if True:
+        import sys, warnings
+        sent = []
+        def hook(event, args):
+            if event == "import" and args[0] == "gym" and not sent:
+                sent.append(True)
+                print("a message while gym imports", file=sys.stderr)
+                warnings.warn("a warning while gym imports", UserWarning)
+        sys.addaudithook(hook)
+        from envs.procgen_vec import _import_procgen
+        _import_procgen()
+        assert sent
+    """
+    err = _python_stderr(code, "-W", "default::ResourceWarning")
+    assert GYM_BANNER not in err
+    assert "a message while gym imports" in err
+    assert "UserWarning: a warning while gym imports" in err
+    assert "ResourceWarning" in err and "procgen" in err  # procgen/__init__.py leaves version.txt open
