@@ -4,6 +4,8 @@ to surface only inside a training job (or a Ray trial, which Tune would retry as
 creating anything."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import train
@@ -104,3 +106,10 @@ def test_negative_seeds_are_refused_before_work(small_cfg, override, key):
     extra = ["ensemble.size=2"] if key == "ensemble.seeds" else []
     with pytest.raises(ConfigError, match=f"^{key} must be >= 0"):
         small_cfg(*extra, override)
+
+
+def test_unknown_key_points_to_the_schema_that_exists(small_cfg):
+    with pytest.raises(ConfigError, match=r"unknown config key 'ppo.learning_rate'.*See core/config.py") as e:
+        small_cfg("ppo.learning_rate=3e-4")
+    path = str(e.value).split("See ")[1].split(" ")[0]
+    assert (Path(__file__).resolve().parents[1] / path).is_file()
