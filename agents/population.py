@@ -14,6 +14,10 @@ Two ways to run the stacked network (``forward_mode``):
   the CPU default. ``auto`` picks ``vmap`` on CUDA and ``loop`` elsewhere.
 A recurrent population always loops: its fused GRU call (``networks.gru_sequence``) has no vmap
 rule (the explorer is a population of one anyway).
+
+bf16 (``networks.run_trunk``'s autocast) is the same in both modes: the members' convolutions and
+linear layers cast their operands to the autocast dtype themselves (``honour_autocast``), because
+under ``vmap`` autocast never sees them (see there).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import copy
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from agents.networks import ActorCritic, NetworkSpec, RecurrentActorCritic, reference_init_
@@ -50,7 +55,8 @@ class Population(nn.Module):
         self.stacked = nn.ParameterDict(
             {k.replace(".", "/"): nn.Parameter(v.detach().clone()) for k, v in stacked.items()}
         )
-        base = copy.deepcopy(members[0]).to("meta")  # structure only; weights come from `stacked`
+        # Structure only: the weights come from `stacked`.
+        base = honour_autocast(copy.deepcopy(members[0]).to("meta"))
         base.bf16 = bf16
         object.__setattr__(self, "_base", base)  # not a submodule: its meta tensors are not state
 
@@ -118,6 +124,57 @@ class Population(nn.Module):
         for m, state in enumerate(states):
             pop.load_member_state_dict(m, state)
         return pop
+
+
+class AutocastConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that casts its operands to the autocast dtype itself (see ``honour_autocast``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = autocast_dtype(x)
+        if dtype is None:
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return self._conv_forward(x.to(dtype), self.weight.to(dtype), bias)
+
+
+class AutocastLinear(nn.Linear):
+    """``nn.Linear`` that casts its operands to the autocast dtype itself (see ``honour_autocast``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = autocast_dtype(x)
+        if dtype is None:
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return F.linear(x.to(dtype), self.weight.to(dtype), bias)
+
+
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast would run a convolution or linear layer on ``x`` in; None when it is off."""
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind) and x.is_floating_point():
+        return torch.get_autocast_dtype(kind)
+    return None
+
+
+def honour_autocast(net: nn.Module) -> nn.Module:
+    """Make ``net``'s convolutions and linear layers apply autocast's cast themselves, in place.
+
+    Why: autocast casts at the level of ``conv2d`` and ``linear``, but under ``torch.func.vmap``
+    the dispatcher's batching key (FuncTorchBatched) comes before the autocast keys, and vmap's
+    batching rules decompose ``conv2d`` into ``aten.convolution`` (and ``linear`` into matmuls,
+    which autocast catches for some shapes only) before autocast sees the call.
+    ``aten.convolution`` is not on autocast's list, so every convolution of a vmapped population
+    stayed float32 (entering autocast outside vmap changes nothing: the key order is global).
+    Casting the operands before the call does what autocast does (same ops, same dtypes) in every
+    mode; in ``loop`` mode autocast then finds them cast already, and with autocast off the layer
+    is the plain one, bit for bit. Only the layer classes change: the parameter names and the
+    state dict stay those of ``net``.
+    """
+    swap = {nn.Conv2d: AutocastConv2d, nn.Linear: AutocastLinear}
+    for layer in net.modules():
+        if type(layer) in swap:
+            layer.__class__ = swap[type(layer)]  # a subclass that adds no state: only forward differs
+    return net
 
 
 def seeded_network(spec: NetworkSpec, seed: int, init: str = "torch") -> ActorCritic | RecurrentActorCritic:

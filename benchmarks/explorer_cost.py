@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     cfg = load_config(None, DEFAULTS + args.overrides, name="benchmark")
-    runtime = Runtime.resolve(cfg.device, cfg.network.precision)
+    runtime = Runtime.from_config(cfg)
     device = runtime.device
     trainer = ExplorerLearner(cfg, runtime)
     trainer.iterate()  # warm-up

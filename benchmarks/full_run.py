@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from core.config import Config, load_config  # noqa: E402
-from core.runtime import Runtime  # noqa: E402
+from core.runtime import Runtime, resolve_device  # noqa: E402
 from launch.jobs import Job, build_learner, plan  # noqa: E402
 from launch.progress import duration  # noqa: E402
 from training.native_learner import rollout_slices  # noqa: E402
@@ -51,7 +51,7 @@ def measure(cfg: Config, job: Job, seconds: float, start: Any = None, breakdown:
     the phase breakdown of one more iteration. ``start``: a barrier that every job measured at
     the same time waits at after its warm-up, so that their timed windows coincide."""
     torch.set_num_threads(job_threads(cfg, job))
-    runtime = Runtime.resolve(cfg.device, cfg.network.precision)
+    runtime = Runtime.from_config(cfg)
     sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
     learner = build_learner(cfg, job, runtime)
     try:
@@ -117,7 +117,7 @@ def project(budget: dict[str, int], alone_sps: dict[str, float], together_sps: d
 
 
 def machine(cfg: Config) -> str:
-    device = Runtime.resolve(cfg.device, "fp32").device
+    device = resolve_device(cfg.device)
     cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p' | head -1"],
                          capture_output=True, text=True).stdout.strip() or platform.processor()
     bf16 = subprocess.run(["sh", "-c", "lscpu | grep -o avx512_bf16 | head -1"], capture_output=True,
@@ -136,7 +136,7 @@ def main() -> None:
     cfg = load_config(args.config, [*args.overrides, "logging.eval_interval=0", "logging.progress=false"],
                       name="full_run_benchmark")
     jobs = plan(cfg)
-    runtime = Runtime.resolve(cfg.device, cfg.network.precision)
+    runtime = Runtime.from_config(cfg)
     print(f"machine: {machine(cfg)}; torch {torch.__version__}; {runtime.describe()}")
     print(f"config: {args.config} {' '.join(args.overrides)}: {cfg.env.game}, {cfg.network.kind}, "
           f"{cfg.env.num_envs} envs x {cfg.ppo.num_steps} steps, env.pipeline={cfg.env.pipeline} "

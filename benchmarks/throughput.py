@@ -58,10 +58,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def training_steps_per_second(cfg, members: int, iterations: int) -> tuple[float, float]:
     """(aggregate steps/s, peak memory in MB) of ``members`` trained together by ``cfg.engine``."""
-    runtime = Runtime.resolve(cfg.device, cfg.network.precision)
+    runtime = Runtime.from_config(cfg)
     device = runtime.device
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     learner = build_learner(cfg, Job("members", tuple(range(members))), runtime)
     learner.iterate()  # warm-up
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -68,6 +68,11 @@ class NetworkConfig:
     # auto: bf16 autocast for the convolutional trunk where the device has native bf16 (CUDA
     # Ampere+, CPUs with AVX512-BF16/AMX), else fp32. Weights, optimiser, heads, losses: fp32.
     precision: str = "auto"  # auto | fp32 | bf16
+    # CUDA only (core/runtime.py): let fp32 convolutions, matmuls and the cuDNN GRU use TF32 tensor
+    # cores (10-bit mantissa). false: IEEE fp32 for every fp32 op, as on a CPU (what the 1e-5
+    # exactness tests assume); PyTorch's own default is a mix (TF32 convolutions and cuDNN GRU,
+    # fp32 matmuls). bf16 (precision) is separate: it applies to the trunk either way.
+    tf32: bool = False
     # torch: PyTorch's default layer init (as CleanRL); reference: the authors' (Xavier-uniform
     # trunk with zero biases, orthogonal GRU). Heads are orthogonal (gains 0.01 / 1) in both.
     init: str = "torch"  # torch | reference

@@ -3,6 +3,20 @@
 ``device=auto`` means CUDA when this process may use a GPU (inside a Ray trial: only if Ray gave the
 trial one). ``precision=auto`` runs the convolutional trunk in bf16 autocast where the device
 multiplies bf16 natively (CUDA since Ampere; CPUs with AVX512-BF16 or AMX) and fp32 elsewhere.
+
+Precision policy on CUDA (``network.tf32``, applied process-wide by ``Runtime.resolve``, so in every
+job's own process: training, side-by-side children, Ray trials, evaluation, benchmarks):
+- ``tf32: false`` (the default): every fp32 op is IEEE fp32: convolutions, cuDNN's GRU and matmuls.
+  PyTorch's own default is a mix (TF32 for cuDNN convolutions and RNNs, IEEE for cuBLAS matmuls
+  and the GRUCell), under which acting and replay differ by ~1e-3; in IEEE fp32 they compute the
+  same numbers up to summation order, which is what the exactness tests (1e-5) check. With ``precision=auto`` on a bf16 GPU the trunk, nearly all of
+  the arithmetic, runs in bf16 whatever this says; TF32 would only speed up the small rest.
+- ``tf32: true``: convolutions, cuDNN's GRU and matmuls may use TF32 tensor cores (10-bit
+  mantissa, Ampere and later): faster fp32, and acting and replay then differ by ~1e-3.
+cuDNN's autotuner (``cudnn.benchmark``) is on for every CUDA job: it times the candidate
+algorithms once per input shape, and a PPO job has a handful of fixed shapes.
+On a CPU none of this applies and ``resolve`` leaves the process's torch settings alone.
+The config's ``network.tf32`` is saved with the run; ``Runtime.describe`` says what is in force.
 """
 from __future__ import annotations
 
@@ -10,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.config import PRECISIONS, ConfigError
+from core.config import PRECISIONS, Config, ConfigError
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -36,15 +50,42 @@ def resolve_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and native_bf16(device))
 
 
+def apply_cuda_policy(tf32: bool) -> None:
+    """This process's CUDA settings (see the module docstring): TF32 on or off for cuBLAS matmuls
+    and for cuDNN (convolutions and RNNs alike), and cuDNN's autotuner on.
+
+    Through the ``allow_tf32`` flags: they exist in every supported torch, and in torch >= 2.9 they
+    also set the newer per-op ``fp32_precision`` settings consistently. Setting those directly
+    instead makes torch's own readers of the old flags (``torch.get_float32_matmul_precision``,
+    ``torch.backends.cudnn.allow_tf32``) raise on a mix of the two APIs.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
+
+
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
     bf16: bool  # the trunk in bf16 autocast (weights, optimiser, heads and losses stay fp32)
+    tf32: bool = False  # CUDA: fp32 convolutions, matmuls and cuDNN's GRU may use TF32 (never on a CPU)
 
     @classmethod
-    def resolve(cls, device: str, precision: str, gpu_allowed: bool = True) -> "Runtime":
+    def resolve(cls, device: str, precision: str, gpu_allowed: bool = True, tf32: bool = False) -> "Runtime":
+        """The job's runtime; on CUDA this also applies the precision policy to the process."""
         d = resolve_device(device, gpu_allowed)
-        return cls(d, resolve_bf16(precision, d))
+        runtime = cls(d, resolve_bf16(precision, d), tf32 and d.type == "cuda")
+        if d.type == "cuda":
+            apply_cuda_policy(runtime.tf32)
+        return runtime
+
+    @classmethod
+    def from_config(cls, cfg: Config, gpu_allowed: bool = True) -> "Runtime":
+        """``resolve`` with the config's ``device``, ``network.precision`` and ``network.tf32``."""
+        return cls.resolve(cfg.device, cfg.network.precision, gpu_allowed, cfg.network.tf32)
 
     def describe(self) -> str:
-        return f"{self.device} ({'bf16 trunk' if self.bf16 else 'fp32'})"
+        trunk = "bf16 trunk" if self.bf16 else "fp32"
+        if self.device.type != "cuda":
+            return f"{self.device} ({trunk})"
+        return f"{self.device} ({trunk}; other fp32 ops {'TF32' if self.tf32 else 'IEEE fp32'}; cuDNN autotuned)"

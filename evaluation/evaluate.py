@@ -198,7 +198,7 @@ def results_header(ctx: EvalContext) -> dict[str, Any]:
 def evaluation_context(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> EvalContext:
     """Config, device and networks, checked before any episode is played."""
     cfg = load_eval_config(run_dir, overrides)
-    runtime = Runtime.resolve(cfg.device, cfg.network.precision)  # as in training
+    runtime = Runtime.from_config(cfg)  # as in training
     agents = load_agents(cfg, runtime)
     return EvalContext(cfg, agents, runtime, num_envs=min(cfg.eval.num_envs, cfg.eval.episodes))
 

@@ -110,7 +110,7 @@ def trial_runtime(cfg: Config) -> Runtime:
     """Resolved once per trial: ``device=auto`` means CUDA only if Ray gave the trial a GPU."""
     import ray
 
-    return Runtime.resolve(cfg.device, cfg.network.precision, gpu_allowed=bool(ray.get_gpu_ids()))
+    return Runtime.from_config(cfg, gpu_allowed=bool(ray.get_gpu_ids()))
 
 
 def run_trial(params: dict[str, Any], cfg: Config, jobs: dict[str, Job], cpus: dict[str, float]) -> None:

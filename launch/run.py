@@ -36,7 +36,7 @@ def train_without_ray(cfg: Config) -> list[dict[str, Any]]:
     jobs = pending_jobs(cfg)
     if cfg.resources.side_by_side and len(jobs) > 1:
         return train_side_by_side(cfg, jobs)
-    runtime = Runtime.resolve(cfg.device, cfg.network.precision)
+    runtime = Runtime.from_config(cfg)
     torch.manual_seed(cfg.seed)
     return [train_job(cfg, job, runtime, cfg.logging.progress) for job in jobs]
 

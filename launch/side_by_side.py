@@ -68,7 +68,7 @@ def _child(cfg: Config, job: Job, reports: Any, parent: int) -> None:
     torch.set_num_threads(max(1, int(cfg.resources.explorer_cpus if job.explorer else cfg.resources.shard_cpus)))
     torch.manual_seed(cfg.seed)
     try:
-        runtime = Runtime.resolve(cfg.device, cfg.network.precision)
+        runtime = Runtime.from_config(cfg)
         summary = train_job(cfg, job, runtime, progress=False,
                             on_iteration=lambda info: reports.put(("report", job.name, report_metrics(info))))
         reports.put(("done", job.name, summary))

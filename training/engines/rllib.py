@@ -53,7 +53,7 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from agents.networks import ActorCritic, NetworkSpec, run_trunk
 from agents.population import seeded_network
 from core.config import Config, rllib_runner_layout
-from core.runtime import Runtime, resolve_bf16
+from core.runtime import Runtime, apply_cuda_policy, resolve_bf16
 from envs.rllib_env import register_rllib_env, rllib_env_config
 from training.learner import EpisodeLog, IterationResult, MemberLearner, network_payload
 
@@ -103,9 +103,9 @@ class SameStepEnvRunner(SingleAgentEnvRunner):
 class ExpGenRLModule(TorchRLModule, ValueFunctionAPI):
     """Our ``ActorCritic`` as an RLlib module: uint8 frames (B, 64, 64, 3) -> logits, values.
 
-    ``model_config``: ``network`` (NetworkSpec fields), ``seed`` (initialisation) and
-    ``precision`` (``network.precision``, resolved against the device the batch lives on, since
-    env runners and learners may sit on different devices).
+    ``model_config``: ``network`` (NetworkSpec fields), ``seed`` (initialisation), ``precision``
+    and ``tf32`` (``network.precision``/``network.tf32``, resolved against the device the batch
+    lives on, since env runners and learners may sit on different devices and processes).
     """
 
     net: ActorCritic
@@ -115,7 +115,8 @@ class ExpGenRLModule(TorchRLModule, ValueFunctionAPI):
         self.net = seeded_network(NetworkSpec.from_dict(c["network"]), c["seed"], c["init"])
 
     def _features(self, obs: torch.Tensor) -> torch.Tensor:
-        return run_trunk(self.net.trunk, obs, _bf16(self.model_config["precision"], obs.device.type))
+        c = self.model_config
+        return run_trunk(self.net.trunk, obs, _bf16(c["precision"], c["tf32"], obs.device.type))
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return {Columns.ACTION_DIST_INPUTS: self.net.actor(self._features(batch[Columns.OBS]))}
@@ -132,8 +133,12 @@ class ExpGenRLModule(TorchRLModule, ValueFunctionAPI):
 
 
 @functools.lru_cache(maxsize=None)
-def _bf16(precision: str, device_type: str) -> bool:
-    """Env runners and learners may sit on different devices: the precision follows the batch's."""
+def _bf16(precision: str, tf32: bool, device_type: str) -> bool:
+    """Env runners and learners may sit on different devices: the precision follows the batch's.
+    They are RLlib's processes, which never resolve a ``Runtime``: the first CUDA batch of a
+    process applies the CUDA precision policy there (core/runtime.py)."""
+    if device_type == "cuda":
+        apply_cuda_policy(tf32)
     return resolve_bf16(precision, torch.device(device_type))
 
 
@@ -192,7 +197,8 @@ def ppo_config(cfg: Config, member: int) -> PPOConfig:
                   learner_class=ExpGenPPOLearner, learner_config_dict={"adam_eps": p.adam_eps})
         .rl_module(rl_module_spec=RLModuleSpec(module_class=ExpGenRLModule, model_config={
             "network": spec.to_dict(),
-            "seed": seed, "precision": cfg.network.precision, "init": cfg.network.init,
+            "seed": seed, "precision": cfg.network.precision, "tf32": cfg.network.tf32,
+            "init": cfg.network.init,
         }))
         .training(
             lr=lr, gamma=p.gamma, lambda_=p.gae_lambda, clip_param=p.clip_coef,
