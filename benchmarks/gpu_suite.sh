@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (no Ray, no registry): install the wheels of .whl/ when present,
+# check imports, run tests/test_device.py on CUDA, then measure in priority order (members fp32
+# alone, population of 10 and 1; the explorer alone; both side by side and the projected time of
+# configs/maze.yaml; bf16; pipeline serial vs overlap), each stage in a fresh process with its own
+# time limit, skipped if it would overrun the budget (8 minutes, installs included). DIR/gpu_suite.json
+# is rewritten after every stage, DIR/gpu_suite.log collects the stages' output.
+#
+#   bash benchmarks/gpu_suite.sh [--dry-run] [--out DIR] [--budget SECONDS] [--seconds S]
+#                                [--only STAGE,...] [--limit STAGE=SECONDS] [--wheels DIR] [--site DIR]
+#                                [--exec-stages]
+#
+# DIR: --out, else $OUT when set, else a new temporary folder. --dry-run runs every stage on the
+# CPU at tiny sizes (tests/test_gpu_suite.py does). The Python that runs it: $PYTHON, else
+# .venv/bin/python when there is one, else python3. Stages and options: benchmarks/gpu_stages.py.
+set -uo pipefail
+started=$(date +%s.%N)
+cd "$(dirname "$0")/.." || exit 2
+
+out=""
+args=()
+while (($#)); do
+    case "$1" in
+        --out) out=${2:?--out needs a folder}; shift 2 ;;
+        --out=*) out=${1#--out=}; shift ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+if [[ -z $out ]]; then
+    out=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/gpu_suite.XXXXXX")}
+fi
+mkdir -p "$out" || exit 2
+
+python=${PYTHON:-}
+if [[ -z $python ]]; then
+    if [[ -x .venv/bin/python ]]; then python=.venv/bin/python; else python=python3; fi
+fi
+echo "gpu_suite: $python, results in $out"
+exec "$python" benchmarks/gpu_stages.py suite --out "$out" --started "$started" ${args[@]+"${args[@]}"}
