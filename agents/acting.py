@@ -65,5 +65,13 @@ class PopulationActor:
 
     def episode_ended(self, member: int, terminated: np.ndarray | torch.Tensor, envs: slice = slice(None)) -> None:
         """Member m's envs (of the slice ``envs``) that just finished an episode start the next one
-        from a zero state."""
-        self.first[member, envs] = torch.as_tensor(terminated, dtype=torch.float32, device=self.first.device)
+        from a zero state.
+
+        A tensor (on the device, or in pinned host memory) is copied without blocking the host: the
+        learners pass their device copy of the step's episode ends, so acting needs no host sync
+        here. A numpy array (evaluation's envs) is one blocking copy from pageable memory.
+        """
+        if torch.is_tensor(terminated):
+            self.first[member, envs].copy_(terminated, non_blocking=True)
+        else:
+            self.first[member, envs] = torch.as_tensor(terminated, dtype=torch.float32, device=self.first.device)

@@ -162,8 +162,9 @@ class RecurrentActorCritic(nn.Module):
 
     The GRU state is zeroed where ``first`` marks an episode's first frame, so memory never crosses
     episodes. ``forward`` runs a whole (T, B) sequence: the trunk sees all T*B frames in one batch
-    and the GRU runs the whole sequence in one fused call (``gru_sequence``). The parameters are an
-    ``nn.GRUCell``'s, the checkpoint format.
+    and the GRU runs the whole sequence in one fused call (``gru_sequence``; a single acting step,
+    T = 1, is one cell step with no host sync). The parameters are an ``nn.GRUCell``'s, the
+    checkpoint format.
     """
 
     def __init__(self, spec: NetworkSpec, bf16: bool = False) -> None:
@@ -210,12 +211,21 @@ def gru_sequence(x: torch.Tensor, state: torch.Tensor, first: torch.Tensor,
     is cut into its episodes' segments, which run as one packed batch: a segment that starts the
     sequence starts from ``state`` (zeroed if ``first[0]``), every other from zeros. Reading
     ``first`` on the host to cut segments is one sync per call.
+
+    A single step (T = 1: every acting step, and the value after a rollout) needs no segments: the
+    reset is a mask multiplied in on the device and the step is one ``torch.gru_cell`` call, so
+    acting never reads ``first`` on the host. On a CPU this is bit for bit the fused call's result
+    (the same matrix products and gate arithmetic; tests/test_recurrent.py); on CUDA the cell's
+    kernels and cuDNN's round differently, within the tolerance the rollout replay is tested at.
     """
     steps, batch, hidden = x.shape
     h0 = state * (1.0 - first[0].to(state.dtype)).unsqueeze(-1)
+    if steps == 1:
+        h = torch.gru_cell(x[0], h0, *weights)
+        return h.unsqueeze(0), h
     starts = (first != 0).cpu().numpy()  # a new array: marking step 0 never writes into ``first``
     starts[0] = True
-    if not starts[1:].any():  # no reset after the first step (always so when acting, T = 1)
+    if not starts[1:].any():  # no reset after the first step
         out, h = torch.gru(x, h0.unsqueeze(0), weights, True, 1, 0.0, training, False, False)
         return out, h[0]
     # Segments, env by env in time order: (env, start), their lengths, longest first (packing order).

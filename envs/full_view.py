@@ -7,6 +7,11 @@ same seed, levels and options and feed it the same actions. The two are determin
 divergence (level seeds, rewards or episode ends) is a bug that would silently corrupt the reward,
 so every step checks it and raises ``LockstepError``. A reset gives both views the same seed: an
 unseeded one draws it once, from the pair's own ``np_random`` (seeded by a seeded reset).
+
+Games whose camera never follows the agent (``Game.full_view_is_agent_view``: maze, heist and 8
+others) draw the whole level in the agent's view already: there the twin would be a bit-identical
+copy of the agent batch, so the pair builds and steps no twin and returns the agent's frames as the
+full view. That halves the explorer's env stepping for those games and changes no number.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from envs.games import get_game
 from envs.procgen_vec import ProcgenVecEnv, ResetSeeding
 from envs.split_batch import SplitBatch
 
@@ -23,26 +29,46 @@ class LockstepError(RuntimeError):
 
 
 class FullViewPair(ResetSeeding):
-    """Both views of ``num_envs`` games, each held as ``parts`` slices (envs/split_batch.py)."""
+    """Both views of ``num_envs`` games, each held as ``parts`` slices (envs/split_batch.py).
 
-    def __init__(self, make: Callable[..., ProcgenVecEnv], num_envs: int, parts: int = 1) -> None:
+    ``twin``: whether to run the second, full-view batch. ``None`` (the default) runs it only where
+    the game's agent view is not already the full view (``Game.full_view_is_agent_view``); ``True``
+    forces it for any game (tests compare the two ways). ``False`` for a game whose agent view is
+    not the full view raises: its reward would be computed on the wrong frames. Without a twin,
+    ``full`` is the agent batch itself.
+    """
+
+    def __init__(self, make: Callable[..., ProcgenVecEnv], num_envs: int, parts: int = 1,
+                 twin: bool | None = None) -> None:
         """``make(num_envs, center_agent=...)`` builds one batch; both views share every other option."""
         self.agent = SplitBatch(lambda n: make(n, center_agent=True), num_envs, parts)
-        self.full = SplitBatch(lambda n: make(n, center_agent=False), num_envs, parts)
+        same = get_game(self.agent.parts[0].game).full_view_is_agent_view
+        if twin is False and not same:
+            self.agent.close()
+            raise ValueError(f"{self.agent.parts[0].game}'s agent view is not the full view: "
+                             "the explorer's full-level frames need the twin batch")
+        self.same_view = same
+        self.twin = not same if twin is None else twin
+        self.full = SplitBatch(lambda n: make(n, center_agent=False), num_envs, parts) if self.twin else self.agent
         self.num_envs = num_envs
         self.slices = self.agent.slices
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """-> agent-view and full-view frames of every env's new episode (seeded as ``SplitBatch.reset``)."""
         seed = self._reset_rand_seed(seed)
-        obs, full = self.agent.reset(seed), self.full.reset(seed)
+        obs = self.agent.reset(seed)
+        if not self.twin:
+            return obs, obs
+        full = self.full.reset(seed)
         self._check(self.agent.level_seeds(), self.full.level_seeds(), "level seeds at reset")
         return obs, full
 
     def step(self, part: int, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step slice ``part`` of both views -> agent-view obs, full-view obs, reward, terminated,
-        the agent view's info (all of that slice)."""
+        the agent view's info (all of that slice). Without a twin the full-view obs is ``obs``."""
         obs, reward, term, info = self.agent.step(part, actions)
+        if not self.twin:
+            return obs, obs, reward, term, info
         full, full_reward, full_term, full_info = self.full.step(part, actions)
         self._check(term, full_term, "episode ends")
         self._check(info["level_seed"], full_info["level_seed"], "level seeds")
@@ -59,11 +85,33 @@ class FullViewPair(ResetSeeding):
             )
 
     def get_state(self) -> dict[str, Any]:
+        """``{"agent": ..., "full": ...}``; without a twin ``{"agent": ...}`` alone (the full view's
+        state would be a copy of it)."""
+        if not self.twin:
+            return {"agent": self.agent.get_state()}
         return {"agent": self.agent.get_state(), "full": self.full.get_state()}
 
     def set_state(self, state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        return self.agent.set_state(state["agent"]), self.full.set_state(state["full"])
+        """Restore ``get_state``'s result, with or without a ``"full"`` state, whatever ``twin`` is.
+
+        Checkpoints from before the twin was skipped hold a ``"full"`` state for every game: a pair
+        without a twin checks that it is the agent's procgen state (a twin of the same view is an
+        exact copy) and drops it. A pair with a twin, given a state without one (saved without a
+        twin: only games whose views are the same), starts its twin from the agent's state.
+        """
+        saved_full = state.get("full")
+        if saved_full is None and not self.same_view:
+            raise ValueError("the saved env state has no full-view state, and this game's agent "
+                             "view is not the full view")
+        if saved_full is not None and self.same_view and saved_full["procgen"] != state["agent"]["procgen"]:
+            bad = [i for i, (a, f) in enumerate(zip(state["agent"]["procgen"], saved_full["procgen"])) if a != f]
+            raise LockstepError(f"the saved agent-view and full-view procgen states differ in envs {bad[:8]}")
+        obs = self.agent.set_state(state["agent"])
+        if not self.twin:
+            return obs, obs
+        return obs, self.full.set_state(state["agent"] if saved_full is None else saved_full)
 
     def close(self) -> None:
         self.agent.close()
-        self.full.close()
+        if self.twin:
+            self.full.close()

@@ -1,12 +1,12 @@
 """Per-game constants of ProcGen and of ExpGen, in one place.
 
 Everything that differs between games lives here: the names procgen accepts, the return ranges
-used for normalised scores (Cobbe et al. 2020, easy and hard modes), the explorer's discount and the
-ExpGen vote threshold (docs/expgen.md).
+used for normalised scores (Cobbe et al. 2020, easy and hard modes), the explorer's discount, the
+ExpGen vote threshold (docs/expgen.md) and whether the agent already sees the whole level.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 NUM_ACTIONS = 15
 DISTRIBUTION_MODES = ("easy", "hard")
@@ -21,6 +21,13 @@ class Game:
     vote_threshold: int  # consensus threshold k out of 10 members (docs/expgen.md, "Controller")
     four_direction_classes: bool  # maze and miner vote over 4 direction classes, others over 6
     success_reward: float | None = None  # games whose only reward is a success bonus
+    # The agent's frames are the full-level frames (procgen's center_agent=False), bit for bit: the
+    # game sets ``options.center_agent`` itself in every level reset, to false (bigfish, bossfight,
+    # chaser, leaper, plunder, starpilot) or to false outside memory mode (dodgeball, heist, maze,
+    # miner), so center_agent=True and False build the same game. The explorer then needs no
+    # second, full-view batch (envs/full_view.py). Checked over thousands of random-action steps
+    # in easy and hard mode, with and without backgrounds (tests/test_full_view.py).
+    full_view_is_agent_view: bool = field(kw_only=True)
 
     def return_range(self, mode: str) -> tuple[float, float]:
         return self.easy_range if mode == "easy" else self.hard_range
@@ -34,22 +41,22 @@ _G = Game
 GAMES: dict[str, Game] = {
     g.name: g
     for g in [
-        _G("bigfish", (1, 40), (0, 40), 0.99, 8, False),
-        _G("bossfight", (0.5, 13), (0.5, 13), 0.99, 1, False),
-        _G("caveflyer", (3.5, 12), (2, 13.4), 0.9, 2, False),
-        _G("chaser", (0.5, 13), (0.5, 14.2), 0.5, 2, False),
-        _G("climber", (2, 12.6), (1, 12.6), 0.99, 2, False),
-        _G("coinrun", (5, 10), (5, 10), 0.99, 1, False, 10.0),
-        _G("dodgeball", (1.5, 19), (1.5, 19), 0.9, 2, False),
-        _G("fruitbot", (-1.5, 32.4), (-0.5, 27.2), 0.99, 1, False),
-        _G("heist", (3.5, 10), (2, 10), 0.5, 8, False, 10.0),
-        _G("jumper", (3, 10), (1, 10), 0.99, 1, False, 10.0),
-        _G("leaper", (3, 10), (1.5, 10), 0.99, 1, False, 10.0),
-        _G("maze", (5, 10), (4, 10), 0.9, 6, True, 10.0),
-        _G("miner", (1.5, 13), (1.5, 20), 0.9, 2, True),
-        _G("ninja", (3.5, 10), (2, 10), 0.9, 2, False, 10.0),
-        _G("plunder", (4.5, 30), (3, 30), 0.9, 2, False),
-        _G("starpilot", (2.5, 64), (1.5, 35), 0.9, 1, False),
+        _G("bigfish", (1, 40), (0, 40), 0.99, 8, False, full_view_is_agent_view=True),
+        _G("bossfight", (0.5, 13), (0.5, 13), 0.99, 1, False, full_view_is_agent_view=True),
+        _G("caveflyer", (3.5, 12), (2, 13.4), 0.9, 2, False, full_view_is_agent_view=False),
+        _G("chaser", (0.5, 13), (0.5, 14.2), 0.5, 2, False, full_view_is_agent_view=True),
+        _G("climber", (2, 12.6), (1, 12.6), 0.99, 2, False, full_view_is_agent_view=False),
+        _G("coinrun", (5, 10), (5, 10), 0.99, 1, False, 10.0, full_view_is_agent_view=False),
+        _G("dodgeball", (1.5, 19), (1.5, 19), 0.9, 2, False, full_view_is_agent_view=True),
+        _G("fruitbot", (-1.5, 32.4), (-0.5, 27.2), 0.99, 1, False, full_view_is_agent_view=False),
+        _G("heist", (3.5, 10), (2, 10), 0.5, 8, False, 10.0, full_view_is_agent_view=True),
+        _G("jumper", (3, 10), (1, 10), 0.99, 1, False, 10.0, full_view_is_agent_view=False),
+        _G("leaper", (3, 10), (1.5, 10), 0.99, 1, False, 10.0, full_view_is_agent_view=True),
+        _G("maze", (5, 10), (4, 10), 0.9, 6, True, 10.0, full_view_is_agent_view=True),
+        _G("miner", (1.5, 13), (1.5, 20), 0.9, 2, True, full_view_is_agent_view=True),
+        _G("ninja", (3.5, 10), (2, 10), 0.9, 2, False, 10.0, full_view_is_agent_view=False),
+        _G("plunder", (4.5, 30), (3, 30), 0.9, 2, False, full_view_is_agent_view=True),
+        _G("starpilot", (2.5, 64), (1.5, 35), 0.9, 1, False, full_view_is_agent_view=True),
     ]
 }
 

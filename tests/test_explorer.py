@@ -1,21 +1,29 @@
 """The exploration agent: lock-stepped full view, sequence replay through the GRU, resume."""
 from __future__ import annotations
 
+import collections
 import functools
+import sys
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from agents.sampling import log_prob_entropy
+from core.checkpoint import load_latest
 from core.runtime import Runtime
 from training import checkpointing
+from training import explorer_learner
 from training.explorer_learner import ExplorerLearner
 from training.loop import train
+from training.native_learner import NativeLearner
 from envs.full_view import FullViewPair, LockstepError
 from envs.levels import get_split
 from envs.procgen_vec import ProcgenVecEnv
 from envs.split_batch import SplitBatch
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny batches on a shared 2-core CPU
 
 EXPLORER = ["explorer.enabled=true", "ensemble.size=1", "env.game=chaser", "env.num_envs=4",
             "ppo.num_steps=48", "ppo.num_minibatches=2", "explorer.total_steps=384",
@@ -99,3 +107,155 @@ def test_explorer_needs_whole_env_minibatches(small_cfg) -> None:
     with pytest.raises(ValueError, match="divisible"):
         make_explorer(small_cfg(*EXPLORER, "env.num_envs=3", "ppo.num_minibatches=2",
                                   "ppo.num_steps=32"))
+
+
+def same(a, b) -> bool:
+    """Checkpoint payloads equal value for value: tensors and arrays bit for bit."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    return a == b
+
+
+# One level each whose episodes a random policy often ends within a rollout.
+@pytest.mark.parametrize("game,pipeline,level", [("maze", "overlap", 30), ("heist", "serial", 26)])
+def test_explorer_without_the_twin_equals_the_explorer_with_it(small_cfg, monkeypatch, game, pipeline, level) -> None:
+    """maze and heist draw the whole level in the agent's view: the explorer steps no full-view twin
+    there, and trains exactly as with the twin forced on: the same kNN rewards in every rollout and
+    the same checkpoints, tensor by tensor (the twin's env state aside, a copy of the agent's)."""
+    runs = {}
+    for twin in (None, True):
+        monkeypatch.setattr(explorer_learner, "FullViewPair", functools.partial(FullViewPair, twin=twin))
+        cfg = small_cfg(*EXPLORER, f"env.game={game}", f"env.pipeline={pipeline}", f"env.start_level={level}",
+                        "env.num_levels=1", "explorer.total_steps=576", name=f"twin_{twin}")
+        trainer = make_explorer(cfg)
+        assert trainer.envs.twin is (twin is True)
+        rewards, collect = [], trainer.collect
+
+        def collect_and_keep_rewards(collect=collect, trainer=trainer, rewards=rewards):
+            episodes = collect()
+            rewards.append((trainer.ro.rewards.clone(), trainer.ro.dones.sum()))
+            return episodes
+
+        trainer.collect = collect_and_keep_rewards
+        train(trainer, cfg, trainer.runtime)
+        trainer.close()
+        runs[twin] = rewards, load_latest(cfg.layout.explorer.checkpoints)
+    (rewards, ckpt), (ref_rewards, ref_ckpt) = runs[None], runs[True]
+    assert len(rewards) == len(ref_rewards) == 3
+    for (got, _), (want, _) in zip(rewards, ref_rewards):
+        assert torch.equal(got, want)
+    assert sum(dones for _, dones in ref_rewards) > 0  # episode ends: the kNN buffers restarted
+    assert any((r > 0).any() for r, _ in rewards)
+    env, ref_env = ckpt.pop("env"), ref_ckpt.pop("env")
+    assert set(env) == {"agent"} and set(ref_env) == {"agent", "full"}
+    assert same(env["agent"], ref_env["agent"]) and same(ref_env["full"]["procgen"], ref_env["agent"]["procgen"])
+    assert same(ckpt, ref_ckpt)
+
+
+class HostReads:
+    """Counts, by calling function, the acting step's reads of tensors on the host and its uploads
+    of numpy arrays (approximate on a CPU, where every tensor is a host tensor: these are the calls
+    that synchronise with a GPU)."""
+
+    READS = ("cpu", "item", "tolist", "__bool__")
+
+    def __init__(self, monkeypatch) -> None:
+        self.reads, self.uploads = collections.Counter(), collections.Counter()
+        for name in self.READS:
+            monkeypatch.setattr(torch.Tensor, name, self._count(getattr(torch.Tensor, name), self.reads))
+        for name in ("as_tensor", "from_numpy", "tensor"):
+            monkeypatch.setattr(torch, name, self._count(getattr(torch, name), self.uploads, numpy_only=True))
+
+    @staticmethod
+    def _count(fn, counter, numpy_only=False):
+        def counted(*args, **kwargs):
+            if not numpy_only or isinstance(args[0], np.ndarray):
+                counter[sys._getframe(1).f_code.co_qualname] += 1
+            return fn(*args, **kwargs)
+        return counted
+
+
+@pytest.mark.parametrize("game", ["chaser", "coinrun"])
+def test_explorer_acting_reads_the_host_once_per_step_and_slice(small_cfg, monkeypatch, game) -> None:
+    """The actions are the acting step's one host read (and the rollout's logged intrinsic returns
+    its one read per rollout); episode ends and frames reach the device from the learner's host
+    buffers only (pinned on CUDA, copied without blocking), with or without the twin."""
+    trainer = make_explorer(small_cfg(*EXPLORER, f"env.game={game}", "env.pipeline=overlap"))
+    buffers = {id(b) for name in ("host_obs", "host_term", "host_full") for b in getattr(trainer, name, [])}
+    sources, to_device = [], trainer.to_device
+    monkeypatch.setattr(trainer, "to_device", lambda host, out: (sources.append(id(host)), to_device(host, out)))
+    counts = HostReads(monkeypatch)
+    trainer.collect()
+    steps, parts = trainer.ro.steps, len(trainer.slices)
+    assert parts == 2
+    assert counts.reads == {"NativeLearner.act": steps * parts, "ExplorerLearner.collect": 1}
+    assert counts.uploads == {"NativeLearner.to_device": steps * parts * (3 if trainer.envs.twin else 2)}
+    assert set(sources) <= buffers and trainer.envs.twin == (game == "coinrun")
+    trainer.close()
+
+
+class PageableUploads(TorchDispatchMode):
+    """Records host-to-device copies that block the host: from pageable memory, or not non_blocking."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocking: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten.copy_.default:
+            dst, src, non_blocking = args[0], args[1], (args[2] if len(args) > 2 else kwargs.get("non_blocking", False))
+            to = dst.device
+        elif func is torch.ops.aten._to_copy.default:
+            src, non_blocking = args[0], kwargs.get("non_blocking", False)
+            to = torch.device(kwargs.get("device") or src.device)
+        else:
+            return func(*args, **kwargs)
+        if src.device.type == "cpu" and to.type == "cuda" and not (non_blocking and src.is_pinned()):
+            self.blocking.append(f"{func} {tuple(src.shape)} pinned={src.is_pinned()} non_blocking={non_blocking}")
+        return func(*args, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's sync debug mode needs a GPU")
+@pytest.mark.parametrize("game", ["maze", "coinrun"])
+def test_explorer_acting_step_never_syncs_on_cuda(small_cfg, monkeypatch, game) -> None:
+    """A whole rollout of acting (inference, env results, episode starts, kNN reward) under
+    ``torch.cuda.set_sync_debug_mode("error")``: the only syncs allowed are the actions' read in
+    ``NativeLearner.act`` (one per step and slice) and the rollout's one read of its intrinsic
+    returns; no upload blocks the host (pinned buffers, non_blocking)."""
+    trainer = make_explorer(small_cfg(*EXPLORER, f"env.game={game}", "device=cuda", "env.pipeline=overlap"))
+    trainer.collect()  # warm-up: the first calls of a shape may sync (cuDNN autotuning, cuBLAS setup)
+    allowed = {NativeLearner.act.__code__, ExplorerLearner.collect.__code__}
+    reads, cpu = collections.Counter(), torch.Tensor.cpu
+
+    def allowed_cpu(self, *args, **kwargs):
+        caller = sys._getframe(1).f_code
+        if caller not in allowed or self.device.type != "cuda":
+            return cpu(self, *args, **kwargs)  # a sync here raises under the debug mode
+        reads[caller.co_qualname] += 1
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            return cpu(self, *args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("error")
+
+    monkeypatch.setattr(torch.Tensor, "cpu", allowed_cpu)
+    uploads = PageableUploads()
+    torch.cuda.synchronize()
+    try:
+        with uploads:
+            torch.cuda.set_sync_debug_mode("error")
+            trainer.collect()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    steps, parts = trainer.ro.steps, len(trainer.slices)
+    assert reads == {"NativeLearner.act": steps * parts, "ExplorerLearner.collect": 1}
+    assert uploads.blocking == []
+    assert trainer.envs.twin == (game == "coinrun")
+    trainer.close()

@@ -159,3 +159,45 @@ def test_integer_state_refuses_embeddings_that_are_not_window_sums() -> None:
     module.reset(torch.full((2, 3), 0.3))
     with pytest.raises(ValueError, match="without scale"):
         module.state_dict()
+
+
+@pytest.mark.usefixtures("one_thread")  # tiny batches on a shared 2-core CPU
+@pytest.mark.parametrize("game", ["maze", "heist", "coinrun"])
+def test_reward_on_the_pairs_full_view_equals_the_twins(game: str) -> None:
+    """The kNN reward of the explorer's env pair (envs/full_view.py) is unchanged by skipping the
+    full-view twin where the agent view is the full view (maze, heist): computed on the pair's full
+    view without the twin, it equals the reward on the forced twin's frames, step for step. Where the
+    camera follows the agent (coinrun) the pair keeps its twin, whose reward differs from the agent
+    view's: the twin is needed there."""
+    import functools
+
+    from envs.full_view import FullViewPair
+    from envs.levels import get_split
+    from envs.procgen_vec import ProcgenVecEnv
+
+    make = functools.partial(ProcgenVecEnv, game, levels=get_split("train"), rand_seed=7)
+    pair, forced = FullViewPair(make, 4), FullViewPair(make, 4, twin=True)
+    assert pair.twin == (game == "coinrun")
+    kwargs = dict(num_envs=4, dim=embedding_dim(), k=3, buffer_size=50)
+    on_pair, on_twin, on_agent = (EpisodicKNNReward(**kwargs) for _ in range(3))
+    try:
+        obs, full = pair.reset(seed=7)
+        ref_obs, ref_full = forced.reset(seed=7)
+        on_pair.reset(embed_frames(torch.from_numpy(full)))
+        on_twin.reset(embed_frames(torch.from_numpy(ref_full)))
+        on_agent.reset(embed_frames(torch.from_numpy(ref_obs)))
+        rng, differs, ends = np.random.default_rng(3), 0, 0
+        for _ in range(200):
+            actions = rng.integers(0, 15, 4)
+            _, full, _, term, _ = pair.step(0, actions)
+            ref_obs, ref_full, _, ref_term, _ = forced.step(0, actions)
+            done = torch.from_numpy(term)
+            reward = on_pair.step(embed_frames(torch.from_numpy(full)), done)
+            assert torch.equal(reward, on_twin.step(embed_frames(torch.from_numpy(ref_full)), done))
+            agent_view = on_agent.step(embed_frames(torch.from_numpy(ref_obs)), done)
+            differs += not torch.equal(reward, agent_view)
+            ends += int(term.sum())
+        assert (differs > 150) == (game == "coinrun")
+        assert ends > 0 or game != "maze"  # maze's episodes end within 200 steps: buffers restarted
+    finally:
+        pair.close(), forced.close()

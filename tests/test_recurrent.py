@@ -101,3 +101,80 @@ def test_bool_first_is_accepted_and_left_unchanged() -> None:
     ref_out, ref_final = step_loop(cell, x, state, first.float())
     torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-5)
     torch.testing.assert_close(final, ref_final, rtol=0, atol=1e-5)
+
+
+def fused_single_step(x, state, first, weights, training):
+    """What ``gru_sequence`` ran for T = 1 before the cell path: the fused multi-step call."""
+    h0 = state * (1.0 - first[0].to(state.dtype)).unsqueeze(-1)
+    out, h = torch.gru(x, h0.unsqueeze(0), weights, True, 1, 0.0, training, False, False)
+    return out, h[0]
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reset", ["none", "some", "all"])
+def test_single_step_cell_equals_the_fused_call(reset: str, device: str) -> None:
+    """An acting step (T = 1) runs ``torch.gru_cell`` with a reset mask on the device: on a CPU it
+    equals the fused call bit for bit, outputs, final state and gradients alike (cuDNN rounds
+    otherwise on CUDA: close there)."""
+    torch.manual_seed(2)
+    batch = 6
+    cell = nn.GRUCell(H, H).to(device)
+    weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+    x = torch.randn(1, batch, H, device=device, requires_grad=True)
+    state = torch.randn(batch, H, device=device, requires_grad=True)
+    first = {"none": torch.zeros(1, batch), "all": torch.ones(1, batch),
+             "some": torch.tensor([[1.0, 0, 0, 1, 0, 1]])}[reset].to(device)
+    exact = dict(rtol=0, atol=0) if device == "cpu" else dict(rtol=0, atol=1e-5)
+
+    out, final = gru_sequence(x, state, first, weights, training=True)
+    ref_out, ref_final = fused_single_step(x, state, first, weights, training=True)
+    torch.testing.assert_close(out, ref_out, **exact)
+    torch.testing.assert_close(final, ref_final, **exact)
+    assert out.shape == (1, batch, H) and torch.equal(out[0], final)
+
+    probe = torch.randn_like(out)
+    grads = torch.autograd.grad((out * probe).sum() + final.sum(), [x, state, *weights])
+    ref_grads = torch.autograd.grad((ref_out * probe).sum() + ref_final.sum(), [x, state, *weights])
+    for name, g, r in zip(["x", "state", "w_ih", "w_hh", "b_ih", "b_hh"], grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-6 if device == "cpu" else 1e-4, msg=f"gradient of {name}")
+    reset_rows = first[0].bool()
+    assert torch.equal(grads[1][reset_rows], torch.zeros_like(grads[1][reset_rows]))  # memory cut
+
+    with torch.no_grad():  # acting: no autograd, same numbers
+        out_ng, final_ng = gru_sequence(x, state, first, weights, training=False)
+    torch.testing.assert_close(out_ng, ref_out.detach(), **exact)
+    torch.testing.assert_close(final_ng, ref_final.detach(), **exact)
+
+
+def test_single_step_never_reads_the_host() -> None:
+    """The acting step has no host sync: on the meta device (shapes only, no data) any read of
+    ``first`` on the host would raise. A sequence (T > 1) does read it, to cut the segments."""
+    cell = nn.GRUCell(H, H, device="meta")
+    weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+    state = torch.empty(4, H, device="meta")
+    out, final = gru_sequence(torch.empty(1, 4, H, device="meta"), state, torch.empty(1, 4, device="meta"),
+                              weights, training=False)
+    assert out.shape == (1, 4, H) and final.shape == (4, H) and final.device.type == "meta"
+    with pytest.raises(NotImplementedError):
+        gru_sequence(torch.empty(3, 4, H, device="meta"), state, torch.empty(3, 4, device="meta"),
+                     weights, training=False)
+
+
+def test_recurrent_acting_steps_equal_the_sequence_call() -> None:
+    """A recurrent population stepped one frame at a time (acting's cell path, resets from the
+    ``first`` mask) equals the whole sequence through the fused call: logits, values, states."""
+    spec = NetworkSpec(kind="small", hidden=32, recurrent=True)
+    pop = Population(spec, [3], forward_mode="loop")
+    obs = torch.randint(0, 255, (1, 12, 4, 64, 64, 3), dtype=torch.uint8)
+    state, first = torch.randn(1, 4, 32), resets("middle", 12, 4).unsqueeze(0)
+    with torch.no_grad():
+        logits, values, final = pop(obs, state, first)
+        h = state
+        for t in range(12):
+            step_logits, step_values, h = pop(obs[:, t:t + 1], h, first[:, t:t + 1])
+            torch.testing.assert_close(step_logits[:, 0], logits[:, t], rtol=0, atol=1e-5)
+            torch.testing.assert_close(step_values[:, 0], values[:, t], rtol=0, atol=1e-5)
+    torch.testing.assert_close(h, final, rtol=0, atol=1e-5)

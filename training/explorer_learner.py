@@ -1,10 +1,14 @@
 """The maximum-entropy exploration agent's learner (docs/expgen.md, "Explorer"): recurrent PPO on
 an intrinsic reward, through the same PPO data path as the reward agents. What differs:
 - the reward: the kNN estimate of within-episode state entropy on full-level frames
-  (agents/knn_reward.py), from a second, lock-stepped procgen batch (envs/full_view.py); the
-  game's own reward is only logged;
+  (agents/knn_reward.py), from a second, lock-stepped procgen batch (envs/full_view.py), or the
+  agent's own frames in games that draw the whole level anyway; the game's own reward is only logged;
 - the GRU state, carried across rollouts and reset at episode starts;
 - minibatches of whole env sequences, replayed through the GRU from the state the rollout began with.
+
+Acting syncs with the host once per step and slice, reading the actions (``NativeLearner.act``):
+the GRU's acting step resets its state on the device (``networks.gru_sequence``), and a step's
+episode ends reach the device as its frames do, from a pinned host buffer without blocking.
 """
 from __future__ import annotations
 
@@ -40,8 +44,13 @@ class ExplorerLearner(NativeLearner):
         self.env_workers = parts
         size = n // parts
         self.host_obs = [self.host_buffer((size,) + OBS_SHAPE, torch.uint8) for _ in self.slices]
-        self.host_full = [self.host_buffer((size,) + OBS_SHAPE, torch.uint8) for _ in self.slices]
-        self.full = torch.zeros((n,) + OBS_SHAPE, dtype=torch.uint8, device=self.device)
+        self.host_term = [self.host_buffer((size,), torch.bool) for _ in self.slices]
+        self.term = torch.zeros(n, dtype=torch.bool, device=self.device)  # the step's episode ends
+        if self.envs.twin:
+            self.host_full = [self.host_buffer((size,) + OBS_SHAPE, torch.uint8) for _ in self.slices]
+            self.full = torch.zeros((n,) + OBS_SHAPE, dtype=torch.uint8, device=self.device)
+        else:  # the agent's frames are the full view: the reward reads them in place
+            self.full = self.next_obs[0]
         self.knn = EpisodicKNNReward(n, embedding_dim(ex.pool), ex.k, ex.buffer_size, self.device,
                                      scale=embedding_scale(ex.pool))
         obs, full = self.envs.reset(seed=ex.seed)
@@ -64,24 +73,30 @@ class ExplorerLearner(NativeLearner):
     def send(self, part: int, actions: torch.Tensor) -> None:
         self.run_env_tasks(part, [functools.partial(self._step_slice, part, actions[0].numpy())])
 
-    def _step_slice(self, part: int, actions: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        """Step both views of one slice, writing its frames into the slice's host buffers."""
+    def _step_slice(self, part: int, actions: np.ndarray) -> dict[str, Any]:
+        """Step both views of one slice, writing its frames and episode ends into the slice's host
+        buffers (the device copies made from them in ``receive`` have finished: the slice's action
+        read that came before this step waited for them)."""
         obs, full, _, term, info = self.envs.step(part, actions)
-        self.host_obs[part][:], self.host_full[part][:] = obs, full
-        return term, info
+        self.host_obs[part][:], self.host_term[part][:] = obs, term
+        if self.envs.twin:
+            self.host_full[part][:] = full
+        return info
 
     def receive(self, part: int, t: int) -> None:
         envs = self.slices[part]
-        [(term, info)] = self.env_results(part)
+        [info] = self.env_results(part)
         if "episode_return" in info:
             mask = info["_episode_return"]
             self.episodes.add("charts/episodic_return", 0, info["episode_return"][mask])
             self.episodes.add("charts/episodic_length", 0, info["episode_length"][mask])
             self.episodes.add("explore/level_complete_rate", 0, info["level_complete"][mask])
-        self.actor.episode_ended(0, term, envs)
-        self.next_done[0, envs] = torch.from_numpy(term).to(self.device, non_blocking=self.pinned)
+        self.to_device(self.host_term[part], self.term[envs])
+        self.next_done[0, envs] = self.term[envs]  # bool -> float on the device
+        self.actor.episode_ended(0, self.next_done[0, envs], envs)
         self.to_device(self.host_obs[part], self.next_obs[0, envs])
-        self.to_device(self.host_full[part], self.full[envs])
+        if self.envs.twin:
+            self.to_device(self.host_full[part], self.full[envs])
         if part == len(self.slices) - 1:  # step t is complete: its reward needs every env's frame
             self.reward(t)
 
