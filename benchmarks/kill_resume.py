@@ -15,6 +15,7 @@ import argparse
 import logging
 import random
 import shutil
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.checkpoint import checkpoint_steps  # noqa: E402
 from core.config import load_config  # noqa: E402
+from training import faults  # noqa: E402
 
 SETTINGS = ["ray=false", "device=cpu", "logging.progress=false", "network.kind=small", "env.num_envs=8",
             "ppo.num_steps=32", "ppo.num_minibatches=4", "ppo.epochs=1", "ensemble.size=2",
@@ -67,13 +69,23 @@ def main() -> int:
     killed = 0
     for i in range(args.kills):
         delay = rng.uniform(1.0, args.max_delay)
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Its own session: the jobs it trains side by side stay in it, also once orphaned.
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             proc.wait(timeout=delay)
             print(f"run {i + 1}: finished before its kill at {delay:.1f} s")
+        except KeyboardInterrupt:  # its own session: Ctrl-C here does not reach it by itself
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+            raise
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+            # Its jobs die with it (launch/side_by_side.py); the next run starts once they are gone.
+            left = faults.wait_gone(faults.session(proc.pid), timeout_s=120)
+            if left:
+                print(f"FAIL run {i + 1}: processes {sorted(left)} outlived the killed run")
+                return 1
             killed += 1
             steps = {a.name: max(checkpoint_steps(a.checkpoints), default=0) for a in agents}
             print(f"run {i + 1}: SIGKILL after {delay:.1f} s; newest checkpoints {steps}", flush=True)

@@ -22,6 +22,8 @@ from core.run_layout import AgentDir
 from launch.jobs import plan
 from launch.run import train_run
 from tests.conftest import QUICKSTART, SMALL, make_small_cfg
+from training import faults
+from training.faults import Fault
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP = 8 * 16  # env steps per update below
@@ -30,19 +32,35 @@ RAY = ["ray=true", "env.num_envs=8", "ppo.num_steps=16", "ppo.num_minibatches=2"
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(tmp_path_factory):
+    """Ray for the module. Its workers inherit this process's environment when Ray starts: the
+    fault spec they read (training/faults.py) is a file that each test arms (``fault``)."""
     ray = pytest.importorskip("ray")
-    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    spec = tmp_path_factory.mktemp("faults") / "fault.json"
+    saved = {k: os.environ.get(k) for k in ("RAY_CHDIR_TO_TRIAL_DIR", faults.ENV)}
+    os.environ.update({"RAY_CHDIR_TO_TRIAL_DIR": "0", faults.ENV: str(spec)})
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield ray
+    yield spec
     ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def fault(local_ray):
+    """``fault(Fault(...), ...)`` arms faults for this test's trials; disarmed afterwards."""
+    yield lambda *f: faults.arm(local_ray, *f)
+    local_ray.unlink(missing_ok=True)
 
 
 def logged_steps(agent: AgentDir, tag: str = "charts/SPS") -> list[int]:
     """Steps of ``tag`` as TensorBoard shows them (events purged by a restart are dropped)."""
     acc = EventAccumulator(str(agent.tb))
     acc.Reload()
-    return [e.step for e in acc.Scalars(tag)]
+    return [e.step for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
 
 
 def assert_complete_curve(agent: AgentDir, total: int) -> None:
@@ -65,11 +83,12 @@ def test_ray_trains_members_and_explorer(local_ray, tmp_path):
     assert len(experiments) == 1 and len(list(experiments[0].glob("run_trial_*"))) == 3
 
 
-def test_crashed_trial_is_restarted_from_its_checkpoint(local_ray, tmp_path):
+def test_crashed_trial_is_restarted_from_its_checkpoint(fault, tmp_path):
     """Every agent crashes once after update 3 (checkpoints at 2 and 4): Tune restarts it, it
     resumes at update 2, and its curve has every step once."""
     cfg = make_small_cfg(tmp_path, *RAY, "ppo.total_steps=640", "explorer.total_steps=640",
-                         "logging.checkpoint_interval=2", "debug.fail_at_update=3", "resources.max_failures=1")
+                         "logging.checkpoint_interval=2", "resources.max_failures=1")
+    fault(Fault("crash", after_update=3))
     train_run(cfg)
     for d in (cfg.layout.member(0), cfg.layout.explorer):
         assert (d.path / ".fault_injected").exists()
@@ -78,42 +97,58 @@ def test_crashed_trial_is_restarted_from_its_checkpoint(local_ray, tmp_path):
         assert len(list(d.tb.glob("events.*"))) == 2  # the first attempt and the restarted one
 
 
-def test_trial_failing_too_often_is_an_error_and_keeps_checkpoints(local_ray, tmp_path):
+def test_trial_failing_too_often_is_an_error_and_keeps_checkpoints(fault, tmp_path):
     cfg = make_small_cfg(tmp_path, *RAY, "explorer.enabled=false", "ppo.total_steps=512",
-                         "logging.checkpoint_interval=2", "debug.fail_at_update=3", "resources.max_failures=0")
+                         "logging.checkpoint_interval=2", "resources.max_failures=0")
+    fault(Fault("crash", after_update=3, agents=("member_0",)))
     with pytest.raises(RuntimeError, match="re-run the same command"):
         train_run(cfg)
     assert max(checkpoint_steps(cfg.layout.member(0).checkpoints)) == 2 * STEP
+    assert list(cfg.layout.ray.rglob("error.txt"))  # how Tune records a failed attempt (see below)
     train_run(cfg)  # the fault fires once per agent: a re-run finishes the job
     assert_complete_curve(cfg.layout.member(0), 512)
 
 
 def test_killed_driver_resumes_without_redoing_finished_agents(tmp_path):
-    """SIGKILL the driver once the members are done and the explorer is half-way; re-run it."""
+    """SIGKILL the driver once the member is done and the explorer is held after its update 2
+    (a test fault: it cannot finish, however slow or fast the machine); once every process of the
+    killed run is gone, re-run it without the fault."""
+    budgets = ["ppo.total_steps=256", "explorer.total_steps=768", "logging.checkpoint_interval=2"]
     args = [sys.executable, str(ROOT / "train.py"), "--config", str(QUICKSTART), f"runs_dir={tmp_path}",
-            *SMALL, *RAY, "ppo.total_steps=256", "explorer.total_steps=4096", "logging.checkpoint_interval=2"]
-    cfg = make_small_cfg(tmp_path, *RAY, "ppo.total_steps=256", "explorer.total_steps=4096",
-                         "logging.checkpoint_interval=2", name="quickstart")
+            *SMALL, *RAY, *budgets]
+    cfg = make_small_cfg(tmp_path, *RAY, *budgets, name="quickstart")
     member, explorer = cfg.layout.member(0), cfg.layout.explorer
-    driver = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spec = faults.arm(tmp_path / "fault.json", Fault("hold", after_update=2, agents=("explorer",)))
+    env = {k: v for k, v in os.environ.items() if k != faults.ENV}
+    driver = subprocess.Popen(args, cwd=ROOT, env={**env, faults.ENV: str(spec)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 240
-        while not (256 in checkpoint_steps(member.checkpoints) and checkpoint_steps(explorer.checkpoints)):
-            assert driver.poll() is None and time.monotonic() < deadline, "driver ended before the kill"
+        # The deadline only bounds a failure: the member finishes and the explorer holds at last.
+        # The explorer's curve up to its checkpoint must be on disk before the kill (its
+        # TensorBoard writer appends from a thread).
+        deadline = time.monotonic() + 600
+        while not (checkpoint_steps(member.checkpoints)[:1] == [256] and faults.held_file(spec, "explorer").exists()
+                   and logged_steps(explorer) == [STEP, 2 * STEP]):
+            assert driver.poll() is None, "driver ended before the kill"
+            assert time.monotonic() < deadline, "the member did not finish, or the explorer did not hold"
             time.sleep(0.2)
+        trials = faults.processes(faults.recorded_pids(spec))  # the workers that trained (if still running)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    assert max(checkpoint_steps(explorer.checkpoints)) < cfg.final_step(explorer=True), "killed too late"
+    assert int(faults.held_file(spec, "explorer").read_text()) in trials
+    # Ray ends the orphaned trial workers (its agents, which write nothing here, linger for a
+    # minute): wait for that, however long it takes.
+    assert not faults.wait_gone(trials, timeout_s=300), "trial workers of the killed run still running"
+    assert checkpoint_steps(explorer.checkpoints) == [2 * STEP]
     member_files = {p: p.stat().st_mtime_ns for p in member.path.rglob("*") if p.is_file()}
-    time.sleep(2)  # Ray's raylet kills the orphaned trial workers when their driver dies
 
-    rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "member_0: already trained to its budget, skipped" in rerun.stderr
     assert {p: p.stat().st_mtime_ns for p in member.path.rglob("*") if p.is_file()} == member_files
-    assert max(checkpoint_steps(explorer.checkpoints)) == 4096
-    assert_complete_curve(explorer, 4096)
+    assert max(checkpoint_steps(explorer.checkpoints)) == 768
+    assert_complete_curve(explorer, 768)
 
 
 def test_resources_auto_share_the_gpus(tmp_path):
@@ -192,7 +227,6 @@ def test_checkpoint_error_inside_a_trial_is_not_retried(local_ray, tmp_path):
     save_checkpoint(cfg.layout.member(0).checkpoints, ckpt["step"],
                     {**ckpt, "network": {**ckpt["network"], "hidden": 7}})
     cfg = make_small_cfg(tmp_path, *small, "ray=true", f"ppo.total_steps={2 * STEP}", "resources.max_failures=2")
-    start = time.monotonic()
     with pytest.raises(ConfigError, match="member_0: CheckpointError: checkpoint network"):
         train_run(cfg)
-    assert time.monotonic() - start < 60
+    assert not list(cfg.layout.ray.rglob("error.txt")), "Tune counted a failed attempt"

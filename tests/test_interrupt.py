@@ -2,7 +2,6 @@
 and a re-run continues exactly where an uninterrupted run would be."""
 from __future__ import annotations
 
-import os
 import signal
 
 import pytest
@@ -28,8 +27,8 @@ def test_sigint_inside_learn_resumes_exactly(small_cfg, monkeypatch):
 
     def interrupted_learn(self):
         calls["n"] += 1
-        if calls["n"] == 2:  # in the middle of the second update
-            os.kill(os.getpid(), signal.SIGINT)
+        if calls["n"] == 2:  # in the middle of the second update (raise_signal: to this thread, at once)
+            signal.raise_signal(signal.SIGINT)
         return learn(self)
 
     monkeypatch.setattr(PopulationLearner, "learn", interrupted_learn)

@@ -8,8 +8,6 @@ trains native populations, the explorer and the SB3 and RLlib engines.
 """
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from typing import Any, Callable
 
@@ -19,6 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from core.config import Config, LoggingConfig
 from core.runtime import Runtime
 from training import checkpointing, faults
+from training.interrupt import DeferredInterrupt
 from training.heldout import Heldout, evaluate_heldout
 from training.learner import IterationResult, Learner, NonFiniteError
 
@@ -33,30 +32,6 @@ class Progress:
 
     def advance(self, steps: int, sps: float, mean_return: float | None) -> None:
         pass
-
-
-class DeferredInterrupt:
-    """Ctrl-C takes effect at the end of the iteration in flight, which is then checkpointed, so
-    the saved state is always that of a whole iteration and a resumed run replays the interrupted
-    one exactly. A second Ctrl-C interrupts at once (the newest checkpoint stays as it was).
-    Only the main thread receives signals; elsewhere (a Ray trial) this does nothing."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> "DeferredInterrupt":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = Progress(),
