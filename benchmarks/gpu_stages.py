@@ -326,7 +326,7 @@ def compare(ctx: Context, overrides: list[str], label: str, baseline: dict[str, 
     the same job's earlier measurement (``baseline``: job kind -> stage name)."""
     ratios = {}
     for kind, members in (("members", None), ("explorer", 0)):
-        r = measure_one(ctx, kind, members, overrides, breakdown=label == "pipeline")
+        r = measure_one(ctx, kind, members, overrides, breakdown=label in ("pipeline", "acting"))
         before = ctx.previous(baseline[kind]).get(kind, {}).get("sps")
         ratios[kind] = r["sps"] / before if before else None
         ctx.save(ratios=ratios)
@@ -350,6 +350,15 @@ def pipeline(ctx: Context) -> None:
     # overlap / serial, whichever of the two this stage measured
     speedup = {k: (None if v is None else (1 / v if other == "serial" else v)) for k, v in ratios.items()}
     ctx.save(measured=other, summary={"overlap_vs_serial": speedup})
+
+
+def acting(ctx: Context) -> None:
+    """Acting replayed as captured CUDA graphs (network.cudagraphs=true) against the eager fp32
+    stages. A CPU has no graphs: the dry run measures eager acting through the same code."""
+    captured = not ctx.dry
+    ratios = compare(ctx, [f"network.cudagraphs={str(captured).lower()}", "network.precision=fp32"], "acting",
+                     {"members": "members_fp32_pop10", "explorer": "explorer_fp32"})
+    ctx.save(captured=captured, summary={"captured_vs_eager": ratios if captured else None})
 
 
 @dataclass(frozen=True)
@@ -381,6 +390,7 @@ STAGES = [
           50, 110, 30, 180),
     Stage("bf16", "members (10) and explorer alone, bf16 trunk", bf16, 70, 150, 6, 150),
     Stage("pipeline", "members (10) and explorer alone, the other env.pipeline schedule", pipeline, 90, 170, 8, 150),
+    Stage("acting", "members (10) and explorer alone, acting as captured CUDA graphs", acting, 80, 160, 8, 150),
 ]
 BY_NAME = {s.name: s for s in STAGES}
 

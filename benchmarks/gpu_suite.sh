@@ -2,7 +2,7 @@
 # One call on a lent GPU machine (no Ray, no registry): install the wheels of .whl/ when present,
 # check imports, run tests/test_device.py on CUDA, then measure in priority order (members fp32
 # alone, population of 10 and 1; the explorer alone; both side by side and the projected time of
-# configs/maze.yaml; bf16; pipeline serial vs overlap), each stage in a fresh process with its own
+# configs/maze.yaml; bf16; pipeline serial vs overlap; captured vs eager acting), each stage in a fresh process with its own
 # time limit, skipped if it would overrun the budget (8 minutes, installs included). DIR/gpu_suite.json
 # is rewritten after every stage, DIR/gpu_suite.log collects the stages' output.
 #

@@ -73,6 +73,10 @@ class NetworkConfig:
     # exactness tests assume); PyTorch's own default is a mix (TF32 convolutions and cuDNN GRU,
     # fp32 matmuls). bf16 (precision) is separate: it applies to the trunk either way.
     tf32: bool = False
+    # CUDA only: each rollout step's acting call (the members' or the explorer's forward, sampling
+    # and log-probabilities) is replayed as one captured CUDA graph instead of ~100 kernel launches
+    # (agents/acting.py:CapturedStep); the same numbers as eager acting (tests/test_device.py).
+    cudagraphs: bool = False
     # torch: PyTorch's default layer init (as CleanRL); reference: the authors' (Xavier-uniform
     # trunk with zero biases, orthogonal GRU). Heads are orthogonal (gains 0.01 / 1) in both.
     init: str = "torch"  # torch | reference
@@ -358,6 +362,9 @@ def validate(cfg: Config) -> None:
         _choice("logging.eval_splits", s, SPLITS)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"device={cfg.device!r}: choose auto, cpu, cuda or cuda:N")
+    if cfg.network.cudagraphs and cfg.device == "cpu":
+        raise ConfigError("network.cudagraphs=true captures CUDA graphs and device=cpu has none; "
+                          "set network.cudagraphs=false or device=cuda")
     for key in ("env.num_envs", "ppo.num_steps", "ppo.epochs", "ppo.num_minibatches",
                 "ppo.total_steps", "ppo.lr", "ensemble.size", "eval.episodes", "eval.num_envs",
                 "logging.checkpoint_interval", "network.hidden", "logging.eval_episodes",

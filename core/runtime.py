@@ -69,23 +69,32 @@ class Runtime:
     device: torch.device
     bf16: bool  # the trunk in bf16 autocast (weights, optimiser, heads and losses stay fp32)
     tf32: bool = False  # CUDA: fp32 convolutions, matmuls and cuDNN's GRU may use TF32 (never on a CPU)
+    cudagraphs: bool = False  # CUDA: rollout acting replayed as captured CUDA graphs (agents/acting.py)
 
     @classmethod
-    def resolve(cls, device: str, precision: str, gpu_allowed: bool = True, tf32: bool = False) -> "Runtime":
-        """The job's runtime; on CUDA this also applies the precision policy to the process."""
+    def resolve(cls, device: str, precision: str, gpu_allowed: bool = True, tf32: bool = False,
+                cudagraphs: bool = False) -> "Runtime":
+        """The job's runtime; on CUDA this also applies the precision policy to the process.
+
+        Raises ValueError when ``cudagraphs`` is asked for and the device is not CUDA.
+        """
         d = resolve_device(device, gpu_allowed)
-        runtime = cls(d, resolve_bf16(precision, d), tf32 and d.type == "cuda")
+        if cudagraphs and d.type != "cuda":
+            raise ValueError(f"network.cudagraphs=true captures CUDA graphs, but this job runs on {d} "
+                             f"(device={device}); set network.cudagraphs=false or run on a CUDA device")
+        runtime = cls(d, resolve_bf16(precision, d), tf32 and d.type == "cuda", cudagraphs)
         if d.type == "cuda":
             apply_cuda_policy(runtime.tf32)
         return runtime
 
     @classmethod
     def from_config(cls, cfg: Config, gpu_allowed: bool = True) -> "Runtime":
-        """``resolve`` with the config's ``device``, ``network.precision`` and ``network.tf32``."""
-        return cls.resolve(cfg.device, cfg.network.precision, gpu_allowed, cfg.network.tf32)
+        """``resolve`` with the config's ``device`` and ``network.precision``, ``tf32``, ``cudagraphs``."""
+        return cls.resolve(cfg.device, cfg.network.precision, gpu_allowed, cfg.network.tf32, cfg.network.cudagraphs)
 
     def describe(self) -> str:
         trunk = "bf16 trunk" if self.bf16 else "fp32"
         if self.device.type != "cuda":
             return f"{self.device} ({trunk})"
-        return f"{self.device} ({trunk}; other fp32 ops {'TF32' if self.tf32 else 'IEEE fp32'}; cuDNN autotuned)"
+        graphs = "; acting as CUDA graphs" if self.cudagraphs else ""
+        return f"{self.device} ({trunk}; other fp32 ops {'TF32' if self.tf32 else 'IEEE fp32'}; cuDNN autotuned{graphs})"

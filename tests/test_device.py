@@ -10,7 +10,8 @@ CPU tests' own bodies and helpers with that device patched in, so each check is 
 - the rollout pipeline with delayed device copies, bit for bit (below: the one new check);
 - train, checkpoint and resume, for members and the explorer (tests/test_checkpoint.py,
   tests/test_explorer.py);
-- ``ray=false`` jobs training side by side in child processes (tests/test_side_by_side.py).
+- ``ray=false`` jobs training side by side in child processes (tests/test_side_by_side.py);
+- captured acting (``network.cudagraphs``) against eager acting, bit for bit (CUDA only).
 
 ``benchmarks/gpu_suite.sh`` runs the CUDA half on a GPU machine (``-k cuda``). On CUDA the tests run
 with TF32 off and deterministic algorithms: what the CPU tests compare to fp32 rounding (or bit for
@@ -32,8 +33,10 @@ import torch.nn.functional as F  # noqa: E402
 
 from torch import nn  # noqa: E402
 
+from agents.acting import CapturedStep  # noqa: E402
 from agents.knn_reward import EpisodicKNNReward, embed_frames  # noqa: E402
 from agents.networks import gru_sequence  # noqa: E402
+from core.config import ConfigError  # noqa: E402
 from core.runtime import Runtime  # noqa: E402
 from launch.run import train_run  # noqa: E402
 from tests import test_checkpoint as checkpoint_tests  # noqa: E402
@@ -292,3 +295,42 @@ def test_rollouts_equal_bit_for_bit_with_delayed_device_copies(device, kind, sma
     assert sum(r["dones"].sum() for r in reference) > 0
     assert sum(r["rewards"].abs().sum() for r in reference) > 0
     assert len(torch.cat([r["actions"].flatten() for r in reference]).unique()) > 3
+
+
+# ---- captured acting --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pipeline", ["serial", "overlap"])
+@pytest.mark.parametrize("kind", ["members", "explorer"])
+def test_captured_acting_equals_eager_acting(device, kind, pipeline, small_cfg) -> None:
+    """``network.cudagraphs=true`` replays each slice's acting call as a CUDA graph; its rollouts
+    (frames, actions, values, logprobs, rewards, the GRU state, over two rollouts with an update in
+    between, so the graph must read the weights the optimiser changed in place) equal eager
+    acting's bit for bit. On the CPU there are no graphs: the config and the runtime refuse them."""
+    if device == "cpu":
+        with pytest.raises(ConfigError, match="network.cudagraphs"):
+            small_cfg("network.cudagraphs=true")
+        with pytest.raises(ValueError, match="network.cudagraphs=false"):
+            Runtime.resolve("cpu", "fp32", cudagraphs=True)
+        return
+
+    def run(captured: bool):
+        made = []
+
+        def make(cfg):
+            runtime = Runtime.from_config(cfg)
+            assert runtime.cudagraphs == captured
+            learner = PopulationLearner(cfg, [0, 1], runtime) if kind == "members" else ExplorerLearner(cfg, runtime)
+            made.append(learner)
+            return learner
+
+        cfg = small_cfg(*pipeline_tests.TINY, f"env.pipeline={pipeline}", f"network.cudagraphs={str(captured).lower()}")
+        records = [{k: v.cpu() for k, v in r.items()} for r in pipeline_tests.rollouts(cfg, make)]
+        graphs = [s for s in made[0]._acting.values() if isinstance(s, CapturedStep)]
+        assert len(graphs) == (len(made[0].slices) if captured else 0)
+        return records
+
+    eager, captured = run(False), run(True)
+    for i, (a, b) in enumerate(zip(eager, captured)):
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"rollout {i}: {key} differs between captured and eager acting"
+    assert sum(r["dones"].sum() for r in eager) > 0  # crossed episode ends (the GRU state resets)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from agents.acting import ActionPicker, PopulationActor
+from agents.acting import ActionPicker, CapturedStep, PopulationActor
 from agents.minibatches import Batch, Minibatch, MinibatchStrategy
 from agents.networks import NetworkSpec
 from agents.population import Population
@@ -81,6 +81,7 @@ class NativeLearner(Learner):
         self.pinned = self.device.type == "cuda"
         self._threads: ThreadPoolExecutor | None = None
         self._in_flight: list[list[Future] | None] = [None] * parts
+        self._acting: dict[tuple[int, int], Callable[[], tuple[torch.Tensor, ...]]] = {}
 
     def host_buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> np.ndarray:
         return torch.zeros(shape, dtype=dtype, pin_memory=self.pinned).numpy()
@@ -150,10 +151,26 @@ class NativeLearner(Learner):
             ro = self.ro
             ro.obs[:, t, envs] = self.next_obs[:, envs]
             ro.dones[:, t, envs] = self.next_done[:, envs]
-            actions, logits, values = self.actor(self.next_obs[:, envs], envs)
-            ro.actions[:, t, envs], ro.values[:, t, envs] = actions, values
-            ro.logprobs[:, t, envs] = log_prob_entropy(logits, actions)[0]
+            actions, values, logprobs = self.acting_step(envs)()
+            ro.actions[:, t, envs], ro.values[:, t, envs], ro.logprobs[:, t, envs] = actions, values, logprobs
             return actions.cpu()
+
+    def acting_step(self, envs: slice) -> Callable[[], tuple[torch.Tensor, ...]]:
+        """The acting call of the slice ``envs`` on its persistent inputs (the slice's frames, the
+        actor's state and the step's noise): actions, values and logprobs, (M, slice size) each.
+        With ``network.cudagraphs`` it is a captured CUDA graph (one per slice), else eager."""
+        key = (envs.start, envs.stop)
+        if key not in self._acting:
+            def step() -> tuple[torch.Tensor, ...]:
+                actions, logits, values = self.actor(self.next_obs[:, envs], envs)
+                return actions, values, log_prob_entropy(logits, actions)[0]
+
+            if self.runtime.cudagraphs:
+                mutated = () if self.actor.state is None else (self.actor.state, self.actor.first)
+                self._acting[key] = CapturedStep(step, self.device, mutated)
+            else:
+                self._acting[key] = step
+        return self._acting[key]
 
     @abstractmethod
     def send(self, part: int, actions: torch.Tensor) -> None:
