@@ -8,8 +8,12 @@
 #
 #   bash benchmarks/gpu_suite.sh [--dry-run] [--out DIR] [--budget SECONDS] [--seconds S]
 #                                [--only STAGE,...] [--limit STAGE=SECONDS] [--wheels DIR] [--site DIR]
-#                                [--exec-stages]
+#                                [--exec-stages] [--debs DIR]
 #
+# --debs DIR (default .gl/): Debian packages of the shared libraries procgen's prebuilt libenv.so
+# links (libGL, GLX, glib, X11; README Status says which): a headless GPU image may lack them. They
+# are unpacked into a temporary folder, and the libraries this machine lacks go on LD_LIBRARY_PATH
+# (the machine's own are never shadowed).
 # DIR: --out, else $OUT when set, else a new temporary folder. --dry-run runs every stage on the
 # CPU at tiny sizes (tests/test_gpu_suite.py does). The Python that runs it: $PYTHON, else
 # .venv/bin/python when there is one, else python3. Stages and options: benchmarks/gpu_stages.py.
@@ -18,11 +22,13 @@ started=$(date +%s.%N)
 cd "$(dirname "$0")/.." || exit 2
 
 out=""
+debs=.gl
 args=()
 while (($#)); do
     case "$1" in
         --out) out=${2:?--out needs a folder}; shift 2 ;;
         --out=*) out=${1#--out=}; shift ;;
+        --debs) debs=${2:?--debs needs a folder}; shift 2 ;;
         -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) args+=("$1"); shift ;;
     esac
@@ -31,6 +37,22 @@ if [[ -z $out ]]; then
     out=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/gpu_suite.XXXXXX")}
 fi
 mkdir -p "$out" || exit 2
+
+if compgen -G "$debs/*.deb" >/dev/null; then
+    unpacked=$(mktemp -d "${TMPDIR:-/tmp}/gpu_suite_libs.XXXXXX")
+    mkdir -p "$unpacked/lib"
+    for deb in "$debs"/*.deb; do dpkg -x "$deb" "$unpacked/root" || exit 2; done
+    added=()
+    for lib in "$unpacked"/root/usr/lib/x86_64-linux-gnu/*.so.* "$unpacked"/root/lib/x86_64-linux-gnu/*.so.*; do
+        [[ -L $lib ]] || continue  # the soname links (libGL.so.1 -> libGL.so.1.7.0): what the loader asks for
+        name=$(basename "$lib")
+        if ! ldconfig -p | grep -q "^[[:space:]]$name "; then
+            cp -L "$lib" "$unpacked/lib/" && added+=("$name")
+        fi
+    done
+    export LD_LIBRARY_PATH="$unpacked/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "gpu_suite: libraries from $debs this machine lacks: ${added[*]:-none}"
+fi
 
 python=${PYTHON:-}
 if [[ -z $python ]]; then
