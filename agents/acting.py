@@ -107,8 +107,8 @@ class CapturedStep:
     def __init__(self, fn: Callable[[], tuple[torch.Tensor, ...]], device: torch.device,
                  mutated: tuple[torch.Tensor, ...] = ()) -> None:
         if device.type != "cuda":
-            raise ValueError(f"a captured acting step (network.cudagraphs=true) needs a CUDA device, not {device}; "
-                             "set network.cudagraphs=false")
+            raise ValueError(f"a captured acting step (network.acting=cudagraph) needs a CUDA device, not {device}; "
+                             "use network.acting=eager")
         self.fn, self.device, self.mutated = fn, device, mutated
         self.graph: torch.cuda.CUDAGraph | None = None
         self.outputs: tuple[torch.Tensor, ...] = ()

@@ -140,7 +140,7 @@ def main() -> None:
     print(f"machine: {machine(cfg)}; torch {torch.__version__}; {runtime.describe()}")
     print(f"config: {args.config} {' '.join(args.overrides)}: {cfg.env.game}, {cfg.network.kind}, "
           f"{cfg.env.num_envs} envs x {cfg.ppo.num_steps} steps, env.pipeline={cfg.env.pipeline} "
-          f"({rollout_slices(cfg.env, runtime.device)} slice(s)); jobs: {', '.join(j.name for j in jobs)}",
+          f"({rollout_slices(cfg.env)} slice(s)); jobs: {', '.join(j.name for j in jobs)}",
           flush=True)
     # Identical shards measure alike: one of each size alone; all of them together.
     shapes = {(j.kind, len(j.members)): j for j in jobs}

@@ -286,15 +286,23 @@ def explorer_fp32(ctx: Context) -> None:
 
 
 def side_by_side_fp32(ctx: Context) -> None:
-    """The config's jobs all at once on the device (full_run.together, each in a fresh process), and
-    the projected wall time of configs/maze.yaml's budgets from these and the alone speeds."""
+    """The config's jobs all at once on the device (full_run.together, each in a fresh process), then
+    one held-out evaluation per job (side by side too), and the projected wall time of
+    configs/maze.yaml's budgets from these and the alone speeds, without and with held-out evaluation
+    (its logging.eval_interval, eval_episodes and eval_splits; a dry run plays 4 episodes on one split)."""
     from benchmarks import full_run
+    from core.config import load_config
     from launch.jobs import plan
     from launch.progress import duration
 
-    cfg = ctx.config("network.precision=fp32")
+    # BASE turns held-out evaluation off for the measurements; its schedule is configs/maze.yaml's.
+    maze_logging = load_config(CONFIG, ["ray=false", "device=cpu"], name="gpu_suite").logging
+    schedule = [f"logging.eval_interval={maze_logging.eval_interval}"]
+    if ctx.dry:
+        schedule += ["logging.eval_episodes=4", "logging.eval_splits=[test]"]
+    cfg = ctx.config("network.precision=fp32", *schedule)
     jobs = plan(cfg)
-    both = full_run.together(cfg, jobs, ctx.seconds)
+    both = full_run.together(cfg, jobs, ctx.seconds, heldout=cfg.logging.eval_interval > 0)
     together = {r["job"]: r["sps"] for r in both}
     ctx.save(together=both)
     alone = {}
@@ -305,20 +313,31 @@ def side_by_side_fp32(ctx: Context) -> None:
     for name, sps in together.items():
         print(f"together  {name:<14} {sps:>9,.0f} steps/s" +
               (f" ({sps / alone[name]:.2f}x alone)" if name in alone else ""), flush=True)
+    costs = full_run.heldout_costs(cfg, jobs, {r["job"]: r["heldout"]["seconds"] for r in both if "heldout" in r})
+    log = cfg.logging
+    print(f"held-out evaluation of {CONFIG.name} (every {log.eval_interval} updates, {log.eval_episodes} episodes "
+          f"per agent on {', '.join(log.eval_splits)}; one per job measured side by side):", flush=True)
+    for name, c in costs.items():
+        print(f"  {name:<14} {c['evaluations']:>5} x {c['seconds_each']:.1f} s = {duration(c['total_s'])}", flush=True)
+    heldout_h = {n: c["total_s"] / 3600 for n, c in costs.items()}
     budget = {j.name: full_run.job_budget(cfg, j) for j in jobs}
     if set(alone) >= set(budget):
         wall = full_run.project(budget, alone, together)
+        with_heldout = full_run.project(budget, alone, together, {n: c["total_s"] for n, c in costs.items()})
         one_by_one = sum(budget[n] / alone[n] for n in budget)
         print(f"projected wall time of {CONFIG.name}: {duration(wall)} side by side ({wall / 3600:.2f} h); "
-              f"{duration(one_by_one)} one job after another", flush=True)
-        ctx.save(budget=budget, alone=alone, projected_wall_s=wall, one_by_one_wall_s=one_by_one,
+              f"{duration(one_by_one)} one job after another (training only); with held-out evaluation "
+              f"{duration(with_heldout)} side by side ({with_heldout / 3600:.2f} h)", flush=True)
+        ctx.save(budget=budget, alone=alone, heldout=costs, projected_wall_s=wall,
+                 projected_wall_with_heldout_s=with_heldout, one_by_one_wall_s=one_by_one,
                  summary={"together_sps": together, "together_vs_alone": {n: together[n] / alone[n] for n in together},
-                          "projected_wall_h": wall / 3600, "one_by_one_wall_h": one_by_one / 3600})
+                          "projected_wall_h": wall / 3600, "projected_wall_with_heldout_h": with_heldout / 3600,
+                          "heldout_h": heldout_h, "one_by_one_wall_h": one_by_one / 3600})
     else:
         reason = f"no projection: alone speeds missing for {sorted(set(budget) - set(alone))}"
         print(reason)
-        ctx.save(budget=budget, alone=alone, projected_wall_s=None, reason=reason,
-                 summary={"together_sps": together, "projected_wall_h": None})
+        ctx.save(budget=budget, alone=alone, heldout=costs, projected_wall_s=None, reason=reason,
+                 summary={"together_sps": together, "projected_wall_h": None, "heldout_h": heldout_h})
 
 
 def compare(ctx: Context, overrides: list[str], label: str, baseline: dict[str, str]) -> dict[str, Any]:
@@ -341,8 +360,8 @@ def bf16(ctx: Context) -> None:
 
 
 def pipeline(ctx: Context) -> None:
-    """Rollouts serial against overlapped (env.pipeline): the fp32 stages ran ``auto`` (overlap on
-    CUDA, serial on a CPU); this stage measures the other schedule, so both are in the JSON."""
+    """Rollouts serial against overlapped (env.pipeline): the fp32 stages ran ``auto`` (serial; a
+    config may say otherwise); this stage measures the other schedule, so both are in the JSON."""
     ran = ctx.previous("members_fp32_pop10").get("members", {}).get("slices")
     other = "serial" if ran == 2 else "overlap"
     ratios = compare(ctx, [f"env.pipeline={other}", "network.precision=fp32"], "pipeline",
@@ -353,12 +372,16 @@ def pipeline(ctx: Context) -> None:
 
 
 def acting(ctx: Context) -> None:
-    """Acting replayed as captured CUDA graphs (network.cudagraphs=true) against the eager fp32
-    stages. A CPU has no graphs: the dry run measures eager acting through the same code."""
-    captured = not ctx.dry
-    ratios = compare(ctx, [f"network.cudagraphs={str(captured).lower()}", "network.precision=fp32"], "acting",
+    """Acting eager against captured as CUDA graphs (network.acting): the fp32 stages ran ``auto``
+    (captured on CUDA, eager on a CPU); this stage measures eager, so both are in the JSON. A CPU
+    has no graphs: the dry run measures eager twice, through the same code."""
+    ran = ctx.previous("members_fp32_pop10").get("members", {}).get("runtime", "")
+    captured_before = "CUDA graphs" in ran
+    ratios = compare(ctx, ["network.acting=eager", "network.precision=fp32"], "acting",
                      {"members": "members_fp32_pop10", "explorer": "explorer_fp32"})
-    ctx.save(captured=captured, summary={"captured_vs_eager": ratios if captured else None})
+    # captured / eager, where the fp32 stages were captured
+    speedup = {k: (1 / v if v else None) for k, v in ratios.items()} if captured_before else None
+    ctx.save(captured_before=captured_before, summary={"captured_vs_eager": speedup})
 
 
 @dataclass(frozen=True)
@@ -390,7 +413,7 @@ STAGES = [
           50, 110, 30, 180),
     Stage("bf16", "members (10) and explorer alone, bf16 trunk", bf16, 70, 150, 6, 150),
     Stage("pipeline", "members (10) and explorer alone, the other env.pipeline schedule", pipeline, 90, 170, 8, 150),
-    Stage("acting", "members (10) and explorer alone, acting as captured CUDA graphs", acting, 80, 160, 8, 150),
+    Stage("acting", "members (10) and explorer alone, eager acting (the fp32 stages: auto)", acting, 80, 160, 8, 150),
 ]
 BY_NAME = {s.name: s for s in STAGES}
 

@@ -36,6 +36,7 @@ UNCLASSED_ANCHORS = ("up", "exact")
 MINIBATCHES = ("samples", "sequences")
 INITS = ("torch", "reference")
 PIPELINES = ("auto", "serial", "overlap")
+ACTING_MODES = ("auto", "eager", "cudagraph")
 
 
 class ConfigError(ValueError):
@@ -53,8 +54,9 @@ class EnvConfig:
     num_threads: int = 1  # procgen's own C++ threads per batch
     # How a rollout step is scheduled. serial: infer all envs, then step them all. overlap: each
     # env batch is split in two halves; one half steps (CPU) while the device infers the other.
-    # Same actions, rewards and frames either way; auto = overlap on CUDA, serial elsewhere (on a
-    # CPU the two halves would compete for the same cores).
+    # Same actions, rewards and frames either way. auto = serial: on a CPU the two halves compete
+    # for the same cores, and on an H200 overlap measured 0.80x (members) and 0.87x (explorer) of
+    # serial's steps/s (docs/architecture.md): half-batch acting calls cost nearly a whole one.
     pipeline: str = "auto"  # auto | serial | overlap
 
     @property
@@ -73,10 +75,11 @@ class NetworkConfig:
     # exactness tests assume); PyTorch's own default is a mix (TF32 convolutions and cuDNN GRU,
     # fp32 matmuls). bf16 (precision) is separate: it applies to the trunk either way.
     tf32: bool = False
-    # CUDA only: each rollout step's acting call (the members' or the explorer's forward, sampling
-    # and log-probabilities) is replayed as one captured CUDA graph instead of ~100 kernel launches
-    # (agents/acting.py:CapturedStep); the same numbers as eager acting (tests/test_device.py).
-    cudagraphs: bool = False
+    # How a rollout step's acting call (the members' or the explorer's forward, sampling and
+    # logprobs) runs. cudagraph: replayed as one captured CUDA graph instead of ~100 kernel launches
+    # (agents/acting.py:CapturedStep), CUDA only, the same numbers as eager (tests/test_device.py);
+    # auto = cudagraph on CUDA (H200: 1.43x members' and 1.86x explorer's steps/s), eager elsewhere.
+    acting: str = "auto"  # auto | eager | cudagraph
     # torch: PyTorch's default layer init (as CleanRL); reference: the authors' (Xavier-uniform
     # trunk with zero biases, orthogonal GRU). Heads are orthogonal (gains 0.01 / 1) in both.
     init: str = "torch"  # torch | reference
@@ -362,9 +365,10 @@ def validate(cfg: Config) -> None:
         _choice("logging.eval_splits", s, SPLITS)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"device={cfg.device!r}: choose auto, cpu, cuda or cuda:N")
-    if cfg.network.cudagraphs and cfg.device == "cpu":
-        raise ConfigError("network.cudagraphs=true captures CUDA graphs and device=cpu has none; "
-                          "set network.cudagraphs=false or device=cuda")
+    _choice("network.acting", cfg.network.acting, ACTING_MODES)
+    if cfg.network.acting == "cudagraph" and cfg.device == "cpu":
+        raise ConfigError("network.acting=cudagraph captures CUDA graphs and device=cpu has none; "
+                          "use network.acting=auto (eager on a CPU) or device=cuda")
     for key in ("env.num_envs", "ppo.num_steps", "ppo.epochs", "ppo.num_minibatches",
                 "ppo.total_steps", "ppo.lr", "ensemble.size", "eval.episodes", "eval.num_envs",
                 "logging.checkpoint_interval", "network.hidden", "logging.eval_episodes",

@@ -69,19 +69,21 @@ class Runtime:
     device: torch.device
     bf16: bool  # the trunk in bf16 autocast (weights, optimiser, heads and losses stay fp32)
     tf32: bool = False  # CUDA: fp32 convolutions, matmuls and cuDNN's GRU may use TF32 (never on a CPU)
-    cudagraphs: bool = False  # CUDA: rollout acting replayed as captured CUDA graphs (agents/acting.py)
+    cudagraphs: bool = False  # rollout acting replayed as captured CUDA graphs (network.acting; CUDA only)
 
     @classmethod
     def resolve(cls, device: str, precision: str, gpu_allowed: bool = True, tf32: bool = False,
-                cudagraphs: bool = False) -> "Runtime":
+                acting: str = "eager") -> "Runtime":
         """The job's runtime; on CUDA this also applies the precision policy to the process.
 
-        Raises ValueError when ``cudagraphs`` is asked for and the device is not CUDA.
+        ``acting`` is ``network.acting``: auto captures acting as CUDA graphs on CUDA only. Raises
+        ValueError when ``cudagraph`` is asked for and the device is not CUDA.
         """
         d = resolve_device(device, gpu_allowed)
-        if cudagraphs and d.type != "cuda":
-            raise ValueError(f"network.cudagraphs=true captures CUDA graphs, but this job runs on {d} "
-                             f"(device={device}); set network.cudagraphs=false or run on a CUDA device")
+        if acting == "cudagraph" and d.type != "cuda":
+            raise ValueError(f"network.acting=cudagraph captures CUDA graphs, but this job runs on {d} "
+                             f"(device={device}); use network.acting=auto or eager, or run on a CUDA device")
+        cudagraphs = acting == "cudagraph" or (acting == "auto" and d.type == "cuda")
         runtime = cls(d, resolve_bf16(precision, d), tf32 and d.type == "cuda", cudagraphs)
         if d.type == "cuda":
             apply_cuda_policy(runtime.tf32)
@@ -89,8 +91,8 @@ class Runtime:
 
     @classmethod
     def from_config(cls, cfg: Config, gpu_allowed: bool = True) -> "Runtime":
-        """``resolve`` with the config's ``device`` and ``network.precision``, ``tf32``, ``cudagraphs``."""
-        return cls.resolve(cfg.device, cfg.network.precision, gpu_allowed, cfg.network.tf32, cfg.network.cudagraphs)
+        """``resolve`` with the config's ``device`` and ``network.precision``, ``tf32``, ``acting``."""
+        return cls.resolve(cfg.device, cfg.network.precision, gpu_allowed, cfg.network.tf32, cfg.network.acting)
 
     def describe(self) -> str:
         trunk = "bf16 trunk" if self.bf16 else "fp32"

@@ -99,11 +99,8 @@ def test_overlapped_rollout_equals_the_serial_one(small_cfg, kind) -> None:
 
 
 def test_pipeline_choice_and_validation(small_cfg) -> None:
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert rollout_slices(small_cfg("env.num_envs=4").env, cpu) == 1  # auto: serial on a CPU
-    assert rollout_slices(small_cfg("env.num_envs=4").env, cuda) == 2
-    assert rollout_slices(small_cfg("env.num_envs=5").env, cuda) == 1  # odd: cannot halve
-    assert rollout_slices(small_cfg("env.num_envs=4", "env.pipeline=overlap").env, cpu) == 2
+    assert rollout_slices(small_cfg("env.num_envs=4").env) == 1  # auto: serial (measured, on CUDA too)
+    assert rollout_slices(small_cfg("env.num_envs=4", "env.pipeline=overlap").env) == 2
     with pytest.raises(ConfigError, match="env.num_envs=5 is odd"):
         small_cfg("env.num_envs=5", "env.pipeline=overlap")
     with pytest.raises(ConfigError, match="env.pipeline"):

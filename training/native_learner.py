@@ -40,12 +40,12 @@ log = logging.getLogger("expgen")
 SAMPLE_SALT = 1  # the action-sampling streams (minibatch order uses 2)
 
 
-def rollout_slices(env: EnvConfig, device: torch.device) -> int:
+def rollout_slices(env: EnvConfig) -> int:
     """How many slices each env batch is stepped in: 2 overlaps env stepping with inference.
 
-    ``auto`` overlaps on CUDA only: on a CPU, inference and env stepping share the same cores.
+    ``auto`` is serial (measured: EnvConfig.pipeline's comment).
     """
-    overlap = env.pipeline == "overlap" or (env.pipeline == "auto" and device.type == "cuda")
+    overlap = env.pipeline == "overlap"
     return 2 if overlap and env.num_envs % 2 == 0 else 1
 
 
@@ -71,7 +71,7 @@ class NativeLearner(Learner):
         self.steps_per_update = cfg.steps_per_update
         self.num_updates = num_updates
         self.lr_schedule = LRSchedule.from_config(p, num_updates)
-        parts = rollout_slices(cfg.env, self.device)
+        parts = rollout_slices(cfg.env)
         self.slices = [slice(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
         self.next_obs = torch.zeros((len(self.seeds), n) + OBS_SHAPE, dtype=torch.uint8, device=self.device)
         self.next_done = torch.zeros(len(self.seeds), n, device=self.device)
@@ -158,7 +158,8 @@ class NativeLearner(Learner):
     def acting_step(self, envs: slice) -> Callable[[], tuple[torch.Tensor, ...]]:
         """The acting call of the slice ``envs`` on its persistent inputs (the slice's frames, the
         actor's state and the step's noise): actions, values and logprobs, (M, slice size) each.
-        With ``network.cudagraphs`` it is a captured CUDA graph (one per slice), else eager."""
+        With ``network.acting`` captured (``Runtime.cudagraphs``) it is a CUDA graph (one per slice),
+        else eager."""
         key = (envs.start, envs.stop)
         if key not in self._acting:
             def step() -> tuple[torch.Tensor, ...]:
