@@ -298,7 +298,7 @@ def test_rollouts_equal_bit_for_bit_with_delayed_device_copies(device, kind, sma
                     assert torch.equal(a[key], b[key]), f"{name}, rollout {i}: {key} differs from the CPU's serial one"
     if device == "cuda":
         for i, (a, b) in enumerate(zip(runs["cuda serial"], runs["cuda overlap"])):
-            for key in ("rewards", "knn"):
+            for key in {"rewards", "knn"} & a.keys():  # the members keep no kNN buffer
                 assert torch.equal(a[key], b[key]), f"rollout {i}: CUDA serial and overlap {key} differ"
     # Not vacuous: the rollouts crossed episode ends, earned rewards and took varied actions.
     assert sum(r["dones"].sum() for r in reference) > 0
