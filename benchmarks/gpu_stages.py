@@ -220,7 +220,8 @@ class TestRecorder:
 
 # The test files whose CUDA tests (``-k cuda``: "cuda" in their ids) the tests stage runs. Only
 # files whose imports need no Ray or SB3 (the GPU machines have neither).
-DEVICE_TESTS = ["tests/test_device.py"]
+# Every test file with CUDA cases (selected by ``-k cuda``: their names or parameters say cuda).
+DEVICE_TESTS = ["tests/test_device.py", "tests/test_precision.py", "tests/test_recurrent.py", "tests/test_explorer.py"]
 
 
 def run_device_tests(ctx: Context) -> None:

@@ -200,13 +200,6 @@ class ResourcesConfig:
 
 
 @dataclass
-class DebugConfig:
-    """Test-only switches."""
-
-    fail_at_update: int = 0  # > 0: every agent raises once after this update (fault-tolerance tests)
-
-
-@dataclass
 class Config:
     name: str = MISSING  # run directory name under runs_dir
     runs_dir: str = "runs"
@@ -226,7 +219,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     rllib: RLlibConfig = field(default_factory=RLlibConfig)
-    debug: DebugConfig = field(default_factory=DebugConfig)
 
     @property
     def layout(self) -> RunLayout:

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from core.checkpoint import checkpoint_steps, load_latest
+from core.runtime import Runtime
+from launch.jobs import Job, train_job
 from launch.run import train_run
 from training.population_learner import PopulationLearner
 
@@ -44,3 +46,20 @@ def test_sigint_inside_learn_resumes_exactly(small_cfg, monkeypatch):
     for resumed, straight in zip(_final_models(cfg), _final_models(reference)):
         for k in straight:
             assert torch.equal(resumed[k], straight[k]), k
+
+
+def test_sigint_after_the_checkpoint_decision_still_checkpoints_that_iteration(small_cfg):
+    """A Ctrl-C that lands after the loop decided not to checkpoint an iteration (here: while the
+    iteration is reported) still stops with that iteration saved, not the one before it."""
+    cfg = small_cfg(*ARGS, name="late")
+    runtime = Runtime.from_config(cfg)
+
+    def report(info):
+        if info["steps"] == 64:  # update 2 of 4: no checkpoint due (logging.checkpoint_interval=4)
+            assert not info["checkpoint"]
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_job(cfg, Job("members", (0,)), runtime, progress=False, on_iteration=report)
+    assert checkpoint_steps(cfg.layout.member(0).checkpoints) == [64]
+

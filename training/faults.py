@@ -19,8 +19,6 @@ Actions, each after update ``after_update`` of the agents named (every agent whe
   Ctrl-C), or, in a thread that cannot receive SIGINT (a Ray trial), until the process is killed.
   A held job never finishes, whatever the machine's speed (after ``HOLD_LIMIT_S`` it crashes:
   a bound for a broken test, not a timing).
-
-``debug.fail_at_update`` (config) is the older form of ``crash`` for every agent; it still works.
 """
 from __future__ import annotations
 
@@ -32,7 +30,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.config import Config
 from training.interrupt import DeferredInterrupt
 from training.learner import Learner
 
@@ -42,7 +39,7 @@ HOLD_LIMIT_S = 1800.0  # a hold nobody ends fails the job then, rather than hang
 
 
 class InjectedFault(RuntimeError):
-    """The crash that a ``crash`` fault (or ``debug.fail_at_update``) asks for."""
+    """The crash that a ``crash`` fault asks for."""
 
 
 @dataclass(frozen=True)
@@ -81,12 +78,9 @@ def recorded_pids(spec: Path) -> set[int]:
     return {int(line) for line in path.read_text().split()} if path.exists() else set()
 
 
-def after_update(cfg: Config, learner: Learner) -> None:
+def after_update(learner: Learner) -> None:
     """Called by the training loop after every update (and its checkpoint)."""
-    faults = _armed()
-    if cfg.debug.fail_at_update:
-        faults.append(Fault("crash", cfg.debug.fail_at_update))
-    for fault in faults:
+    for fault in _armed():
         if fault.applies(learner):
             if fault.action == "crash":
                 _crash(learner)

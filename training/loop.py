@@ -84,20 +84,29 @@ def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = 
                     heldout_clock.warn_if_dominant(learner.agents[0].name, log)
                 saved = learner.update % log.checkpoint_interval == 0 or last or interrupt.requested
                 if saved:
+                    flush(writers, summary)  # a process killed after the save has its curves up to it
                     checkpointing.save(learner, last_heldout)
                 mean_return = result.episodes.means("charts/episodic_return")
                 progress.advance(learner.steps_per_update, sps, mean_return)
                 if on_iteration is not None:
                     on_iteration({"steps": step, "sps": sps, "episodic_return": mean_return,
                                   "heldout": last_heldout, "checkpoint": saved, "done": last})
-                if interrupt.requested:
+                if interrupt.requested:  # also a Ctrl-C that came after this iteration's save decision
+                    if not saved:
+                        flush(writers, summary)
+                        checkpointing.save(learner, last_heldout)
                     raise KeyboardInterrupt
-                faults.after_update(cfg, learner)
+                faults.after_update(learner)
     finally:
         for w in writers + ([summary] if summary else []):
             w.close()
     return {"agents": [a.name for a in learner.agents], "steps": learner.global_step,
             "heldout": last_heldout}
+
+
+def flush(writers: list[SummaryWriter], summary: SummaryWriter | None) -> None:
+    for w in writers + ([summary] if summary else []):
+        w.flush()
 
 
 def check_finite(learner: Learner, result: IterationResult) -> None:
