@@ -2,12 +2,19 @@
 
     python eval.py runs/maze [--split test|test-full|train] [--episodes N] [--modes member,vote,...]
                    [--seed S] [--video N] [--device cpu] [--name NAME] [key=value ...]
+    python eval.py runs/maze_s0 runs/maze_s1 runs/maze_s2 [options]    # several runs (seeds) of a config
 
-Prints a table with 95% bootstrap confidence intervals and writes runs/<name>/eval/results.json,
-results.md, results.png, TensorBoard events under eval/tb/<split>/ and, with --video, eval/videos/
-(with --name NAME: the same files under eval/NAME/). TensorBoard holds one point per checkpoint
-step: re-evaluating the same checkpoints (another --seed, more --episodes) replaces that step's
-point, while points of other steps (the run evaluated before it trained further) stay.
+Prints a table with 95% bootstrap confidence intervals, and ExpGen against the other modes on the
+same episodes (paired differences), and writes runs/<name>/eval/results.json, results.md,
+results.png, episodes.csv (one row per episode played), TensorBoard events under eval/tb/<split>/
+and, with --video, eval/videos/ (with --name NAME: the same files under eval/NAME/). TensorBoard
+holds one point per checkpoint step: re-evaluating the same checkpoints (another --seed, more
+--episodes) replaces that step's point, while points of other steps (the run evaluated before it
+trained further) stay.
+
+With several run directories, each is evaluated alike (the same options), then the modes are
+aggregated over the runs, the runs being the unit (IQM, mean, median with stratified-bootstrap CIs);
+compare.py compares such groups of runs between configs (docs/evaluation.md).
 """
 from __future__ import annotations
 
@@ -19,8 +26,9 @@ from pathlib import Path
 from core.checkpoint import CheckpointError
 from core.config import ConfigError
 from core.run_layout import RunLayout
-from evaluation.evaluate import evaluate_run
+from evaluation.evaluate import evaluate
 from evaluation.report import print_table, write_report
+from evaluation.runs import compare_runs, group_label, print_comparison
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:
@@ -37,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("run_dir", help="a run directory written by train.py, e.g. runs/maze")
+    parser.add_argument("targets", nargs="+", metavar="RUN_DIR_OR_OVERRIDE",
+                        help="one or more run directories written by train.py (e.g. runs/maze; several: the "
+                             "seeds of a config), and config overrides key=value (e.g. expgen.controller=plurality)")
     parser.add_argument("--split", help="level split: test (levels [201, 401)), test-full, train")
     parser.add_argument("--episodes", type=int, help="episodes per agent and mode")
     parser.add_argument("--modes", help="comma-separated: member,vote,explorer,expgen")
@@ -46,28 +56,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--name", help="write into <run>/eval/<name>/ instead of <run>/eval/, "
                                        "e.g. --name train for a train-split table beside the test one")
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. expgen.controller=plurality")
     args = parser.parse_intermixed_args(argv)  # flags and key=value in any order
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        results = evaluate_run(args.run_dir, list(args.overrides) + flag_overrides(args))
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    # key=value is an override, anything else a run directory (one whose name has a '=' too if it exists)
+    runs = [t for t in args.targets if "=" not in t or Path(t).is_dir()]
+    overrides = [t for t in args.targets if t not in runs] + flag_overrides(args)
+    if not runs:
+        print("error: no run directory given (e.g. python eval.py runs/maze)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: no results written", file=sys.stderr)
-        return 130
-    layout = RunLayout(Path(args.run_dir))
+    name = ""
+    for run in runs:
+        rc, name = evaluate_one(run, overrides, several=len(runs) > 1)
+        if rc:
+            return rc
+    if len(runs) > 1:
+        try:
+            comp = compare_runs({group_label(runs): runs}, name=name)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: aggregating the runs: {e}", file=sys.stderr)
+            return 2
+        print_comparison(comp)
+        print(f"compare with another config's runs: python compare.py {' '.join(runs)} --vs RUN ..."
+              + (f" --name {name}" if name else ""))
+    return 0
+
+
+def evaluate_one(run: str, overrides: list[str], several: bool) -> tuple[int, str]:
+    """Evaluate one run, write and print its report: eval.py's exit status and the evaluation's name."""
+    where = f"{run}: " if several else ""
     try:
-        paths = write_report(results, layout)
+        evaluation = evaluate(run, overrides)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {where}{e}", file=sys.stderr)
+        return 2, ""
     except KeyboardInterrupt:
-        print("interrupted while writing results: files not yet replaced keep the previous evaluation's",
+        print(f"interrupted: {where}no results written", file=sys.stderr)
+        return 130, ""
+    results, layout = evaluation.results, RunLayout(Path(run))
+    try:
+        paths = write_report(results, layout, evaluation.episodes)
+    except KeyboardInterrupt:
+        print(f"interrupted while writing {where}results: files not yet replaced keep the previous evaluation's",
               file=sys.stderr)
-        return 130
+        return 130, ""
     print_table(results)
     for path in [*paths.values(), *(layout.root / v for v in results.get("videos", []))]:
         print(f"wrote {path}")
-    return 0
+    return 0, results.get("name", "")
 
 
 if __name__ == "__main__":

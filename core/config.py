@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from core.run_layout import RunLayout
 from envs.games import check_distribution_mode, get_game
-from envs.levels import SPLITS, LevelRange, get_split
+from envs.levels import SPLITS, UNSEEN_RULES, LevelRange, check_unseen_rule, get_split
 
 # The allowed values of every choice key, owned here; the modules that implement them import these.
 EVAL_MODES = ("member", "vote", "explorer", "expgen")
@@ -169,6 +169,10 @@ class EvalConfig:
     modes: list[str] = field(default_factory=lambda: ["member", "vote", "explorer", "expgen"])
     video: int = 0  # episodes to record as video per mode
     name: str = ""  # "": results in <run>/eval/; a name: in <run>/eval/<name>/ (ablations, other splits)
+    # Which seeds of test and test-full are skipped because their level equals a training level
+    # (envs/levels.py): exact (renders exactly like one) | structure (has one's layout) | none (the
+    # paper's raw seed split). Also applies to the held-out curves (logging.eval_splits).
+    unseen: str = "structure"
 
 
 @dataclass
@@ -338,6 +342,7 @@ def validate(cfg: Config) -> None:
     _choice("network.init", cfg.network.init, INITS)
     _choice("expgen.unclassed_anchor", cfg.expgen.unclassed_anchor, UNCLASSED_ANCHORS)
     _choice("eval.split", cfg.eval.split, SPLITS)
+    _choice("eval.unseen", cfg.eval.unseen, UNSEEN_RULES)
     if cfg.eval.name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.eval.name):
         raise ConfigError(f"eval.name={cfg.eval.name!r} must be a plain folder name (letters, digits, "
                           "'_', '-', '.'), e.g. eval.name=random_explorer")
@@ -405,6 +410,7 @@ def _validate_across(cfg: Config) -> None:
     for key, split in [("eval.split", cfg.eval.split)] + [("logging.eval_splits", s) for s in cfg.logging.eval_splits]:
         try:
             get_split(split, cfg.env.train_levels)  # test: the unseen levels after the training range
+            check_unseen_rule(cfg.eval.unseen, split, cfg.env.train_levels)
         except ValueError as e:
             raise ConfigError(f"{key}={split}: {e}") from None
     n, mb = cfg.env.num_envs, cfg.ppo.num_minibatches

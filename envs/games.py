@@ -28,6 +28,24 @@ class Game:
     # second, full-view batch (envs/full_view.py). Checked over thousands of random-action steps
     # in easy and hard mode, with and without backgrounds (tests/test_full_view.py).
     full_view_is_agent_view: bool = field(kw_only=True)
+    # Steps of the no-op action whose frames join the first frame in a level's fingerprint
+    # (envs/fingerprints.py), for games that spawn most of their level during play: bigfish,
+    # plunder and starpilot start with the agent nearly alone, so one frame cannot tell their
+    # levels apart (bigfish easy: 167 of 200 test seeds would share a training level's first
+    # layout; after 100 steps none do). Elsewhere 100 more steps changed no count (docs/levels.md).
+    level_reveal_steps: int = field(default=0, kw_only=True)
+
+    @property
+    def level_frame_px(self) -> int:
+        """Side, in pixels, of the full-level frame that resolves every cell of a level.
+
+        64 (the observation itself) where the agent's view is the whole level: those levels are
+        drawn to fit the 64-px frame the agent plays on. 512 (procgen's ``render_mode="rgb_array"``
+        render, gym3 ``info["rgb"]``) for the games whose camera follows the agent: their whole
+        level (``center_agent=False``) squeezed into 64 px is about 1 px per cell, so cells can
+        merge or vanish. Used by level fingerprints (envs/fingerprints.py).
+        """
+        return 64 if self.full_view_is_agent_view else 512
 
     def return_range(self, mode: str) -> tuple[float, float]:
         return self.easy_range if mode == "easy" else self.hard_range
@@ -41,7 +59,7 @@ _G = Game
 GAMES: dict[str, Game] = {
     g.name: g
     for g in [
-        _G("bigfish", (1, 40), (0, 40), 0.99, 8, False, full_view_is_agent_view=True),
+        _G("bigfish", (1, 40), (0, 40), 0.99, 8, False, full_view_is_agent_view=True, level_reveal_steps=100),
         _G("bossfight", (0.5, 13), (0.5, 13), 0.99, 1, False, full_view_is_agent_view=True),
         _G("caveflyer", (3.5, 12), (2, 13.4), 0.9, 2, False, full_view_is_agent_view=False),
         _G("chaser", (0.5, 13), (0.5, 14.2), 0.5, 2, False, full_view_is_agent_view=True),
@@ -55,8 +73,8 @@ GAMES: dict[str, Game] = {
         _G("maze", (5, 10), (4, 10), 0.9, 6, True, 10.0, full_view_is_agent_view=True),
         _G("miner", (1.5, 13), (1.5, 20), 0.9, 2, True, full_view_is_agent_view=True),
         _G("ninja", (3.5, 10), (2, 10), 0.9, 2, False, 10.0, full_view_is_agent_view=False),
-        _G("plunder", (4.5, 30), (3, 30), 0.9, 2, False, full_view_is_agent_view=True),
-        _G("starpilot", (2.5, 64), (1.5, 35), 0.9, 1, False, full_view_is_agent_view=True),
+        _G("plunder", (4.5, 30), (3, 30), 0.9, 2, False, full_view_is_agent_view=True, level_reveal_steps=100),
+        _G("starpilot", (2.5, 64), (1.5, 35), 0.9, 1, False, full_view_is_agent_view=True, level_reveal_steps=100),
     ]
 }
 

@@ -13,8 +13,11 @@ plays ``eval.episodes`` complete episodes per agent on ``eval.split`` in each of
 
 Every mode resets its envs with the same ``eval.seed``, so all agents meet the same levels in the
 same order, and collects episodes with per-env quotas (``evaluation/episodes.py``), so short episodes are
-not over-sampled. Same seed, same numbers. Writing tables, plots and TensorBoard is
-``evaluation/report.py``'s job; this module returns a plain dict (JSON-ready).
+not over-sampled. Same seed, same numbers. Episode i is played in the same env slot on the same level
+by every mode, so ExpGen is compared with the other modes episode by episode (``paired_differences``:
+paired bootstrap CIs). Writing tables, plots, TensorBoard and the per-episode records
+(``evaluation/records.py``) is ``evaluation/report.py``'s job; ``evaluate`` returns the JSON-ready
+results and the records as a DataFrame.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 import torch
 
 from agents.acting import ActionPicker, PopulationActor
@@ -32,12 +36,14 @@ from agents.controller import ExpGenController, controller_settings
 from core.config import EVAL_MODES, Config
 from core.runtime import Runtime
 from envs.make import make_env
-from evaluation.episodes import EpisodeStats, quotas, run_episodes
+from evaluation.episodes import EpisodeStats, run_episodes
 from evaluation.loading import EvalAgents, check_writable, load_agents, load_eval_config
 from evaluation.policies import ExpGenPolicy, ExpGenTally, ExplorerPolicy, MemberPolicy, Policy, VotePolicy
-from evaluation.statistics import iqm_summary, summarize_stats
+from evaluation.records import COLUMNS, episode_table
+from evaluation.statistics import iqm_summary, paired_difference, summarize_stats
 from evaluation.video import EpisodeRecorder, write_episodes
-from envs.levels import get_split
+from envs.fingerprints import unseen_levels
+from envs.levels import LevelExclusion, get_split, unseen_summary
 
 log = logging.getLogger("expgen")
 
@@ -48,13 +54,17 @@ log = logging.getLogger("expgen")
 
 @dataclass
 class EvalContext:
-    """Everything a mode needs: config, networks, device, and where videos go."""
+    """Everything a mode needs: config, networks, device, and where videos go; what each mode
+    played (``played``; ``explore``: ExpGen's explore fraction per episode) for the per-episode
+    records and the paired differences."""
 
     cfg: Config
     agents: EvalAgents
     runtime: Runtime
     num_envs: int
     videos: list[str] = field(default_factory=list)
+    played: dict[str, EpisodeStats] = field(default_factory=dict)
+    explore: dict[str, np.ndarray] = field(default_factory=dict)  # mode -> (G, episodes)
 
     @property
     def device(self) -> torch.device:
@@ -64,16 +74,26 @@ class EvalContext:
     def seed(self) -> int:
         return self.cfg.eval.seed
 
+    @property
+    def unseen(self) -> LevelExclusion:
+        """The seeds of eval.split whose level equals a training level under eval.unseen (memoised)."""
+        cfg = self.cfg
+        return unseen_levels(cfg.env, cfg.eval.split, cfg.eval.unseen, num_envs=self.num_envs,
+                             seed=self.seed, episodes=cfg.eval.episodes)
+
     def picker(self, seeds: list[int]) -> ActionPicker:
         return ActionPicker(seeds, self.device, self.seed, self.cfg.expgen.sample)
 
 
 @torch.no_grad()
 def play(ctx: EvalContext, policy: Policy, mode: str) -> EpisodeStats:
-    """``eval.episodes`` episodes per group on ``eval.split``; records env 0 of group 0 if asked."""
+    """``eval.episodes`` episodes per group on ``eval.split``; records env 0 of group 0 if asked.
+    Kept in ``ctx.played[mode]``, with ``ctx.explore[mode]`` for a policy that explores (ExpGen)."""
     cfg = ctx.cfg
     envs = [make_env(cfg.env, ctx.num_envs, cfg.eval.split, rand_seed=ctx.seed) for _ in range(policy.groups)]
     recorder = EpisodeRecorder(cfg.eval.video) if cfg.eval.video > 0 else None
+    explore = np.full((policy.groups, cfg.eval.episodes), np.nan)  # per counted episode
+    explored = np.zeros(ctx.num_envs)  # explored steps of each env's running episode (group 0)
 
     def act(obs: torch.Tensor) -> torch.Tensor:
         actions = policy.act(obs)
@@ -84,12 +104,19 @@ def play(ctx: EvalContext, policy: Policy, mode: str) -> EpisodeStats:
 
     def on_step(info: dict) -> None:
         policy.observe(info)
+        if policy.explored is not None and info["group"] == 0:  # this step's action was exploration
+            explored[:] += policy.explored.cpu().numpy()
+            done = info["episode"] >= 0
+            if done.any():
+                explore[0, info["episode"][done]] = explored[done] / info["episode_length"][done]
+            explored[info["terminated"]] = 0
         if recorder is not None and info["group"] == 0:
             level = info["prev_level_seed"][0] if "prev_level_seed" in info else None
             recorder.end_step(bool(info["terminated"][0]), level)
 
     try:
-        stats = run_episodes(act, envs, cfg.eval.episodes, ctx.device, ctx.seed, on_step)
+        stats = run_episodes(act, envs, cfg.eval.episodes, ctx.device, ctx.seed, on_step,
+                             skip_levels=ctx.unseen.excluded)
     finally:
         for env in envs:
             env.close()
@@ -99,6 +126,9 @@ def play(ctx: EvalContext, policy: Policy, mode: str) -> EpisodeStats:
         if len(paths) < cfg.eval.video:
             log.warning("%s: env 0 finished %d of the %d episodes asked for video",
                         mode, len(paths), cfg.eval.video)
+    ctx.played[mode] = stats
+    if policy.explored is not None:
+        ctx.explore[mode] = explore
     return stats
 
 
@@ -138,7 +168,7 @@ def evaluate_expgen(ctx: EvalContext) -> dict[str, Any]:
     ccfg = controller_settings(cfg.expgen, cfg.env.game, m)
     generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
     controller = ExpGenController(ccfg, ctx.num_envs, ctx.device, generator)
-    tally = ExpGenTally(quotas(cfg.eval.episodes, ctx.num_envs), m)
+    tally = ExpGenTally(ctx.num_envs, m)
     explorer = None if agents.explorer is None else explorer_actor(ctx)
     policy = ExpGenPolicy(agents.population, ctx.picker(agents.member_seeds), explorer, controller, tally)
     result = summarize_stats(play(ctx, policy, "expgen"), cfg, 0)
@@ -185,6 +215,7 @@ def results_header(ctx: EvalContext) -> dict[str, Any]:
         "distribution_mode": cfg.env.distribution_mode,
         "split": cfg.eval.split,
         "levels": get_split(cfg.eval.split, cfg.env.train_levels).describe(),
+        "unseen": unseen_summary(ctx.unseen),  # rule, seeds removed and kept (envs/levels.py)
         "train_levels": cfg.env.train_levels.describe(),
         "episodes": cfg.eval.episodes,
         "seed": cfg.eval.seed,
@@ -203,12 +234,71 @@ def evaluation_context(run_dir: str | Path, overrides: list[str] | tuple[str, ..
     return EvalContext(cfg, agents, runtime, num_envs=min(cfg.eval.num_envs, cfg.eval.episodes))
 
 
+# ---- ExpGen against the other modes, episode by episode -----------------------------------------
+
+
+def paired_differences(ctx: EvalContext) -> list[dict[str, Any]]:
+    """ExpGen minus the best member, the members' IQM, the vote and the explorer, in mean return and
+    success rate, each with a paired 95% bootstrap CI over the episodes (``paired_difference``):
+    every mode played episode i in the same env slot on the same level. The best member is picked on
+    these episodes (optimistic for it). [] without an ExpGen evaluation.
+    """
+    played = ctx.played
+    if "expgen" not in played:
+        return []
+    expgen = played["expgen"]
+    sides: list[tuple[str, str | None, str, list[int]]] = []  # label, agent, mode, groups
+    if "member" in played:
+        best = int(np.argmax(played["member"].returns.mean(1)))
+        sides.append(("best member", f"member_{best}", "member", [best]))
+        sides.append(("members (IQM)", None, "member", list(range(played["member"].returns.shape[0]))))
+    sides += [(mode, mode, mode, [0]) for mode in ("vote", "explorer") if mode in played]
+    out = []
+    for label, agent, mode, groups in sides:
+        other = played[mode]
+        if not (other.level_seeds[groups] == expgen.level_seeds[0]).all():  # cannot happen: say so if it does
+            log.warning("expgen - %s: the modes met different levels; no paired difference", label)
+            continue
+        out.append({
+            "a": "expgen", "b": label, "agent": agent,
+            "return": paired_difference(expgen.returns[0], list(other.returns[groups]), ctx.seed),
+            "success": paired_difference(expgen.successes[0].astype(np.float64),
+                                         list(other.successes[groups].astype(np.float64)), ctx.seed),
+        })
+    return out
+
+
+def episode_records(ctx: EvalContext) -> pd.DataFrame:
+    """Every counted episode of every mode and agent played so far, one row each
+    (``evaluation/records.py``)."""
+    tables = []
+    for mode, stats in ctx.played.items():
+        agents = [f"member_{g}" for g in range(stats.returns.shape[0])] if mode == "member" else [mode]
+        tables.append(episode_table(mode, agents, stats, ctx.explore.get(mode)))
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(COLUMNS))
+
+
+@dataclass
+class Evaluation:
+    """What ``evaluate`` returns: the JSON-ready results and the per-episode records."""
+
+    results: dict[str, Any]
+    episodes: pd.DataFrame  # evaluation/records.py's COLUMNS, one row per counted episode
+
+
 def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Evaluate every mode of ``eval.modes`` on a run directory; returns the JSON-ready results.
+    """``evaluate(run_dir, overrides).results``: the JSON-ready results only."""
+    return evaluate(run_dir, overrides).results
+
+
+def evaluate(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Evaluation:
+    """Evaluate every mode of ``eval.modes`` on a run directory: the JSON-ready results (with
+    ``differences``: ``paired_differences``) and the per-episode records.
 
     Modes whose agent is missing (no explorer checkpoint) are skipped with a printed note and listed
     under ``skipped``. Videos (``eval.video`` > 0) are written to ``<run>/eval/videos`` (``eval/<name>/videos``
-    for a named evaluation).
+    for a named evaluation). Raises ConfigError, CheckpointError, FileNotFoundError (eval.py's
+    messages) before any episode is played.
     """
     ctx = evaluation_context(run_dir, overrides)
     check_writable(ctx.cfg.layout.eval(ctx.cfg.eval.name))  # before minutes of episodes, not after
@@ -223,6 +313,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
         results["modes"][mode] = MODE_FUNCTIONS[mode](ctx)
         log.info("%s: %d episodes on %s in %.1fs", mode, ctx.cfg.eval.episodes, results["levels"],
                  time.perf_counter() - start)
+    results["differences"] = paired_differences(ctx)
     if ctx.videos:
         results["videos"] = ctx.videos
-    return results
+    return Evaluation(results, episode_records(ctx))

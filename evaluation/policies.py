@@ -71,13 +71,13 @@ class ExplorerPolicy(Policy):
 class ExpGenTally:
     """Explore steps, consensus steps and vote counts, over the steps of counted episodes only.
 
-    Env j's episodes beyond its quota are not in the returns, so their steps are not counted either;
-    per-env accumulators are added to the totals when a counted episode ends.
+    ``run_episodes`` decides which episodes count (an env's first ``quota`` ones, on levels not
+    skipped by ``eval.unseen``); the others are not in the returns, so their steps are not counted
+    either. Per-env accumulators (N envs) are added to the totals when a counted episode ends.
     """
 
-    quota: np.ndarray
+    num_envs: int
     members: int
-    done: np.ndarray = field(init=False)
     ep_votes: np.ndarray = field(init=False)  # (N, M + 1) vote-count histogram of running episodes
     ep_explore: np.ndarray = field(init=False)
     ep_consensus: np.ndarray = field(init=False)
@@ -86,25 +86,24 @@ class ExpGenTally:
     consensus_steps: int = 0
 
     def __post_init__(self) -> None:
-        n = len(self.quota)
-        self.done = np.zeros(n, np.int64)
+        n = self.num_envs
         self.ep_votes = np.zeros((n, self.members + 1), np.int64)
         self.ep_explore = np.zeros(n, np.int64)
         self.ep_consensus = np.zeros(n, np.int64)
         self.votes = np.zeros(self.members + 1, np.int64)
 
     def step(self, votes: np.ndarray, explored: np.ndarray, consensus: np.ndarray,
-             terminated: np.ndarray) -> None:
+             terminated: np.ndarray, counted: np.ndarray) -> None:
+        """(N,) arrays of one step: vote counts, explored and consensus flags, episode ends, and
+        which of those ends are counted episodes (``info["episode"] >= 0`` of ``run_episodes``)."""
         self.ep_votes[np.arange(len(votes)), votes] += 1
         self.ep_explore += explored
         self.ep_consensus += consensus
-        counted = terminated & (self.done < self.quota)
         self.votes += self.ep_votes[counted].sum(0)
         self.explore_steps += int(self.ep_explore[counted].sum())
         self.consensus_steps += int(self.ep_consensus[counted].sum())
         for acc in (self.ep_votes, self.ep_explore, self.ep_consensus):
             acc[terminated] = 0
-        self.done += terminated
 
     @property
     def steps(self) -> int:
@@ -134,7 +133,7 @@ class ExpGenPolicy(Policy):
     def observe(self, info: dict) -> None:
         term = np.asarray(info["terminated"], bool)
         self.tally.step(self.out.votes.cpu().numpy(), self.out.explored.cpu().numpy(),
-                        self.out.consensus.cpu().numpy(), term)
+                        self.out.consensus.cpu().numpy(), term, np.asarray(info["episode"]) >= 0)
         self.controller.reset(torch.from_numpy(term))
         if self.explorer is not None:
             self.explorer.episode_ended(0, term)

@@ -1,9 +1,11 @@
 """Present ``evaluation/evaluate.py``'s results: terminal table, JSON, Markdown, PNG, TensorBoard.
 
 Every view is built from the same rows (``summary_rows``): one per member, the members' IQM, then the
-vote, the explorer and ExpGen, so the terminal, the Markdown file and the plot always agree.
-Files go to ``runs/<name>/eval/``: ``results.json``, ``results.md``, ``results.png`` and ``tb/<split>/``
-(one point per step there: re-evaluating the same checkpoints replaces the old point).
+vote, the explorer and ExpGen, so the terminal, the Markdown file and the plot always agree; below
+them, ExpGen against the other modes episode by episode (``difference_rows``, paired CIs).
+Files go to ``runs/<name>/eval/``: ``results.json``, ``results.md``, ``results.png``, ``episodes.csv``
+(one row per episode: ``evaluation/records.py``) and ``tb/<split>/`` (one point per step there:
+re-evaluating the same checkpoints replaces the old point).
 """
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed (and none on servers)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from core.run_layout import RunLayout  # noqa: E402
+from evaluation.records import EPISODES_CSV, write_episode_table  # noqa: E402
 from evaluation.tb_events import write_replacing_steps  # noqa: E402
 
 MODE_COLORS = {"member": "#9e9e9e", "iqm": "#616161", "vote": "#1f77b4", "explorer": "#ff7f0e",
@@ -74,6 +78,36 @@ def summary_rows(results: dict[str, Any]) -> list[Row]:
     return rows
 
 
+@dataclass
+class DifferenceRow:
+    """ExpGen minus another mode over the same episodes: mean return and success rate, paired CIs."""
+
+    label: str
+    ret: float
+    ret_low: float
+    ret_high: float
+    success: float
+    success_low: float
+    success_high: float
+    episodes: int
+
+
+def difference_rows(results: dict[str, Any]) -> list[DifferenceRow]:
+    """One row per entry of ``results["differences"]`` (none in results written before them)."""
+    rows = []
+    for d in results.get("differences", []):
+        other = d["b"] + (f" ({d['agent'].replace('_', ' ')})" if d["b"] == "best member" else "")
+        r, s = d["return"], d["success"]
+        rows.append(DifferenceRow(f"ExpGen - {other}", r["difference"], *r["ci"], s["difference"], *s["ci"],
+                                  r["episodes"]))
+    return rows
+
+
+def difference_title(results: dict[str, Any]) -> str:
+    return (f"ExpGen against the other modes on the same {results['episodes']} episodes (same levels, same "
+            "env slots): differences with paired 95% bootstrap CIs")
+
+
 def title(results: dict[str, Any]) -> str:
     return (f"{results['run']}: {results['game']} ({results['distribution_mode']}), "
             f"split {results['split']} = {results['levels']}, {results['episodes']} episodes per agent, "
@@ -81,6 +115,21 @@ def title(results: dict[str, Any]) -> str:
 
 
 # ---- terminal ------------------------------------------------------------------------------------
+
+
+def render_differences(results: dict[str, Any]) -> Table | None:
+    """A rich table of ``difference_rows``, or None when there are none."""
+    rows = difference_rows(results)
+    if not rows:
+        return None
+    table = Table(title=difference_title(results), title_justify="left")
+    for name, justify in [("comparison", "left"), ("return", "right"), ("95% CI", "right"),
+                          ("success", "right"), ("95% CI ", "right")]:
+        table.add_column(name, justify=justify)
+    for row in rows:
+        table.add_row(row.label, f"{row.ret:+.2f}", f"[{row.ret_low:+.2f}, {row.ret_high:+.2f}]",
+                      f"{row.success:+.1%}", f"[{row.success_low:+.1%}, {row.success_high:+.1%}]")
+    return table
 
 
 def render_table(results: dict[str, Any]) -> Table:
@@ -103,6 +152,9 @@ def print_table(results: dict[str, Any], console: Console | None = None) -> None
     # Off a terminal rich assumes 80 columns and wraps every cell; a log file can be wider.
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     console.print(render_table(results))
+    differences = render_differences(results)
+    if differences is not None:
+        console.print(differences)
     for mode, reason in results.get("skipped", {}).items():
         console.print(f"[yellow]skipped {mode}[/yellow]: {reason}")
 
@@ -119,6 +171,12 @@ def markdown_table(results: dict[str, Any]) -> str:
         length = "-" if row.length is None else f"{row.length:.0f}"
         lines.append(f"| {row.label} | {row.ret:.2f} | [{row.low:.2f}, {row.high:.2f}] | "
                      f"{row.success:.0%} | {row.normalised:.2f} | {length} | {row.episodes} | {row.note} |")
+    differences = difference_rows(results)
+    if differences:
+        lines += ["", f"{difference_title(results)}:", ""]
+        lines += [f"- {d.label} {d.ret:+.2f} [{d.ret_low:+.2f}, {d.ret_high:+.2f}] in return, "
+                  f"{100 * d.success:+.1f} [{100 * d.success_low:+.1f}, {100 * d.success_high:+.1f}] points "
+                  "of success" for d in differences]
     expgen = results["modes"].get("expgen")
     if expgen is not None:
         c = expgen["controller"]
@@ -204,16 +262,24 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_report(results: dict[str, Any], layout: RunLayout) -> dict[str, Path]:
-    """Write results.json, results.md, results.png and TensorBoard events into the run's eval/
-    (``eval/<name>/`` for a named evaluation). results.json comes last: the TensorBoard point of its
-    step and the files beside it are already the ones it describes."""
+def write_report(results: dict[str, Any], layout: RunLayout, episodes: pd.DataFrame | None = None
+                 ) -> dict[str, Path]:
+    """Write results.json, results.md, results.png, episodes.csv (``episodes``: the per-episode
+    records, ``evaluation/records.py``) and TensorBoard events into the run's eval/ (``eval/<name>/``
+    for a named evaluation). results.json comes last: the TensorBoard point of its step and the
+    files beside it are already the ones it describes (without ``episodes``, an older episodes.csv
+    is removed rather than left to describe another evaluation)."""
     name = results.get("name", "")
     out_dir = layout.eval(name)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md",
-             "plot": out_dir / "results.png", "tensorboard": layout.eval_tb(results["split"], name)}
+             "plot": out_dir / "results.png", "episodes": out_dir / EPISODES_CSV,
+             "tensorboard": layout.eval_tb(results["split"], name)}
     write_tensorboard(results, paths["tensorboard"])
+    if episodes is None:
+        paths.pop("episodes").unlink(missing_ok=True)
+    else:
+        write_episode_table(episodes, paths["episodes"])
     _write_text(paths["markdown"], markdown_table(results))
     if summary_rows(results):
         plot_results(results, paths["plot"])

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny, fast configurations that write only under pytest's tmp_path."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -84,3 +85,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def level_cache(tmp_path_factory):
+    """Level fingerprints (envs/fingerprints.py) computed by any test, its child processes too, go
+    to one folder of this session, never to the user's cache: no test depends on what an earlier
+    session left there. tests/test_fingerprints.py sets its own folders on top."""
+    saved = os.environ.get("EXPGEN_LEVEL_CACHE")
+    os.environ["EXPGEN_LEVEL_CACHE"] = str(tmp_path_factory.mktemp("level_cache"))
+    yield
+    if saved is None:
+        os.environ.pop("EXPGEN_LEVEL_CACHE", None)
+    else:
+        os.environ["EXPGEN_LEVEL_CACHE"] = saved

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "envs", "agents", "training", "launch", "evaluation")
-SCRIPTS = ("train.py", "eval.py")
+SCRIPTS = ("train.py", "eval.py", "compare.py")
 
 # package -> packages it must never import (TYPE_CHECKING imports excluded).
 FORBIDDEN = {

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import compare as compare_cli
 import eval as eval_cli
 from agents.acting import ActionPicker, PopulationActor
 from agents.networks import NetworkSpec
@@ -25,9 +26,12 @@ from core.checkpoint import save_checkpoint
 from core.config import load_config
 from tests.conftest import DEFAULT_LEVELS
 from core.run_layout import RunLayout
+from evaluation.episodes import episode_slots
 from evaluation.evaluate import evaluate_run
+from evaluation.records import COLUMNS, EPISODES_CSV, read_episode_table
+from evaluation.runs import compare_runs
 from evaluation.policies import ExpGenTally
-from evaluation.statistics import bootstrap_ci, iqm
+from evaluation.statistics import bootstrap_ci, iqm, paired_difference
 from evaluation.report import markdown_table, write_report
 from launch.run import train_run
 from training.learner import network_payload
@@ -199,12 +203,13 @@ def test_bootstrap_ci() -> None:
 
 
 def test_tally_counts_only_counted_episodes() -> None:
-    """Env 0 may count 1 episode, env 1 none: steps after a quota is met are left out."""
-    tally = ExpGenTally(np.array([1, 0]), members=3)
+    """Env 0's first episode counts, env 1's does not (its quota is met, or its level is skipped):
+    the steps of episodes that do not count are left out."""
+    tally = ExpGenTally(2, members=3)
     no, yes = np.array([False, False]), np.array([True, True])
-    tally.step(np.array([3, 1]), np.array([False, True]), np.array([True, False]), no)
-    tally.step(np.array([1, 1]), np.array([True, True]), np.array([False, False]), yes)
-    tally.step(np.array([2, 2]), yes, no, yes)  # after every quota: ignored
+    tally.step(np.array([3, 1]), np.array([False, True]), np.array([True, False]), no, no)
+    tally.step(np.array([1, 1]), np.array([True, True]), np.array([False, False]), yes, np.array([True, False]))
+    tally.step(np.array([2, 2]), yes, no, yes, no)  # ends that do not count: ignored
     assert tally.votes.tolist() == [0, 1, 0, 1] and tally.steps == 2
     assert tally.explore_steps == 1 and tally.consensus_steps == 1
 
@@ -353,3 +358,152 @@ def test_interrupted_write_keeps_the_old_point(tmp_path: Path, monkeypatch: pyte
     assert tb_points(tb / "test", "eval/vote_return") == [(64, 1.0)]
     assert [p.name for p in tb.iterdir()] == ["test"]  # the staging folder is gone
     assert (tmp_path / "eval" / "results.json").read_text() == before
+
+
+# ---- per-episode records and paired differences ----------------------------------------------------
+
+
+def test_episode_records_are_what_was_played(run_dir: Path, cli_results: dict) -> None:
+    """eval/episodes.csv: one row per counted episode of every mode and agent, whose returns average
+    to the table's means, in the quota layout, every agent on the same level in the same slot."""
+    table = read_episode_table(run_dir / "eval" / EPISODES_CSV)
+    assert list(table.columns) == list(COLUMNS)
+    modes = cli_results["modes"]
+    assert table.groupby("mode", sort=False).size().to_dict() == {"member": 3 * EPISODES, "vote": EPISODES,
+                                                                  "explorer": EPISODES, "expgen": EPISODES}
+    means = table.groupby("agent")["return"].mean()
+    for m in modes["member"]["members"]:
+        assert means[f"member_{m['member']}"] == pytest.approx(m["return"])
+    for mode in ("vote", "explorer", "expgen"):
+        assert means[mode] == pytest.approx(modes[mode]["return"])
+        assert table[table["agent"] == mode]["success"].mean() == pytest.approx(modes[mode]["success"])
+    env, env_episode = episode_slots(EPISODES, cli_results["num_envs"])
+    levels = None
+    for _, rows in table.groupby("agent"):
+        assert rows["episode"].tolist() == list(range(EPISODES))
+        assert rows["env"].tolist() == env.tolist() and rows["env_episode"].tolist() == env_episode.tolist()
+        levels = rows["level_seed"].tolist() if levels is None else levels
+        assert rows["level_seed"].tolist() == levels  # paired: the same level in every mode and member
+    expgen = table[table["mode"] == "expgen"]
+    assert expgen["explore_fraction"].between(0, 1).all()
+    steps = (expgen["explore_fraction"] * expgen["length"]).round()  # explored steps, per episode
+    assert steps.sum() / expgen["length"].sum() == pytest.approx(modes["expgen"]["explore_fraction"])
+    assert table[table["mode"] != "expgen"]["explore_fraction"].isna().all()
+
+
+def test_paired_differences_are_over_the_same_episodes(run_dir: Path, cli_results: dict) -> None:
+    table = read_episode_table(run_dir / "eval" / EPISODES_CSV)
+    returns = {agent: rows.sort_values("episode")["return"].to_numpy() for agent, rows in table.groupby("agent")}
+    diffs = {d["b"]: d for d in cli_results["differences"]}
+    assert list(diffs) == ["best member", "members (IQM)", "vote", "explorer"]
+    best = max(cli_results["modes"]["member"]["members"], key=lambda m: m["return"])["member"]
+    assert diffs["best member"]["agent"] == f"member_{best}"
+    for label, others in [("best member", [f"member_{best}"]), ("members (IQM)", ["member_0", "member_1", "member_2"]),
+                          ("vote", ["vote"]), ("explorer", ["explorer"])]:
+        again = paired_difference(returns["expgen"], [returns[o] for o in others], cli_results["seed"])
+        assert diffs[label]["return"] == again, label  # the CSV holds the exact returns
+    d = diffs["explorer"]["return"]
+    assert d["difference"] == pytest.approx(cli_results["modes"]["expgen"]["return"] - cli_results["modes"]["explorer"]["return"])
+    md = (run_dir / "eval" / "results.md").read_text()
+    assert f"- ExpGen - explorer {d['difference']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] in return" in md
+    assert f"ExpGen - best member (member {best})" in md
+
+
+def test_a_report_without_records_removes_an_older_file(tmp_path: Path) -> None:
+    layout = RunLayout(tmp_path)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / EPISODES_CSV).write_text("stale\n")
+    paths = write_report(fake_results(64, 1.0), layout)
+    assert "episodes" not in paths and not (tmp_path / "eval" / EPISODES_CSV).exists()
+
+
+# ---- runs as the unit: eval.py with several runs, compare.py -------------------------------------
+
+
+def seed_run(run_dir: Path, dest: Path, name: str, explorer_seed: int) -> Path:
+    """A copy of the tiny run whose explorer is another network with a decided policy (an untrained
+    head's near-uniform logits let the shared sampling noise pick every action): a run with its own
+    scores in the explorer and ExpGen modes (the members are shared)."""
+    run = Path(shutil.copytree(run_dir, dest / name, ignore=shutil.ignore_patterns("eval", "tb", "ckpt_*")))
+    spec = NetworkSpec(kind="small", recurrent=True)
+    torch.manual_seed(explorer_seed)
+    state = spec.build().state_dict()
+    state["actor.bias"] = torch.randn(15)
+    payload = {**network_payload(spec, state), "agent": "explorer"}
+    save_checkpoint(run / "explorer" / "checkpoints", 5, payload)
+    for m in range(3):
+        shutil.copytree(run_dir / f"member_{m}" / "checkpoints", run / f"member_{m}" / "checkpoints", dirs_exist_ok=True)
+    return run
+
+
+RUN_ARGS = ["--modes", "vote,expgen", "--episodes", "4", "--device", DEVICE, "eval.num_envs=4"]
+
+
+@pytest.fixture(scope="module")
+def seed_runs(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    """Config a: three runs evaluated by one eval.py call; config b: two runs evaluated one by one."""
+    tmp = tmp_path_factory.mktemp("seeds")
+    # explorer seeds whose episodes end in ~100 steps (some decided policies survive ~1,000)
+    a = [seed_run(run_dir, tmp, f"a_s{k}", seed) for k, seed in enumerate((1, 2, 3))]
+    b = [seed_run(run_dir, tmp, f"b_s{k}", seed) for k, seed in enumerate((10, 12))]
+    assert eval_cli.main([*map(str, a), *RUN_ARGS]) == 0
+    for run in b:
+        assert eval_cli.main([str(run), *RUN_ARGS]) == 0
+    return {"a": a, "b": b}
+
+
+def scores(runs: list[Path], mode: str) -> np.ndarray:
+    return np.array([json.loads((r / "eval" / "results.json").read_text())["modes"][mode]["return"] for r in runs])
+
+
+def test_eval_of_several_runs_aggregates_them(seed_runs: dict, capsys: pytest.CaptureFixture) -> None:
+    a = seed_runs["a"]
+    assert all((r / "eval" / "results.json").is_file() and (r / "eval" / EPISODES_CSV).is_file() for r in a)
+    lengths = [json.loads((r / "eval" / "results.json").read_text())["modes"]["expgen"]["length"] for r in a]
+    assert len(set(lengths)) > 1  # the runs' explorers play differently
+    comp = compare_runs({"a": a}, reps=1000)
+    expgen = next(x for x in comp["algorithms"] if x["mode"] == "expgen")
+    assert expgen["runs"] == 3 and expgen["mean"] == pytest.approx(scores(a, "expgen").mean())
+    assert expgen["iqm_ci"][0] <= expgen["iqm"] <= expgen["iqm_ci"][1]
+    assert [(p["x"], p["y"]) for p in comp["improvements"]] == [("expgen", "vote")]
+    assert comp["games"] == ["bigfish"] and comp["metric"] == "return"
+
+
+def test_compare_two_configs(seed_runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a, b, out = seed_runs["a"], seed_runs["b"], tmp_path / "cmp"
+    capsys.readouterr()
+    assert compare_cli.main([*map(str, a), "--vs", *map(str, b), "--reps", "1000", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "P(X > Y)" in printed and "a: expgen" in printed and "b: expgen" in printed
+    comp = json.loads((out / "results.json").read_text())
+    assert list(comp["groups"]) == ["a", "b"] and comp["modes"] == ["vote", "expgen"]
+    by = {x["label"]: x for x in comp["algorithms"]}
+    assert by["b: expgen"]["runs"] == 2
+    assert by["b: expgen"]["mean"] == pytest.approx(scores(b, "expgen").mean())
+    assert sorted(by["a: expgen"]["scores"].values()) == sorted(scores(a, "expgen").tolist())
+    poi = {(p["x"], p["y"]): p for p in comp["improvements"]}
+    assert set(poi) == {("a: vote", "b: vote"), ("a: expgen", "b: expgen")}
+    x, y = scores(a, "expgen"), scores(b, "expgen")
+    by_hand = np.mean([(xi > yi) + 0.5 * (xi == yi) for xi in x for yi in y])
+    assert poi[("a: expgen", "b: expgen")]["probability"] == pytest.approx(by_hand)
+    assert poi[("a: vote", "b: vote")]["probability"] == 0.5  # the same members: every pair ties
+    assert (out / "profiles.png").read_bytes()[:4] == b"\x89PNG" and "| a: expgen |" in (out / "results.md").read_text()
+    assert len(comp["profile"]["curves"]["a: expgen"]["fraction"]) == len(comp["profile"]["taus"])
+
+
+def test_compare_errors_say_what_to_do(seed_runs: dict, run_dir: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture) -> None:
+    a = [str(r) for r in seed_runs["a"]]
+    bare = copy_run(run_dir, tmp_path)  # never evaluated
+    assert compare_cli.main([*a, "--vs", str(bare)]) == 2
+    assert "has no evaluation" in (err := capsys.readouterr().err) and "python eval.py" in err
+    assert compare_cli.main([*a, "--modes", "member"]) == 2
+    assert "mode 'member' was not evaluated" in capsys.readouterr().err
+    assert compare_cli.main([*a, "--modes", "dance"]) == 2
+    assert "unknown mode" in capsys.readouterr().err
+    assert compare_cli.main([*a, "--labels", "x,y"]) == 2
+    assert "--labels" in capsys.readouterr().err
+    other = seed_run(run_dir, tmp_path, "c_s0", 2)
+    assert eval_cli.main([str(other), *RUN_ARGS, "--split", "train", "--modes", "vote"]) == 0
+    assert compare_cli.main([*a, "--vs", str(other)]) == 2
+    assert "different split" in (err := capsys.readouterr().err) and "--split" in err

@@ -10,6 +10,7 @@ import torch
 from agents.acting import ActionPicker, PopulationActor
 from agents.population import Population
 from core.config import Config
+from envs.fingerprints import unseen_levels
 from envs.make import make_env
 from evaluation.episodes import run_episodes
 
@@ -32,11 +33,16 @@ def evaluate_heldout(cfg: Config, pop: Population, seeds: list[int], update: int
     n = min(cfg.env.num_envs, log.eval_episodes)
     seed = 10_000 + update
     for split in log.eval_splits:
+        # eval.unseen: episodes on a level equal to a training level are not counted (envs/levels.py).
+        skip = unseen_levels(cfg.env, split, cfg.eval.unseen, num_envs=n, seed=seed, episodes=log.eval_episodes)
         actor = PopulationActor(pop, n, ActionPicker(seeds, device, salt=3 + update), device)
         envs = [make_env(cfg.env, n, split, rand_seed=seed) for _ in seeds]
         try:
+            # Every agent's batch steps in a worker thread; the episode ends of all agents reset
+            # their recurrent state with one copy per step (``slice(None)``: every member at once).
             stats = run_episodes(lambda obs: actor(obs)[0], envs, log.eval_episodes, device, seed=seed,
-                                 on_step=lambda info: actor.episode_ended(info["group"], info["terminated"]))
+                                 on_steps=lambda ends: actor.episode_ended(slice(None), ends),
+                                 skip_levels=skip.excluded)
         finally:
             for env in envs:
                 env.close()
