@@ -113,7 +113,13 @@ class PolicyNet(nn.Module):
             onehot = h.new_zeros(h.shape[0], self.num_actions)
         else:
             onehot = F.one_hot(actions, self.num_actions).to(h.dtype)
-        return PolicyHeads(h, self.actor(h), self.advantage(torch.cat((h, onehot), -1)).squeeze(-1))
+        # In a population, member m's advantage weight starts m x (H + A) floats into the stacked
+        # tensor: not 16-byte aligned, and CPU matrix-vector kernels round differently on misaligned
+        # operands (measured), so a member would differ from itself alone in the last bit. A copy
+        # is aligned, like the weight of a network alone; it costs H + A floats.
+        w = self.advantage.weight.clone()
+        adv = F.linear(torch.cat((h, onehot), -1), w, self.advantage.bias).squeeze(-1)
+        return PolicyHeads(h, self.actor(h), adv)
 
 
 class ValueNet(nn.Module):
@@ -240,6 +246,9 @@ def normalised_advantages(adv: torch.Tensor, eps: float) -> torch.Tensor:
 
 def bce(p: torch.Tensor, target: torch.Tensor | float) -> torch.Tensor:
     """``nn.BCELoss`` per member: (M, b) probabilities -> (M,) means (log clamped at -100 as there)."""
+    # contiguous: a strided view (a column of the softmax) would be reduced in an order that
+    # depends on M, and a member in a population would then differ from itself alone in the last bit.
+    p = p.contiguous()
     target = torch.as_tensor(target, dtype=p.dtype, device=p.device).expand_as(p)
     return F.binary_cross_entropy(p, target, reduction="none").mean(1)
 
@@ -362,7 +371,7 @@ class IDAACAlgorithm(MemberAlgorithm):
             batch = self.paired(data, batch)
         sums: dict[str, torch.Tensor] = {}
         count = 0
-        for mb in self.minibatches(batch, self.ppo.epochs, self.ppo.num_minibatches):
+        for mb in self.minibatches(batch, self.idaac.epochs, self.ppo.num_minibatches):
             b = mb.batch
             terms = self.policy_losses(b, self.partner_frames(data, b.partner) if self.invariance else None)
             terms["grad_norm"] = self._step("policy", self.policy_objective(terms))

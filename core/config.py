@@ -123,10 +123,11 @@ class MemberConfig:
 class IDAACConfig:
     """IDAAC and DAAC members (``member.algo=idaac|daac``): defaults of the reference's
     ``arguments.py`` (rraileanu/idaac, ppo_daac_idaac/). The shared PPO settings (lr, adam_eps,
-    clip_coef, ent_coef, max_grad_norm, epochs, num_minibatches, gamma, gae_lambda) come from
+    clip_coef, ent_coef, max_grad_norm, num_minibatches, gamma, gae_lambda) come from
     ``ppo``; ``ppo.vf_coef`` and ``ppo.norm_adv`` do not apply (the value network has its own
     optimiser, advantages are normalised over the rollout with ``adv_eps``)."""
 
+    epochs: int = 1  # policy epochs per update (the reference's ppo_epoch; ppo.epochs stays the explorer's)
     value_epoch: int = 9  # epochs of the value phase
     value_freq: int = 1  # the value phase runs when the update index (from 0) is a multiple of it
     adv_loss_coef: float = 0.25  # weight of the advantage head's regression loss
@@ -487,7 +488,7 @@ def _validate_member(cfg: Config) -> None:
     if cfg.ppo.minibatch != "samples":
         raise ConfigError(f"member.algo={algo} trains on random single transitions as its reference does: "
                           "set ppo.minibatch=samples")
-    for key in ("idaac.value_epoch", "idaac.value_freq", "idaac.discriminator_hidden", "idaac.adv_eps"):
+    for key in ("idaac.epochs", "idaac.value_epoch", "idaac.value_freq", "idaac.discriminator_hidden", "idaac.adv_eps"):
         _positive(key, getattr(cfg.idaac, key.split(".")[1]))
     for key in ("idaac.adv_loss_coef", "idaac.order_loss_coef"):
         _positive(key, getattr(cfg.idaac, key.split(".")[1]), strict=False)
