@@ -112,7 +112,8 @@ class PolicyNet(nn.Module):
         if actions is None:
             onehot = h.new_zeros(h.shape[0], self.num_actions)
         else:
-            onehot = F.one_hot(actions, self.num_actions).to(h.dtype)
+            # A comparison rather than F.one_hot, which has no vmap rule (population.forward_mode=vmap).
+            onehot = (actions.unsqueeze(-1) == torch.arange(self.num_actions, device=h.device)).to(h.dtype)
         # In a population, member m's advantage weight starts m x (H + A) floats into the stacked
         # tensor: not 16-byte aligned, and CPU matrix-vector kernels round differently on misaligned
         # operands (measured), so a member would differ from itself alone in the last bit. A copy

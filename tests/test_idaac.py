@@ -64,6 +64,19 @@ def test_parameter_counts_match_the_reference():
     assert not hasattr(IDAACSpec(algo="daac", discriminator_hidden=-1).build(), "discriminator")
 
 
+def test_vmap_and_loop_populations_agree_on_every_head():
+    spec = IDAACSpec(kind="small", discriminator_hidden=4)
+    loop, vmapped = Population(spec, [0, 1], "loop"), Population(spec, [0, 1], "vmap")
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randint(0, 256, (2, 3, 64, 64, 3), generator=g, dtype=torch.uint8)
+    actions = torch.randint(0, 15, (2, 3), generator=g)
+    pairs = torch.randn(2, 3, 512, generator=g)
+    for args, head in [((obs,), "act"), ((obs, actions), "policy"), ((obs,), "value"), ((pairs,), "discriminator")]:
+        a, b = loop(*args, head=head), vmapped(*args, head=head)
+        for x, y in zip(*(o if isinstance(o, tuple) else (o,) for o in (a, b))):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5, msg=head)
+
+
 def test_tuned_table_equals_the_references_for_all_games():
     assert set(GAMES) == set(REF_VALUE_EPOCH)
     for name, game in GAMES.items():
@@ -368,3 +381,16 @@ def test_maze_idaac_config_loads():
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "configs" / "maze_idaac.yaml")
     assert cfg.member.algo == "idaac" and cfg.idaac.epochs == 1 and cfg.env.num_envs == 64
+
+
+def test_expgen_evaluates_idaac_members(small_cfg):
+    """eval.py reads IDAAC checkpoints (their spec names the algorithm) and the controller plays
+    their policies beside the PPO explorer."""
+    from evaluation.evaluate import evaluate_run
+
+    cfg = small_cfg(*SMALL_IDAAC, "ensemble.size=2", "ppo.total_steps=32", "explorer.enabled=true",
+                    "explorer.total_steps=32", name="expgen")
+    train_run(cfg)
+    results = evaluate_run(cfg.layout.root, ["eval.episodes=2", "eval.num_envs=2", "device=cpu",
+                                             "eval.modes=[expgen]"])
+    assert set(results["modes"]) == {"expgen"} and not results["skipped"]
