@@ -540,5 +540,8 @@ CHANGEABLE = ("ppo.total_steps",)
 def incompatible_changes(saved: Config, new: Config) -> list[str]:
     """The keys whose value ``new`` changes from the ``saved`` config of a run that has trained."""
     a, b = _flat(saved), _flat(new)
+    # The discount the explorer trains with, not how it was written: 0.9 and -1 (maze's per-game
+    # value from envs/games.py) are the same experiment.
+    a["explorer.gamma"], b["explorer.gamma"] = saved.explorer_gamma, new.explorer_gamma
     keys = [k for k in a if k in FIXED_KEYS or (k.startswith(FIXED_SECTIONS) and k not in CHANGEABLE)]
     return [f"{k}: {a[k]!r} -> {b.get(k)!r}" for k in keys if a[k] != b.get(k)]
