@@ -18,7 +18,8 @@ import torch
 
 @dataclass
 class Batch:
-    """PPO's data per member: (M, ...) tensors whose next axes index samples, (T, N) or (b,)."""
+    """PPO's data per member: (M, ...) tensors whose next axes index samples, (T, N) or (b,).
+    Subclasses (agents/idaac.py:PairedBatch) add per-sample fields that every selection carries."""
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -33,16 +34,16 @@ class Batch:
         axes = self.actions.dim() - 1
         if axes == 1:
             return self
-        return Batch(*(getattr(self, f.name).flatten(1, axes) for f in fields(self)))
+        return type(self)(*(getattr(self, f.name).flatten(1, axes) for f in fields(self)))
 
     def select(self, idx: torch.Tensor) -> "Batch":
         """Per-member sample indices (M, b) into a flat batch -> a (M, b, ...) minibatch."""
         rows = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
-        return Batch(*(getattr(self, f.name)[rows, idx] for f in fields(self)))
+        return type(self)(*(getattr(self, f.name)[rows, idx] for f in fields(self)))
 
     def select_envs(self, idx: torch.Tensor) -> "Batch":
         """Per-member env indices (M, b) into a (M, T, N) batch -> their whole sequences (M, T, b)."""
-        return Batch(*(torch.stack([getattr(self, f.name)[m][:, i] for m, i in enumerate(idx)])
+        return type(self)(*(torch.stack([getattr(self, f.name)[m][:, i] for m, i in enumerate(idx)])
                        for f in fields(self)))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -17,6 +17,21 @@ from torch import nn
 
 from core.config import NETWORK_KINDS
 from envs.games import NUM_ACTIONS
+
+
+class PolicyOutput(NamedTuple):
+    """What acting reads from a member network: (..., A) action logits and (...) state values."""
+
+    logits: torch.Tensor
+    values: torch.Tensor
+
+
+class RecurrentOutput(NamedTuple):
+    """A recurrent network's output: ``PolicyOutput``'s fields plus the GRU state after the sequence."""
+
+    logits: torch.Tensor
+    values: torch.Tensor
+    state: torch.Tensor
 
 
 class ResidualBlock(nn.Module):
@@ -83,6 +98,7 @@ class NetworkSpec:
             )
 
     def build(self, bf16: bool = False) -> "ActorCritic | RecurrentActorCritic":
+        """A fresh network: ``forward(obs)`` returns a ``PolicyOutput`` (recurrent: ``RecurrentOutput``)."""
         return RecurrentActorCritic(self, bf16) if self.recurrent else ActorCritic(self, bf16)
 
     @classmethod
@@ -152,9 +168,9 @@ class ActorCritic(nn.Module):
         self.actor = orthogonal_(nn.Linear(spec.hidden, spec.num_actions), 0.01)
         self.critic = orthogonal_(nn.Linear(spec.hidden, 1), 1.0)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, obs: torch.Tensor) -> PolicyOutput:
         h = run_trunk(self.trunk, obs, self.bf16)
-        return self.actor(h), self.critic(h).squeeze(-1)
+        return PolicyOutput(self.actor(h), self.critic(h).squeeze(-1))
 
 
 class RecurrentActorCritic(nn.Module):
@@ -180,7 +196,7 @@ class RecurrentActorCritic(nn.Module):
 
     def forward(
         self, obs: torch.Tensor, state: torch.Tensor, first: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> RecurrentOutput:
         """uint8 obs (T, B, 64, 64, 3), state (B, H), first (T, B) -> logits (T, B, A),
         values (T, B), final state (B, H)."""
         steps, batch = obs.shape[:2]
@@ -190,7 +206,7 @@ class RecurrentActorCritic(nn.Module):
         # (cuDNN refuses a backward through an eval-mode forward).
         h, state = gru_sequence(x, state, first, [g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh],
                                 training=torch.is_grad_enabled())
-        return self.actor(h), self.critic(h).squeeze(-1), state
+        return RecurrentOutput(self.actor(h), self.critic(h).squeeze(-1), state)
 
 
 # The population's stacked parameters are views, never cuDNN's single flat weight buffer; cuDNN

@@ -28,17 +28,32 @@ from torch import nn
 from torch.nn import functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from agents.networks import ActorCritic, NetworkSpec, RecurrentActorCritic, reference_init_
+from typing import Any, Protocol
+
+from agents.networks import NetworkSpec, reference_init_
 from core.config import FORWARD_MODES
 
 
+class MemberSpec(Protocol):
+    """What a population needs of a member network's spec: ``agents.networks.NetworkSpec`` (PPO,
+    the explorer) or a member algorithm's own (``agents.idaac.IDAACSpec``)."""
+
+    recurrent: bool
+    hidden: int
+    num_actions: int
+
+    def build(self, bf16: bool = False) -> nn.Module: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 class Population(nn.Module):
-    """M actor-critics of one ``NetworkSpec``, member ``m`` initialised from ``seeds[m]``.
+    """M networks of one spec, member ``m`` initialised from ``seeds[m]``.
 
     ``bf16``: the members' trunks run in bf16 autocast (see ``networks.run_trunk``).
     """
 
-    def __init__(self, spec: NetworkSpec, seeds: list[int], forward_mode: str = "auto",
+    def __init__(self, spec: MemberSpec, seeds: list[int], forward_mode: str = "auto",
                  bf16: bool = False, init: str = "torch") -> None:
         super().__init__()
         if forward_mode not in FORWARD_MODES:
@@ -78,25 +93,28 @@ class Population(nn.Module):
             return "vmap" if device.type == "cuda" and self.size > 1 else "loop"
         return self.forward_mode
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Run every member on its own slice of each input (leading axis M).
+    def forward(self, *inputs: torch.Tensor, **options: Any) -> Any:
+        """Run every member on its own slice of each input (leading axis M); ``options`` (plain
+        values, the same for every member) go to the member network's ``forward`` as keywords.
 
-        Feed-forward members: uint8 frames (M, B, 64, 64, 3) -> logits (M, B, A), values (M, B).
-        Recurrent members take and return their state too (see RecurrentActorCritic).
+        Feed-forward members: uint8 frames (M, B, 64, 64, 3) -> ``PolicyOutput`` of logits
+        (M, B, A) and values (M, B). Recurrent members take and return their state too
+        (``RecurrentOutput``). Other outputs (a member algorithm's heads) come back with the member
+        axis in front, in the network's own output type (tensor, tuple or NamedTuple).
         """
         params = self.member_params()
         if self._mode(inputs[0].device) == "vmap":
 
             def one(p: tuple[torch.Tensor, ...], *x: torch.Tensor):
-                return functional_call(self._base, dict(zip(self.names, p)), x)
+                return functional_call(self._base, dict(zip(self.names, p)), x, options)
 
             return vmap(one)(tuple(params), *inputs)
         per_member = zip(*(p.unbind(0) for p in params))  # unbind's backward is one stack
         outs = [
-            functional_call(self._base, dict(zip(self.names, p)), tuple(x[m] for x in inputs))
+            functional_call(self._base, dict(zip(self.names, p)), tuple(x[m] for x in inputs), options)
             for m, p in enumerate(per_member)
         ]
-        return tuple(torch.stack(o) for o in zip(*outs))
+        return stack_outputs(outs)
 
     def member_state_dict(self, m: int) -> dict[str, torch.Tensor]:
         """Member ``m`` as the state dict of a plain ``ActorCritic``: the checkpoint format."""
@@ -110,20 +128,29 @@ class Population(nn.Module):
             for k, p in zip(self.names, self.member_params()):
                 p[m].copy_(state[k])
 
-    def member_network(self, m: int) -> ActorCritic | RecurrentActorCritic:
+    def member_network(self, m: int) -> nn.Module:
         net = self.spec.build()
         net.load_state_dict(self.member_state_dict(m))
         return net
 
     @classmethod
     def from_state_dicts(
-        cls, spec: NetworkSpec, states: list[dict[str, torch.Tensor]], forward_mode: str = "auto",
+        cls, spec: MemberSpec, states: list[dict[str, torch.Tensor]], forward_mode: str = "auto",
         bf16: bool = False,
     ) -> "Population":
         pop = cls(spec, list(range(len(states))), forward_mode, bf16)
         for m, state in enumerate(states):
             pop.load_member_state_dict(m, state)
         return pop
+
+
+def stack_outputs(outs: list[Any]) -> Any:
+    """Per-member outputs -> one output with a leading member axis, of the members' output type."""
+    first = outs[0]
+    if torch.is_tensor(first):
+        return torch.stack(outs)
+    stacked = [torch.stack(o) for o in zip(*outs)]
+    return type(first)(*stacked) if hasattr(first, "_fields") else tuple(stacked)
 
 
 class AutocastConv2d(nn.Conv2d):
@@ -177,13 +204,14 @@ def honour_autocast(net: nn.Module) -> nn.Module:
     return net
 
 
-def seeded_network(spec: NetworkSpec, seed: int, init: str = "torch") -> ActorCritic | RecurrentActorCritic:
+def seeded_network(spec: MemberSpec, seed: int, init: str = "torch") -> nn.Module:
     """The network a member with ``seed`` starts from (the same for every engine); ``init`` is
-    ``network.init``: PyTorch's default layer init, or the authors' (``reference_init_``)."""
+    ``network.init``: PyTorch's default layer init, or the authors' (``reference_init_``). A member
+    algorithm's own spec (not a ``NetworkSpec``) initialises its networks as its reference does."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = spec.build()
-        return reference_init_(net) if init == "reference" else net
+        return reference_init_(net) if init == "reference" and isinstance(spec, NetworkSpec) else net
 
 
 def clip_grad_norms_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:

@@ -37,6 +37,8 @@ MINIBATCHES = ("samples", "sequences")
 INITS = ("torch", "reference")
 PIPELINES = ("auto", "serial", "overlap")
 ACTING_MODES = ("auto", "eager", "cudagraph")
+ALGOS = ("ppo", "idaac", "daac")  # member algorithms (agents/registry.py)
+PAIR_LABELS = ("reference", "corrected")
 
 
 class ConfigError(ValueError):
@@ -107,6 +109,41 @@ class PPOConfig:
     # The reward agents' minibatches: random single transitions (CleanRL), or sets of whole env
     # sequences (the authors' PPO); the recurrent explorer always uses sequences.
     minibatch: str = "samples"  # samples | sequences
+
+
+@dataclass
+class MemberConfig:
+    """How the reward agents (members) learn. ``engine`` says who trains them; ``algo`` says with
+    what (native engine only): ppo, idaac or daac (Raileanu & Fergus 2021; agents/idaac.py)."""
+
+    algo: str = "ppo"  # ppo | idaac | daac
+
+
+@dataclass
+class IDAACConfig:
+    """IDAAC and DAAC members (``member.algo=idaac|daac``): defaults of the reference's
+    ``arguments.py`` (rraileanu/idaac, ppo_daac_idaac/). The shared PPO settings (lr, adam_eps,
+    clip_coef, ent_coef, max_grad_norm, num_minibatches, gamma, gae_lambda) come from
+    ``ppo``; ``ppo.vf_coef`` and ``ppo.norm_adv`` do not apply (the value network has its own
+    optimiser, advantages are normalised over the rollout with ``adv_eps``)."""
+
+    epochs: int = 1  # policy epochs per update (the reference's ppo_epoch; ppo.epochs stays the explorer's)
+    value_epoch: int = 9  # epochs of the value phase
+    value_freq: int = 1  # the value phase runs when the update index (from 0) is a multiple of it
+    adv_loss_coef: float = 0.25  # weight of the advantage head's regression loss
+    order_loss_coef: float = 0.001  # weight of the invariance loss (idaac only)
+    nonlinear_discriminator: bool = False  # false: Linear(2 x hidden, 2); true: one hidden layer
+    discriminator_hidden: int = 4  # units of that hidden layer
+    # true: the reference's per-game value_epoch, value_freq, adv_loss_coef, order_loss_coef and
+    # discriminator (its hyperparams.py, kept in envs/games.py) replace the five settings above.
+    use_best_hps: bool = False
+    adv_eps: float = 1.0e-5  # advantage normalisation: (A - mean) / (std + adv_eps)
+    # reference: each frame is paired using the previous frame's level and step labels, as the
+    # reference's storage does (off by one); corrected: its own labels (agents/idaac.py:frame_labels).
+    pair_labels: str = "reference"  # reference | corrected
+    # The reference's baselines VecNormalize(ob=False): rewards / running std of the discounted
+    # return (gamma 0.99), clipped to +-10. Logged episode returns stay raw.
+    reward_scaling: bool = True
 
 
 @dataclass
@@ -215,6 +252,8 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    member: MemberConfig = field(default_factory=MemberConfig)
+    idaac: IDAACConfig = field(default_factory=IDAACConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     population: PopulationConfig = field(default_factory=PopulationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -330,6 +369,8 @@ def validate(cfg: Config) -> None:
         except ValueError as e:
             raise ConfigError(f"{key}: {e}") from None
     _choice("engine", cfg.engine, ENGINES)
+    _choice("member.algo", cfg.member.algo, ALGOS)
+    _choice("idaac.pair_labels", cfg.idaac.pair_labels, PAIR_LABELS)
     _choice("network.kind", cfg.network.kind, NETWORK_KINDS)
     _choice("network.precision", cfg.network.precision, PRECISIONS)
     _choice("population.forward_mode", cfg.population.forward_mode, FORWARD_MODES)
@@ -429,6 +470,7 @@ def _validate_across(cfg: Config) -> None:
         )
     if cfg.engine == "rllib":
         rllib_runner_layout(cfg)
+    _validate_member(cfg)
     if cfg.expgen.threshold > cfg.eval_members:
         raise ConfigError(
             f"expgen.threshold={cfg.expgen.threshold} exceeds the {cfg.eval_members} members evaluated "
@@ -439,6 +481,27 @@ def _validate_across(cfg: Config) -> None:
     for key in ("rllib.num_env_runners", "rllib.num_envs_per_env_runner", "rllib.num_learners",
                 "rllib.num_gpus_per_learner"):
         _positive(key, getattr(cfg.rllib, key.split(".")[1]), strict=False)
+
+
+def _validate_member(cfg: Config) -> None:
+    """The member algorithm's rules (``member``, ``idaac``)."""
+    if cfg.member.algo == "ppo":
+        return
+    algo = cfg.member.algo
+    if cfg.engine != "native":
+        raise ConfigError(f"member.algo={algo} is implemented by the native engine only, not engine={cfg.engine}; "
+                          "use engine=native or member.algo=ppo")
+    if cfg.ppo.minibatch != "samples":
+        raise ConfigError(f"member.algo={algo} trains on random single transitions as its reference does: "
+                          "set ppo.minibatch=samples")
+    for key in ("idaac.epochs", "idaac.value_epoch", "idaac.value_freq", "idaac.discriminator_hidden", "idaac.adv_eps"):
+        _positive(key, getattr(cfg.idaac, key.split(".")[1]))
+    for key in ("idaac.adv_loss_coef", "idaac.order_loss_coef"):
+        _positive(key, getattr(cfg.idaac, key.split(".")[1]), strict=False)
+    if cfg.idaac.reward_scaling and cfg.env.pipeline == "overlap":
+        raise ConfigError("idaac.reward_scaling updates its running return statistics over each whole env "
+                          "batch; env.pipeline=overlap steps halves: use env.pipeline=serial or "
+                          "idaac.reward_scaling=false")
 
 
 def rllib_runner_layout(cfg: Config) -> tuple[int, int]:
@@ -474,14 +537,17 @@ def _flat(cfg: Config) -> dict[str, Any]:
 # and the controller may change between invocations.
 FIXED_KEYS = ("env.game", "env.num_envs", "env.distribution_mode", "env.start_level", "env.num_levels",
               "env.use_backgrounds", "network.kind", "network.channels", "network.hidden", "network.init",
-              "seed", "ensemble.seeds", "engine", "explorer.gamma", "explorer.k", "explorer.buffer_size",
+              "seed", "ensemble.seeds", "engine", "member.algo", "explorer.gamma", "explorer.k", "explorer.buffer_size",
               "explorer.pool", "explorer.seed")
-FIXED_SECTIONS = ("ppo.",)  # every PPO setting except its budget
+FIXED_SECTIONS = ("ppo.", "idaac.")  # every PPO and IDAAC setting except the budget
 CHANGEABLE = ("ppo.total_steps",)
 
 
 def incompatible_changes(saved: Config, new: Config) -> list[str]:
     """The keys whose value ``new`` changes from the ``saved`` config of a run that has trained."""
     a, b = _flat(saved), _flat(new)
+    # The discount the explorer trains with, not how it was written: 0.9 and -1 (maze's per-game
+    # value from envs/games.py) are the same experiment.
+    a["explorer.gamma"], b["explorer.gamma"] = saved.explorer_gamma, new.explorer_gamma
     keys = [k for k in a if k in FIXED_KEYS or (k.startswith(FIXED_SECTIONS) and k not in CHANGEABLE)]
     return [f"{k}: {a[k]!r} -> {b.get(k)!r}" for k in keys if a[k] != b.get(k)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.networks import NetworkSpec
 from agents.population import Population
+from agents.registry import spec_from_dict
 from core.checkpoint import CheckpointError, list_checkpoints, load_latest
 from core.config import Config, load_config
 from core.run_layout import RunLayout
@@ -67,7 +67,7 @@ def load_members(cfg: Config, runtime: Runtime) -> tuple[Population, list[int]]:
                 "train the run first (python train.py --config ...)"
             )
         ckpts.append(ckpt)
-    specs = [NetworkSpec.from_dict(c["network"]) for c in ckpts]
+    specs = [spec_from_dict(c["network"]) for c in ckpts]  # PPO, IDAAC or DAAC members
     if any(s != specs[0] for s in specs) or specs[0].recurrent:
         raise CheckpointError(
             f"members of {cfg.layout.root} must share one non-recurrent network to be evaluated "
@@ -86,7 +86,7 @@ def load_explorer(cfg: Config, runtime: Runtime) -> tuple[Population | None, int
     ckpt = load_latest(folder, "cpu")
     if ckpt is None:
         return None, None, f"no readable explorer checkpoint in {folder}"
-    pop = Population.from_state_dicts(NetworkSpec.from_dict(ckpt["network"]), [ckpt["model"]], "loop",
+    pop = Population.from_state_dicts(spec_from_dict(ckpt["network"]), [ckpt["model"]], "loop",
                                       runtime.bf16)
     return pop.to(runtime.device).eval(), int(ckpt["step"]), None
 

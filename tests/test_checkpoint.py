@@ -48,7 +48,7 @@ def assert_same_training_state(a: PopulationLearner, b: PopulationLearner) -> No
     for p, q in zip(a.params, b.params):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     for p, q in zip(a.params, b.params):
-        sa, sb = a.opt.state[p], b.opt.state[q]
+        sa, sb = a.algorithm.opt.state[p], b.algorithm.opt.state[q]
         assert set(sa) == set(sb) and sa, "Adam state must be restored"
         for k in sa:
             torch.testing.assert_close(torch.as_tensor(sa[k]), torch.as_tensor(sb[k]), rtol=0, atol=0)

@@ -142,3 +142,19 @@ def test_train_cli_reports_bad_key_and_exits_2(tmp_path, capsys):
 def test_train_cli_missing_config_exits_2(tmp_path, capsys):
     assert train.main(["--config", str(tmp_path / "absent.yaml")]) == 2
     assert "absent.yaml" in capsys.readouterr().err
+
+
+def test_paper_configs_take_the_explorer_discount_from_the_game_table():
+    """No config restates the per-game explorer discount (a copy for another game would keep it);
+    a run trained with the number written out resumes under -1 (the same discount)."""
+    from core.config import incompatible_changes
+    from envs.games import get_game
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(root.glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.explorer.gamma == -1, path.name
+        assert cfg.explorer_gamma == get_game(cfg.env.game).explorer_gamma
+    written = load_config(root / "maze.yaml", ["explorer.gamma=0.9"])
+    assert incompatible_changes(written, load_config(root / "maze.yaml")) == []
+    assert incompatible_changes(written, load_config(root / "maze.yaml", ["explorer.gamma=0.5"]))

@@ -66,7 +66,7 @@ def rollouts(cfg, make, iterations: int = 2) -> list[dict[str, torch.Tensor]]:
     out = []
     for _ in range(iterations):
         learner.collect()
-        record = {k: v.clone() for k, v in vars(learner.ro).items()}
+        record = {k: v.clone() for k, v in vars(learner.ro).items() if v is not None}  # labels: IDAAC only
         record["next_obs"], record["next_done"] = learner.next_obs.clone(), learner.next_done.clone()
         if isinstance(learner, ExplorerLearner):
             record["knn"] = learner.knn.buffer.clone()

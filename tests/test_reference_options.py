@@ -121,7 +121,10 @@ def test_no_test_split_when_training_on_every_level(small_cfg):
         small_cfg("env.num_levels=0")
     with pytest.raises(ConfigError, match="eval.split=test"):
         small_cfg("env.num_levels=0", "logging.eval_splits=[train]")
-    small_cfg("env.num_levels=0", "logging.eval_splits=[train]", "eval.split=test-full")  # accepted
+    # every level is a training level: test-full holds unseen levels only under the raw seed rule
+    with pytest.raises(ConfigError, match="eval.unseen=none"):
+        small_cfg("env.num_levels=0", "logging.eval_splits=[train]", "eval.split=test-full")
+    small_cfg("env.num_levels=0", "logging.eval_splits=[train]", "eval.split=test-full", "eval.unseen=none")
 
 
 def test_sequences_need_whole_env_minibatches(small_cfg):

@@ -20,7 +20,8 @@ import torch
 
 from agents.knn_reward import EpisodicKNNReward, embed_frames, embedding_dim, embedding_scale
 from agents.minibatches import Minibatch, SequenceMinibatches
-from agents.networks import NetworkSpec
+from agents.algorithm import PPOAlgorithm
+from agents.networks import NetworkSpec, PolicyOutput
 from agents.sampling import make_generators
 from core.config import Config
 from core.runtime import Runtime
@@ -34,11 +35,13 @@ from training.native_learner import NativeLearner
 class ExplorerLearner(NativeLearner):
     def __init__(self, cfg: Config, runtime: Runtime) -> None:
         ex, n = cfg.explorer, cfg.env.num_envs
-        super().__init__(cfg, NetworkSpec.from_config(cfg.network, recurrent=True), [ex.seed], runtime,
-                         "loop", cfg.num_updates(explorer=True))
+        # The explorer is always PPO (docs/expgen.md, "Explorer"), whatever member.algo says.
+        self.minibatches = SequenceMinibatches(make_generators([ex.seed], "cpu", salt=2))
+        algorithm = PPOAlgorithm(cfg, NetworkSpec.from_config(cfg.network, recurrent=True), [ex.seed], "loop",
+                                 runtime.bf16, runtime.device, self.minibatches)
+        super().__init__(cfg, algorithm, [ex.seed], runtime, cfg.num_updates(explorer=True))
         self.agents = [cfg.layout.explorer]
         self.gamma = cfg.explorer_gamma
-        self.minibatches = SequenceMinibatches(make_generators([ex.seed], "cpu", salt=2))
         parts = len(self.slices)
         self.envs = FullViewPair(functools.partial(make_env, cfg.env, split="train", rand_seed=ex.seed), n, parts)
         self.env_workers = parts
@@ -110,15 +113,15 @@ class ExplorerLearner(NativeLearner):
             self.ended_intrinsic[t] = torch.where(done, self.ep_intrinsic, self.ended_intrinsic[t])
             self.ep_intrinsic.masked_fill_(done, 0.0)
 
-    def forward(self, mb: Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, mb: Minibatch) -> PolicyOutput:
         """Replay each minibatch sequence through the GRU from its env's state at rollout start."""
         seq = mb.batch
         rows = torch.arange(len(mb.envs), device=mb.envs.device).unsqueeze(1)
-        logits, values, _ = self.pop(seq.obs, self.start_state[rows, mb.envs], seq.first)
-        return logits.flatten(1, 2), values.flatten(1, 2)
+        out = self.pop(seq.obs, self.start_state[rows, mb.envs], seq.first)
+        return PolicyOutput(out.logits.flatten(1, 2), out.values.flatten(1, 2))
 
     def next_value(self) -> torch.Tensor:
-        return self.pop(self.next_obs.unsqueeze(1), self.actor.state, self.next_done.unsqueeze(1))[1][:, 0]
+        return self.pop(self.next_obs.unsqueeze(1), self.actor.state, self.next_done.unsqueeze(1)).values[:, 0]
 
     def learn(self) -> dict[str, torch.Tensor]:
         metrics = super().learn()

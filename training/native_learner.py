@@ -22,13 +22,15 @@ import numpy as np
 import torch
 
 from agents.acting import ActionPicker, CapturedStep, PopulationActor
+from agents.algorithm import MemberAlgorithm, UpdateInput
 from agents.minibatches import Batch, Minibatch, MinibatchStrategy
-from agents.networks import NetworkSpec
+from agents.networks import PolicyOutput
 from agents.population import Population
-from agents.ppo import LRSchedule, explained_variance, ppo_update
+from agents.ppo import LRSchedule, explained_variance
 from agents.rollout import Rollout, compute_gae
 from envs.procgen_vec import OBS_SHAPE
 from agents.sampling import log_prob_entropy, restore_generator
+from core.checkpoint import CheckpointError
 from core.config import Config
 from core.memory import tune_allocator
 from core.config import EnvConfig
@@ -54,20 +56,21 @@ class NativeLearner(Learner):
     ``send``/``receive`` (one slice's env step), ``forward`` and ``next_value``."""
 
     gamma: float
-    minibatches: MinibatchStrategy
+    minibatches: MinibatchStrategy  # its generators are checkpointed with each member
     env_workers: int  # slices in flight at once x env batches per slice; 1 = step inline
 
-    def __init__(self, cfg: Config, spec: NetworkSpec, seeds: list[int], runtime: Runtime,
-                 forward_mode: str, num_updates: int) -> None:
+    def __init__(self, cfg: Config, algorithm: MemberAlgorithm, seeds: list[int], runtime: Runtime,
+                 num_updates: int) -> None:
+        """``algorithm`` (built on ``runtime.device`` from ``seeds``) owns the networks, the
+        optimisers and the update; this learner collects its rollouts and computes GAE."""
         tune_allocator()
-        self.cfg, self.spec, self.seeds, self.runtime = cfg, spec, list(seeds), runtime
+        self.cfg, self.seeds, self.runtime = cfg, list(seeds), runtime
+        self.algorithm, self.spec = algorithm, algorithm.pop.spec
         self.device = runtime.device
         p, n = cfg.ppo, cfg.env.num_envs
-        self.pop = Population(spec, self.seeds, forward_mode, runtime.bf16, cfg.network.init).to(self.device)
-        self.params = self.pop.member_params()
-        self.opt = torch.optim.Adam(self.params, lr=p.lr, eps=p.adam_eps)
+        self.pop = algorithm.pop
         self.actor = PopulationActor(self.pop, n, ActionPicker(self.seeds, self.device, salt=SAMPLE_SALT), self.device)
-        self.ro = Rollout.allocate(len(self.seeds), p.num_steps, n, self.device)
+        self.ro = Rollout.allocate(len(self.seeds), p.num_steps, n, self.device, algorithm.needs_frame_labels)
         self.steps_per_update = cfg.steps_per_update
         self.num_updates = num_updates
         self.lr_schedule = LRSchedule.from_config(p, num_updates)
@@ -82,6 +85,11 @@ class NativeLearner(Learner):
         self._threads: ThreadPoolExecutor | None = None
         self._in_flight: list[list[Future] | None] = [None] * parts
         self._acting: dict[tuple[int, int], Callable[[], tuple[torch.Tensor, ...]]] = {}
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        """Every stacked (M, ...) parameter of the algorithm's networks."""
+        return self.algorithm.params
 
     def host_buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> np.ndarray:
         return torch.zeros(shape, dtype=dtype, pin_memory=self.pinned).numpy()
@@ -116,8 +124,7 @@ class NativeLearner(Learner):
 
     def iterate(self) -> IterationResult:
         lr = self.lr_schedule(self.update)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
+        self.algorithm.set_lr(lr)
         episodes = self.collect()
         metrics = {k: v.cpu().numpy() for k, v in self.learn().items()}  # the one host sync
         self.update += 1
@@ -153,7 +160,11 @@ class NativeLearner(Learner):
             ro.dones[:, t, envs] = self.next_done[:, envs]
             actions, values, logprobs = self.acting_step(envs)()
             ro.actions[:, t, envs], ro.values[:, t, envs], ro.logprobs[:, t, envs] = actions, values, logprobs
+            self.store_step(t, envs)
             return actions.cpu()
+
+    def store_step(self, t: int, envs: slice) -> None:
+        """What else step t of the envs ``envs`` stores (reward members: their frames' labels)."""
 
     def acting_step(self, envs: slice) -> Callable[[], tuple[torch.Tensor, ...]]:
         """The acting call of the slice ``envs`` on its persistent inputs (the slice's frames, the
@@ -183,7 +194,7 @@ class NativeLearner(Learner):
         numbers into ``self.episodes``, frames and episode starts into ``next_obs``/``next_done``."""
 
     @abstractmethod
-    def forward(self, mb: Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, mb: Minibatch) -> PolicyOutput:
         """Flat (M, b, A) logits and (M, b) values of a minibatch under the current parameters."""
 
     @abstractmethod
@@ -201,9 +212,13 @@ class NativeLearner(Learner):
         adv, ret = compute_gae(ro.rewards, ro.values, ro.dones, next_value, self.next_done,
                                self.gamma, self.cfg.ppo.gae_lambda)
         batch = Batch(ro.obs, ro.actions, ro.logprobs, ro.values, adv, ret, ro.dones)
-        metrics = ppo_update(self.forward, self.params, self.opt, batch, self.cfg.ppo, self.minibatches)
+        metrics = self.algorithm.update(self.update_input(batch))
         metrics["explained_variance"] = explained_variance(ro.values, ret)
         return metrics
+
+    def update_input(self, batch: Batch) -> UpdateInput:
+        """The rollout as the algorithm's update takes it (reward members add frame labels)."""
+        return UpdateInput(batch, self.forward, self.update, self.next_obs)
 
     def acting_population(self) -> tuple[Population, list[int]]:
         return self.pop, self.seeds
@@ -216,7 +231,9 @@ class NativeLearner(Learner):
         return {
             **network_payload(self.spec, self.pop.member_state_dict(i)),
             "seed": self.seeds[i],
-            "optimizer": self._optimizer_slice(i),
+            "algo": self.algorithm.name,
+            "optimizer": self.algorithm.optimizer_state(i),
+            **({"algo_state": extra} if (extra := self.algorithm.extra_state(i)) else {}),
             # Sampling draws on the job's device, minibatch order always on the CPU.
             "rng": {"sample": self.actor.pick.generators[i].get_state(), "sample_device": self.device.type,
                     "minibatch": self.minibatches.generators[i].get_state()},
@@ -225,7 +242,13 @@ class NativeLearner(Learner):
 
     def load_state(self, i: int, ckpt: dict[str, Any]) -> None:
         self.pop.load_member_state_dict(i, ckpt["model"])
-        self._load_optimizer_slice(i, ckpt["optimizer"])
+        saved_algo = ckpt.get("algo", "ppo")  # checkpoints before member algorithms were PPO's
+        if saved_algo != self.algorithm.name:
+            raise CheckpointError(f"{self.agents[i].name}: its checkpoint was trained by member.algo={saved_algo}, "
+                                  f"the config says member.algo={self.algorithm.name}; use a new run name "
+                                  "or restore the original algorithm")
+        self.algorithm.load_optimizer_state(i, ckpt["optimizer"])
+        self.algorithm.load_extra_state(i, ckpt.get("algo_state", {}))
         rng = ckpt["rng"]
         if not restore_generator(self.actor.pick.generators[i], rng["sample"], self.seeds[i], SAMPLE_SALT, ckpt["update"]):
             log.warning("%s: the checkpoint's action-sampling stream was saved on %s and cannot continue on "
@@ -234,22 +257,6 @@ class NativeLearner(Learner):
                         rng.get("sample_device", "another device type"), self.device.type, ckpt["update"])
         self.minibatches.generators[i].set_state(ckpt["rng"]["minibatch"])
         self.next_done[i] = ckpt["next_done"].to(self.device)
-
-    def _optimizer_slice(self, i: int) -> list[dict[str, Any]]:
-        """Agent i's share of the Adam state (moments are stacked on the member axis)."""
-        return [
-            {k: (v[i].clone() if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in self.opt.state[p].items()}
-            for p in self.params
-        ]
-
-    def _load_optimizer_slice(self, i: int, saved: list[dict[str, Any]]) -> None:
-        for p, entry in zip(self.params, saved):
-            state = self.opt.state[p]
-            for k, v in entry.items():
-                if torch.is_tensor(v) and v.dim() > 0:
-                    state.setdefault(k, torch.zeros_like(p))[i].copy_(v)
-                else:
-                    state[k] = v.clone() if torch.is_tensor(v) else v
 
     def close(self) -> None:
         if self._threads is not None:
