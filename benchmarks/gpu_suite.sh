@@ -16,7 +16,7 @@
 # (the machine's own are never shadowed).
 # DIR: --out, else $OUT when set, else a new temporary folder. --dry-run runs every stage on the
 # CPU at tiny sizes (tests/test_gpu_suite.py does). The Python that runs it: $PYTHON, else
-# .venv/bin/python when there is one, else python3. Stages and options: benchmarks/gpu_stages.py.
+# .venv/bin/python when there is one, else python3. Stages: benchmarks/gpu_stages.py; options: benchmarks/gpu_suite.py.
 set -uo pipefail
 started=$(date +%s.%N)
 cd "$(dirname "$0")/.." || exit 2
@@ -59,4 +59,4 @@ if [[ -z $python ]]; then
     if [[ -x .venv/bin/python ]]; then python=.venv/bin/python; else python=python3; fi
 fi
 echo "gpu_suite: $python, results in $out"
-exec "$python" benchmarks/gpu_stages.py suite --out "$out" --started "$started" ${args[@]+"${args[@]}"}
+exec "$python" benchmarks/gpu_suite.py suite --out "$out" --started "$started" ${args[@]+"${args[@]}"}
