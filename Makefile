@@ -1,22 +1,27 @@
 # Two entry points for a fresh clone (see README.md):
 #   make quickstart   set up .venv if needed, train the quickstart run, evaluate it on its training
 #                     level (eval/train/) and on unseen levels (eval/)
-#   make test         set up .venv if needed (with the dev and video extras), run the test suite
+#   make test         set up .venv if needed (with the dev and video extras), run the lint gate
+#                     (ruff, rules in pyproject.toml), then the test suite
+#   make lint         the lint gate alone
 PYTHON ?= python3
 VENV ?= .venv
 # A CPU build of torch; on a CUDA machine use TORCH=torch (or install torch yourself first).
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: quickstart test install clean-runs
+.PHONY: quickstart test lint install clean-runs
 
 quickstart: $(VENV)/.installed
 	$(BIN)/python train.py --config configs/quickstart.yaml
 	$(BIN)/python eval.py runs/quickstart --split train --modes member --name train
 	$(BIN)/python eval.py runs/quickstart
 
-test: $(VENV)/.installed
+test: lint
 	$(BIN)/python -m pytest -q tests
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
 
 install: $(VENV)/.installed
 

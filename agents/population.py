@@ -22,13 +22,12 @@ under ``vmap`` autocast never sees them (see there).
 from __future__ import annotations
 
 import copy
+from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.func import functional_call, stack_module_state, vmap
-
-from typing import Any, Protocol
+from torch.nn import functional as F
 
 from agents.networks import NetworkSpec, reference_init_
 from core.config import FORWARD_MODES

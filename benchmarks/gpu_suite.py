@@ -36,10 +36,19 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the project's packages
 
 from benchmarks.gpu_stages import (  # noqa: E402
-    BY_NAME, CONFIG, JSON_NAME, LOG_NAME, MARGIN_S, ROOT, STAGES, TAIL_CHARS, Stage, result_path,
-    run_stage_here, write_json,
+    BY_NAME,
+    CONFIG,
+    JSON_NAME,
+    LOG_NAME,
+    MARGIN_S,
+    ROOT,
+    STAGES,
+    TAIL_CHARS,
+    Stage,
+    result_path,
+    run_stage_here,
+    write_json,
 )
-
 
 # ---- the suite ------------------------------------------------------------------------------------
 # Stages are forked from this process after it imported torch and the project (PRELOAD) but never
@@ -220,7 +229,8 @@ class Suite:
         if blocked:
             return f"needs {', '.join(blocked)}, which did not pass"
         if left < estimate:
-            return f"would overrun: takes about {estimate:.0f} s, {max(left, 0.0):.0f} s of the {self.args.budget:.0f} s budget left"
+            return (f"would overrun: takes about {estimate:.0f} s, {max(left, 0.0):.0f} s of the "
+                    f"{self.args.budget:.0f} s budget left")
         return None
 
     def run_stage(self, stage: Stage, entry: dict[str, Any]) -> None:

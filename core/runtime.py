@@ -9,8 +9,9 @@ job's own process: training, side-by-side children, Ray trials, evaluation, benc
 - ``tf32: false`` (the default): every fp32 op is IEEE fp32: convolutions, cuDNN's GRU and matmuls.
   PyTorch's own default is a mix (TF32 for cuDNN convolutions and RNNs, IEEE for cuBLAS matmuls
   and the GRUCell), under which acting and replay differ by ~1e-3; in IEEE fp32 they compute the
-  same numbers up to summation order, which is what the exactness tests (1e-5) check. With ``precision=auto`` on a bf16 GPU the trunk, nearly all of
-  the arithmetic, runs in bf16 whatever this says; TF32 would only speed up the small rest.
+  same numbers up to summation order, which is what the exactness tests (1e-5) check. With
+  ``precision=auto`` on a bf16 GPU the trunk, nearly all of the arithmetic, runs in bf16 whatever
+  this says; TF32 would only speed up the small rest.
 - ``tf32: true``: convolutions, cuDNN's GRU and matmuls may use TF32 tensor cores (10-bit
   mantissa, Ampere and later): faster fp32, and acting and replay then differ by ~1e-3.
 cuDNN's autotuner (``cudnn.benchmark``) is on for every CUDA job: it times the candidate

@@ -51,7 +51,7 @@ import numpy as np
 from gymnasium.utils import seeding
 
 from envs.games import check_distribution_mode, get_game
-from envs.levels import (MAX_LEVEL_SEED, LevelExclusion, LevelRange, check_unseen_rule, get_split)
+from envs.levels import MAX_LEVEL_SEED, LevelExclusion, LevelRange, check_unseen_rule, get_split
 from envs.procgen_vec import _import_procgen, reset_rand_seed
 
 if TYPE_CHECKING:  # the config schema sits above envs; only its type is needed here

@@ -41,11 +41,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+# isort: off
 # First: SB3 imports the unmaintained `gym` package when present (procgen installs it), whose
 # import banner envs/procgen_vec.py silences when imported.
 from envs.procgen_vec import ProcgenVecEnv
 
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
+# isort: on
 
 RENDER_FPS = 15  # ProcGen's own video frame rate
 

@@ -35,6 +35,8 @@ from agents.acting import ActionPicker, PopulationActor
 from agents.controller import ExpGenController, controller_settings
 from core.config import EVAL_MODES, Config
 from core.runtime import Runtime
+from envs.fingerprints import unseen_levels
+from envs.levels import LevelExclusion, get_split, unseen_summary
 from envs.make import make_env
 from evaluation.episodes import EpisodeStats, run_episodes
 from evaluation.loading import EvalAgents, check_writable, load_agents, load_eval_config
@@ -42,8 +44,6 @@ from evaluation.policies import ExpGenPolicy, ExpGenTally, ExplorerPolicy, Membe
 from evaluation.records import COLUMNS, episode_table
 from evaluation.statistics import iqm_summary, paired_difference, summarize_stats
 from evaluation.video import EpisodeRecorder, write_episodes
-from envs.fingerprints import unseen_levels
-from envs.levels import LevelExclusion, get_split, unseen_summary
 
 log = logging.getLogger("expgen")
 

@@ -35,8 +35,13 @@ from rich.table import Table  # noqa: E402
 
 from core.config import EVAL_MODES  # noqa: E402
 from core.run_layout import RunLayout  # noqa: E402
-from evaluation.statistics import (AGGREGATES, RUN_REPS, performance_profile,  # noqa: E402
-                                   probability_of_improvement, stratified_bootstrap)
+from evaluation.statistics import (  # noqa: E402
+    AGGREGATES,
+    RUN_REPS,
+    performance_profile,
+    probability_of_improvement,
+    stratified_bootstrap,
+)
 
 METRICS = ("return", "success", "normalised")
 PROFILE_POINTS = 101

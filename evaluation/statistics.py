@@ -24,8 +24,8 @@ import numpy as np
 from scipy import stats as sps
 
 from core.config import Config
-from evaluation.episodes import EpisodeStats
 from envs.games import get_game
+from evaluation.episodes import EpisodeStats
 
 CONFIDENCE = 0.95
 IQM_TRIM = 0.25  # scipy.stats.trim_mean proportion: the interquartile mean

@@ -28,7 +28,6 @@ from ray.tune import Callback
 
 from core.config import Config, ConfigError
 from core.runtime import Runtime
-
 from launch.jobs import USER_ERRORS, Job, pending_jobs, report_metrics, train_job
 from launch.trial_table import JobTable
 

@@ -30,7 +30,6 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
 from torch import nn  # noqa: E402
 
 from agents.acting import CapturedStep  # noqa: E402
@@ -165,7 +164,7 @@ def test_knn_uint16_state_round_trip_on_the_device(device, monkeypatch) -> None:
     assert made and all(m.buffer.device.type == device for m in made)
 
 
-def test_members_train_checkpoint_and_resume_exactly_on_the_device(device, trained) -> None:
+def test_members_train_checkpoint_and_resume_exactly_on_the_device(device, trained) -> None:  # noqa: F811
     cuda_only(device, "tests/test_checkpoint.py::test_restore_continues_exactly")
     assert trained[1].device.type == device
     checkpoint_tests.test_restore_continues_exactly(trained)

@@ -17,9 +17,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from core.checkpoint import checkpoint_steps, list_checkpoints, load_checkpoint, save_checkpoint
 from core.config import ConfigError
-from launch.ray_trials import check_fits, check_workers_fit, trial_bundles, trial_resources
 from core.run_layout import AgentDir
 from launch.jobs import plan
+from launch.ray_trials import check_fits, check_workers_fit, trial_bundles, trial_resources
 from launch.run import train_run
 from tests.conftest import QUICKSTART, SMALL, make_small_cfg
 from training import faults

@@ -12,9 +12,9 @@ import pytest
 
 from envs.games import DISTRIBUTION_MODES, GAMES, check_distribution_mode, get_game
 from envs.levels import MAX_LEVEL_SEED, SPLITS, LevelRange, get_split
+from envs.procgen_vec import OBS_SHAPE, ProcgenVecEnv
 
 TRAIN = get_split("train")  # levels [0, 200)
-from envs.procgen_vec import OBS_SHAPE, ProcgenVecEnv
 
 # chaser: short random episodes with many small, fractional rewards,
 # so a few hundred random steps contain plenty of episode ends and non-trivial returns.
@@ -390,7 +390,7 @@ def test_gym_prints_its_banner_when_imported_alone():
     "ProcgenVecEnv('maze', 2, LevelRange(0, 200)).close()",
     # the SB3 adapter, then SB3, procgen and gym themselves in any order
     "import envs.sb3_vec_env, stable_baselines3, procgen, gym",
-    # engine=sb3
+    # the sb3 engine
     "import training.engines.sb3",
 ], ids=["procgen-batch", "sb3-adapter-then-sb3-procgen-gym", "engine-sb3"])
 def test_no_gym_banner_on_our_import_paths(code):

@@ -24,19 +24,19 @@ from agents.networks import NetworkSpec
 from agents.population import Population
 from core.checkpoint import save_checkpoint
 from core.config import load_config
-from tests.conftest import DEFAULT_LEVELS
 from core.run_layout import RunLayout
+from evaluation import video
 from evaluation.episodes import episode_slots
 from evaluation.evaluate import evaluate_run
-from evaluation.records import COLUMNS, EPISODES_CSV, read_episode_table
-from evaluation.runs import compare_runs
 from evaluation.policies import ExpGenTally
-from evaluation.statistics import bootstrap_ci, iqm, paired_difference
+from evaluation.records import COLUMNS, EPISODES_CSV, read_episode_table
 from evaluation.report import markdown_table, write_report
-from launch.run import train_run
-from training.learner import network_payload
-from evaluation import video
+from evaluation.runs import compare_runs
+from evaluation.statistics import bootstrap_ci, iqm, paired_difference
 from evaluation.video import MARK_COLOR, EpisodeRecorder, render_frames, write_video
+from launch.run import train_run
+from tests.conftest import DEFAULT_LEVELS
+from training.learner import network_payload
 
 EPISODES = 8
 DEVICE = os.environ.get("EXPGEN_TEST_DEVICE", "cpu")  # e.g. cuda, to check evaluation on a GPU

@@ -13,15 +13,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from agents.sampling import log_prob_entropy
 from core.checkpoint import load_latest
 from core.runtime import Runtime
-from training import checkpointing
-from training import explorer_learner
-from training.explorer_learner import ExplorerLearner
-from training.loop import train
-from training.native_learner import NativeLearner
 from envs.full_view import FullViewPair, LockstepError
 from envs.levels import get_split
 from envs.procgen_vec import ProcgenVecEnv
 from envs.split_batch import SplitBatch
+from training import checkpointing, explorer_learner
+from training.explorer_learner import ExplorerLearner
+from training.loop import train
+from training.native_learner import NativeLearner
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny batches on a shared 2-core CPU
 

@@ -16,8 +16,15 @@ import torch
 
 import envs.fingerprints as fp
 from core.config import ConfigError, EnvConfig, load_config
-from envs.fingerprints import (FingerprintCacheWarning, compute_fingerprints, frame_digest, level_fingerprints,
-                               predicted_levels, same_as_training, unseen_levels)
+from envs.fingerprints import (
+    FingerprintCacheWarning,
+    compute_fingerprints,
+    frame_digest,
+    level_fingerprints,
+    predicted_levels,
+    same_as_training,
+    unseen_levels,
+)
 from envs.games import get_game
 from envs.levels import LevelRange, unseen_summary
 from envs.procgen_vec import ProcgenVecEnv, _import_procgen

@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from agents.algorithm import UpdateInput
-from agents.idaac import (DAACAlgorithm, IDAACAlgorithm, IDAACSpec, draw_pairs, frame_labels,
-                          idaac_settings)
+from agents.idaac import DAACAlgorithm, IDAACAlgorithm, IDAACSpec, draw_pairs, frame_labels, idaac_settings
 from agents.minibatches import Batch, Minibatch, SampleMinibatches
 from agents.population import Population
 from agents.rollout import ReturnScaler

@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evaluation.episodes import run_episodes
 from agents.sampling import make_generators, sample_actions
 from core.runtime import Runtime
 from envs.make import make_env
+from evaluation.episodes import run_episodes
+from tests.conftest import make_small_cfg
 from training.loop import train
 from training.population_learner import PopulationLearner
-from tests.conftest import make_small_cfg
 
 LEVEL = 22
 TOTAL_STEPS = 131_072  # 64 updates of 32 envs x 64 steps

@@ -17,9 +17,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import train
 from core.runtime import Runtime
 from launch.run import train_run
+from tests.conftest import make_small_cfg
 from training.heldout import evaluate_heldout
 from training.population_learner import PopulationLearner
-from tests.conftest import make_small_cfg
 
 MEMBER_UPDATES, EXPLORER_UPDATES, EVAL_INTERVAL = 3, 2, 2
 LR = 1e-3
@@ -79,7 +79,7 @@ def update_steps(cfg, updates: int) -> list[int]:
 
 def eval_steps(cfg, updates: int) -> list[int]:
     """Held-out evaluation: before training, every ``eval_interval`` updates and after the last one."""
-    return [u * cfg.steps_per_update for u in range(0, updates + 1)
+    return [u * cfg.steps_per_update for u in range(updates + 1)
             if u % EVAL_INTERVAL == 0 or u == updates]
 
 

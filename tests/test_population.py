@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.config import PPOConfig
+from agents.minibatches import Batch, SampleMinibatches
 from agents.networks import NetworkSpec
 from agents.population import Population, clip_grad_norms_
-from agents.minibatches import Batch, SampleMinibatches
 from agents.ppo import ppo_update
 from agents.sampling import make_generators
+from core.config import PPOConfig
 
 SMALL = NetworkSpec(kind="small")
 SEEDS = [3, 7, 11]

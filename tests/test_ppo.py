@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import PPOConfig
 from agents.minibatches import Batch
 from agents.ppo import explained_variance, normalise, ppo_loss
 from agents.rollout import compute_gae
+from core.config import PPOConfig
 
 
 # ---- GAE ----------------------------------------------------------------------------------------

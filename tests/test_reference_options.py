@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from agents.controller import ControllerConfig, ExpGenController, FOUR_CLASSES, reference_votes
+from agents.controller import FOUR_CLASSES, ControllerConfig, ExpGenController, reference_votes
 from agents.minibatches import Batch, SequenceMinibatches
 from agents.networks import NetworkSpec
 from agents.population import Population

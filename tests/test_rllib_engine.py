@@ -27,12 +27,13 @@ from envs.make import make_env
 from envs.procgen_vec import ProcgenVecEnv
 from evaluation.evaluate import evaluate_run
 from launch.run import train_run
+from tests.conftest import make_small_cfg
 from training import checkpointing
 from training.loop import train
-from tests.conftest import make_small_cfg
 
 ray = pytest.importorskip("ray")
 from ray.rllib.algorithms.ppo import PPOConfig  # noqa: E402
+
 from training.engines.rllib import RLlibLearner, SameStepEnvRunner  # noqa: E402  (needs Ray)
 
 RLLIB = ["engine=rllib", "env.game=bigfish", "network.precision=fp32", "ppo.total_steps=96"]

@@ -15,18 +15,18 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor, VecVideoRecorder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from agents.networks import ActorCritic, NetworkSpec
+from agents.population import Population
 from core.checkpoint import list_checkpoints, load_checkpoint, load_latest
 from core.run_layout import AgentDir
 from core.runtime import Runtime
-from evaluation.evaluate import evaluate_run
-from agents.networks import ActorCritic, NetworkSpec
-from agents.population import Population
-from launch.run import train_run
-from training import checkpointing
-from training.engines.sb3 import SB3Learner
 from envs.levels import LevelRange, get_split
 from envs.procgen_vec import ProcgenVecEnv
 from envs.sb3_vec_env import ProcgenSB3VecEnv
+from evaluation.evaluate import evaluate_run
+from launch.run import train_run
+from training import checkpointing
+from training.engines.sb3 import SB3Learner
 
 SB3 = ["engine=sb3", "env.game=bigfish", "network.precision=fp32"]
 LOSSES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "explained_variance")

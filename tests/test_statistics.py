@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from evaluation.statistics import (AGGREGATES, iqm, mean_difference, mean_minus_iqm, paired_bootstrap_ci,
-                                   paired_difference, performance_profile, probability_of_improvement,
-                                   stratified_bootstrap, unpaired_normal_ci)
+from evaluation.statistics import (
+    AGGREGATES,
+    iqm,
+    mean_difference,
+    mean_minus_iqm,
+    paired_bootstrap_ci,
+    paired_difference,
+    performance_profile,
+    probability_of_improvement,
+    stratified_bootstrap,
+    unpaired_normal_ci,
+)
 
 
 def correlated(n: int = 400, seed: int = 0, members: int = 0):

@@ -32,8 +32,8 @@ from core.checkpoint import save_checkpoint
 from core.config import save_config
 from evaluation import evaluate as evaluate_module
 from evaluation.evaluate import evaluate_run, evaluation_context
-from training.learner import network_payload
 from tests.conftest import make_small_cfg
+from training.learner import network_payload
 
 EPISODES = 4
 STEP = 64  # the checkpoints' step

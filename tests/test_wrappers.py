@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# isort: off
 # Our env modules before SB3: importing them silences gym's import banner (envs/procgen_vec.py).
 from envs.levels import get_split
 from envs.procgen_vec import ProcgenVecEnv
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from gymnasium.wrappers.vector import ClipReward, NormalizeReward, RecordEpisodeStatistics
 from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor, VecVideoRecorder
+# isort: on
 
 GAME, N = "bigfish", 4  # random play ends bigfish episodes within a few hundred steps
 

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.algorithm import PPOAlgorithm
 from agents.knn_reward import EpisodicKNNReward, embed_frames, embedding_dim, embedding_scale
 from agents.minibatches import Minibatch, SequenceMinibatches
-from agents.algorithm import PPOAlgorithm
 from agents.networks import NetworkSpec, PolicyOutput
 from agents.sampling import make_generators
 from core.config import Config

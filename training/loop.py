@@ -17,10 +17,9 @@ from torch.utils.tensorboard import SummaryWriter
 from core.config import Config, LoggingConfig
 from core.runtime import Runtime
 from training import checkpointing, faults
-from training.interrupt import DeferredInterrupt
 from training.heldout import Heldout, evaluate_heldout
+from training.interrupt import DeferredInterrupt
 from training.learner import IterationResult, Learner, NonFiniteError
-
 
 # The loss terms every engine reports; explained variance is left out (SB3 reports NaN for
 # constant returns, which is no fault).

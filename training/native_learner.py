@@ -28,13 +28,12 @@ from agents.networks import PolicyOutput
 from agents.population import Population
 from agents.ppo import LRSchedule, explained_variance
 from agents.rollout import Rollout, compute_gae
-from envs.procgen_vec import OBS_SHAPE
 from agents.sampling import log_prob_entropy, restore_generator
 from core.checkpoint import CheckpointError
-from core.config import Config
+from core.config import Config, EnvConfig
 from core.memory import tune_allocator
-from core.config import EnvConfig
 from core.runtime import Runtime
+from envs.procgen_vec import OBS_SHAPE
 from training.learner import EpisodeLog, IterationResult, Learner, network_payload
 from training.phases import PhaseClock
 

@@ -27,7 +27,6 @@ from envs.procgen_vec import OBS_SHAPE
 from envs.split_batch import SplitBatch
 from training.native_learner import NativeLearner
 
-
 LABELS = ("next_levels", "next_steps", "prev_levels", "prev_steps")  # checkpointed frame labels
 
 

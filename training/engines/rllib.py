@@ -38,8 +38,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 import ray
+import torch
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner

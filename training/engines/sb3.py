@@ -1,11 +1,12 @@
 """``engine: sb3``: one reward agent trained by Stable-Baselines3's PPO inside our training loop.
 
 SB3 does the rollout, GAE and PPO epochs (one ``iterate`` = one SB3 ``learn`` of one rollout); the
-loop (training/loop.py) keeps everything around them: CleanRL-named TensorBoard metrics, held-out evaluations, atomic checkpoints, resuming. The
-network is ours: SB3's policy runs our trunk (``build_trunk`` + ``run_trunk``) as its features
-extractor and heads shaped and initialised like ``ActorCritic``'s, from the same weights a native
-member with the same seed starts from. Checkpoints hold a plain ``ActorCritic`` state dict, so
-eval.py evaluates SB3-trained members unchanged.
+loop (training/loop.py) keeps everything around them: CleanRL-named TensorBoard metrics, held-out
+evaluations, atomic checkpoints, resuming. The network is ours: SB3's policy runs our trunk
+(``build_trunk`` + ``run_trunk``) as its features extractor and heads shaped and initialised like
+``ActorCritic``'s, from the same weights a native member with the same seed starts from.
+Checkpoints hold a plain ``ActorCritic`` state dict, so eval.py evaluates SB3-trained members
+unchanged.
 
 How ``ppo.*`` maps onto SB3's PPO, and where SB3's PPO differs from our native one:
 
@@ -28,7 +29,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# isort: off
 from envs.sb3_vec_env import ProcgenSB3VecEnv  # first: it imports SB3 without gym's import banner
+# isort: on
 
 import gymnasium as gym
 import numpy as np
