@@ -50,7 +50,7 @@ class PopulationActor:
         self.pop, self.pick = pop, pick
         self.recurrent = pop.spec.recurrent
         self.state = torch.zeros(pop.size, num_envs, pop.spec.hidden, device=device) if self.recurrent else None
-        self.first = torch.ones(pop.size, num_envs, device=device)  # reset frames start episodes
+        self.episode_starts = torch.ones(pop.size, num_envs, device=device)  # reset frames start episodes
 
     def __call__(self, obs: torch.Tensor, envs: slice | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """obs (M, N, 64, 64, 3) -> actions (M, N), logits (M, N, A), values (M, N).
@@ -60,27 +60,28 @@ class PopulationActor:
         """
         at = slice(None) if envs is None else envs
         if self.recurrent:
-            logits, values, state = self.pop(obs.unsqueeze(1), self.state[:, at], self.first[:, at].unsqueeze(1))
+            logits, values, state = self.pop(obs.unsqueeze(1), self.state[:, at], self.episode_starts[:, at].unsqueeze(1))
             logits, values = logits[:, 0], values[:, 0]
             self.state[:, at] = state
-            self.first[:, at] = 0.0
+            self.episode_starts[:, at] = 0.0
         else:
             logits, values = self.pop(obs)
         actions = self.pick(logits) if envs is None else self.pick.pick(logits, envs)
         return actions, logits, values
 
-    def episode_ended(self, member: int, terminated: np.ndarray | torch.Tensor, envs: slice = slice(None)) -> None:
-        """Member m's envs (of the slice ``envs``) that just finished an episode start the next one
-        from a zero state.
+    def episode_ended(self, member: int, episode_starts: np.ndarray | torch.Tensor, envs: slice = slice(None)) -> None:
+        """Member m's envs (of the slice ``envs``) whose next frame starts an episode (``episode_starts``
+        1: the step just ended one) start it from a zero state.
 
         A tensor (on the device, or in pinned host memory) is copied without blocking the host: the
         learners pass their device copy of the step's episode ends, so acting needs no host sync
         here. A numpy array (evaluation's envs) is one blocking copy from pageable memory.
         """
-        if torch.is_tensor(terminated):
-            self.first[member, envs].copy_(terminated, non_blocking=True)
+        if torch.is_tensor(episode_starts):
+            self.episode_starts[member, envs].copy_(episode_starts, non_blocking=True)
         else:
-            self.first[member, envs] = torch.as_tensor(terminated, dtype=torch.float32, device=self.first.device)
+            self.episode_starts[member, envs] = torch.as_tensor(episode_starts, dtype=torch.float32,
+                                                                device=self.episode_starts.device)
 
 
 class CapturedStep:

@@ -27,7 +27,7 @@ class Batch:
     values: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
-    first: torch.Tensor  # 1 where the sample's frame starts an episode
+    episode_starts: torch.Tensor  # 1 where the sample's frame starts an episode
 
     def flat(self) -> "Batch":
         """Every sample axis merged into one: (M, T, b, ...) -> (M, T*b, ...); a no-op on (M, b)."""

@@ -176,7 +176,7 @@ class ActorCritic(nn.Module):
 class RecurrentActorCritic(nn.Module):
     """The explorer's network (docs/expgen.md, "Explorer"): trunk -> GRU(hidden) -> (logits, value).
 
-    The GRU state is zeroed where ``first`` marks an episode's first frame, so memory never crosses
+    The GRU state is zeroed where ``episode_starts`` marks an episode's first frame, so memory never crosses
     episodes. ``forward`` runs a whole (T, B) sequence: the trunk sees all T*B frames in one batch
     and the GRU runs the whole sequence in one fused call (``gru_sequence``; a single acting step,
     T = 1, is one cell step with no host sync). The parameters are an ``nn.GRUCell``'s, the
@@ -195,16 +195,16 @@ class RecurrentActorCritic(nn.Module):
         return torch.zeros(batch, self.spec.hidden, device=device)
 
     def forward(
-        self, obs: torch.Tensor, state: torch.Tensor, first: torch.Tensor
+        self, obs: torch.Tensor, state: torch.Tensor, episode_starts: torch.Tensor
     ) -> RecurrentOutput:
-        """uint8 obs (T, B, 64, 64, 3), state (B, H), first (T, B) -> logits (T, B, A),
+        """uint8 obs (T, B, 64, 64, 3), state (B, H), episode_starts (T, B) -> logits (T, B, A),
         values (T, B), final state (B, H)."""
         steps, batch = obs.shape[:2]
         x = run_trunk(self.trunk, obs.flatten(0, 1), self.bf16).view(steps, batch, -1)
         g = self.gru  # read at call time: the population substitutes its stacked parameters
         # train=grad enabled: with no dropout the flag only makes cuDNN keep what its backward needs
         # (cuDNN refuses a backward through an eval-mode forward).
-        h, state = gru_sequence(x, state, first, [g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh],
+        h, state = gru_sequence(x, state, episode_starts, [g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh],
                                 training=torch.is_grad_enabled())
         return RecurrentOutput(self.actor(h), self.critic(h).squeeze(-1), state)
 
@@ -216,30 +216,30 @@ warnings.filterwarnings("ignore", message="RNN module weights are not part of si
                         category=UserWarning, module=__name__)
 
 
-def gru_sequence(x: torch.Tensor, state: torch.Tensor, first: torch.Tensor,
+def gru_sequence(x: torch.Tensor, state: torch.Tensor, episode_starts: torch.Tensor,
                  weights: list[torch.Tensor], training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """A GRU over x (T, B, H) from ``state`` (B, H), its state zeroed wherever ``first`` (T, B) is 1:
+    """A GRU over x (T, B, H) from ``state`` (B, H), its state zeroed wherever ``episode_starts`` (T, B) is 1:
     the outputs (T, B, H) and the final state (B, H), equal to stepping ``nn.GRUCell`` through time.
 
     Why not the step loop: a 512-step sequence is 512 tiny kernels per layer, forward and backward,
     in every minibatch; one multi-step GRU call runs the whole time loop inside the library
     (cuDNN's fused kernels on CUDA). The GRU cannot be reset in mid-sequence, so each env's sequence
     is cut into its episodes' segments, which run as one packed batch: a segment that starts the
-    sequence starts from ``state`` (zeroed if ``first[0]``), every other from zeros. Reading
-    ``first`` on the host to cut segments is one sync per call.
+    sequence starts from ``state`` (zeroed if ``episode_starts[0]``), every other from zeros. Reading
+    ``episode_starts`` on the host to cut segments is one sync per call.
 
     A single step (T = 1: every acting step, and the value after a rollout) needs no segments: the
     reset is a mask multiplied in on the device and the step is one ``torch.gru_cell`` call, so
-    acting never reads ``first`` on the host. On a CPU this is bit for bit the fused call's result
+    acting never reads ``episode_starts`` on the host. On a CPU this is bit for bit the fused call's result
     (the same matrix products and gate arithmetic; tests/test_recurrent.py); on CUDA the cell's
     kernels and cuDNN's round differently, within the tolerance the rollout replay is tested at.
     """
     steps, batch, hidden = x.shape
-    h0 = state * (1.0 - first[0].to(state.dtype)).unsqueeze(-1)
+    h0 = state * (1.0 - episode_starts[0].to(state.dtype)).unsqueeze(-1)
     if steps == 1:
         h = torch.gru_cell(x[0], h0, *weights)
         return h.unsqueeze(0), h
-    starts = (first != 0).cpu().numpy()  # a new array: marking step 0 never writes into ``first``
+    starts = (episode_starts != 0).cpu().numpy()  # a new array: marking step 0 never writes into ``episode_starts``
     starts[0] = True
     if not starts[1:].any():  # no reset after the first step
         out, h = torch.gru(x, h0.unsqueeze(0), weights, True, 1, 0.0, training, False, False)

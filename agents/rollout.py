@@ -22,7 +22,7 @@ class Rollout:
     actions: torch.Tensor  # (M, T, N) int64
     logprobs: torch.Tensor  # (M, T, N)
     rewards: torch.Tensor  # (M, T, N)
-    dones: torch.Tensor  # (M, T, N): obs[:, t] starts a new episode (the previous step ended one)
+    episode_starts: torch.Tensor  # (M, T, N): obs[:, t] starts a new episode (the previous step ended one)
     values: torch.Tensor  # (M, T, N)
     # Frame labels for algorithms that pair frames (IDAAC): the level seed of obs[:, t] and its
     # step count within its episode (0 at the first frame). Allocated only when asked for.
@@ -38,7 +38,7 @@ class Rollout:
             actions=torch.empty(shape, dtype=torch.long, device=device),
             logprobs=torch.empty(shape, **f),
             rewards=torch.empty(shape, **f),
-            dones=torch.empty(shape, **f),
+            episode_starts=torch.empty(shape, **f),
             values=torch.empty(shape, **f),
             level_seeds=torch.zeros(shape, dtype=torch.long, device=device) if labels else None,
             episode_steps=torch.zeros(shape, dtype=torch.long, device=device) if labels else None,
@@ -50,19 +50,21 @@ class Rollout:
 
 
 def compute_gae(
+    *,
     rewards: torch.Tensor,
     values: torch.Tensor,
-    dones: torch.Tensor,
+    episode_starts: torch.Tensor,
     next_value: torch.Tensor,
-    next_done: torch.Tensor,
+    next_episode_starts: torch.Tensor,
     gamma: float,
     gae_lambda: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016) along axis 1 of (M, T, N) tensors.
 
-    ``dones[:, t]`` marks that ``obs[:, t]`` began a new episode; ``next_done`` (M, N) does the same
-    for the observation after the rollout, whose value is ``next_value`` (M, N). The loop over time
-    is inherent to the recursion; each step is one vectorised operation over members and envs.
+    ``episode_starts[:, t]`` marks that ``obs[:, t]`` began a new episode; ``next_episode_starts``
+    (M, N) does the same for the observation after the rollout, whose value is ``next_value``
+    (M, N). The loop over time is inherent to the recursion; each step is one vectorised operation
+    over members and envs. Keyword-only: four of the inputs are same-shaped float tensors.
     Returns (advantages, returns), both (M, T, N).
     """
     advantages = torch.empty_like(rewards)
@@ -70,11 +72,11 @@ def compute_gae(
     steps = rewards.shape[1]
     for t in reversed(range(steps)):
         if t == steps - 1:
-            not_done, v_next = 1.0 - next_done, next_value
+            nonterminal, v_next = 1.0 - next_episode_starts, next_value
         else:
-            not_done, v_next = 1.0 - dones[:, t + 1], values[:, t + 1]
-        delta = rewards[:, t] + gamma * v_next * not_done - values[:, t]
-        last = delta + gamma * gae_lambda * not_done * last
+            nonterminal, v_next = 1.0 - episode_starts[:, t + 1], values[:, t + 1]
+        delta = rewards[:, t] + gamma * v_next * nonterminal - values[:, t]
+        last = delta + gamma * gae_lambda * nonterminal * last
         advantages[:, t] = last
     return advantages, advantages + values
 

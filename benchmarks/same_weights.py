@@ -1,7 +1,7 @@
-"""Whether a code change leaves PPO training bit for bit unchanged: train short runs (two PPO
-members with sample minibatches, two with whole-sequence minibatches, one member and the
-explorer), then save every final checkpoint's weights and Adam moments, or compare them with a
-saved set (``torch.equal`` on every tensor).
+"""Whether a code change leaves training bit for bit unchanged: train short runs (two PPO members
+with sample minibatches, two with whole-sequence minibatches, one member and the explorer, two
+IDAAC members), then save every final checkpoint's weights and optimiser states, or compare them
+with a saved set (``torch.equal`` on every tensor).
 
     git checkout <before> && python benchmarks/same_weights.py save /tmp/before   # (copy this file there if it lacks it)
     git checkout <after>  && python benchmarks/same_weights.py compare /tmp/before
@@ -23,7 +23,16 @@ from launch.run import train_run  # noqa: E402
 from tests.conftest import make_small_cfg  # noqa: E402
 
 RUNS = [("samples", ["ppo.minibatch=samples"]), ("sequences", ["ppo.minibatch=sequences"]),
-        ("explorer", ["explorer.enabled=true", "explorer.total_steps=64", "ensemble.size=1"])]
+        ("explorer", ["explorer.enabled=true", "explorer.total_steps=64", "ensemble.size=1"]),
+        ("idaac", ["member.algo=idaac", "ppo.minibatch=samples"])]
+
+
+def tensors_in(tree: object, prefix: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a nested dict/list (an optimiser state, one list or a dict of them), by path."""
+    if torch.is_tensor(tree):
+        return {prefix: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list | tuple) else ()
+    return {k: v for key, sub in items for k, v in tensors_in(sub, f"{prefix}/{key}").items()}
 
 
 def final_tensors(runs_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -36,8 +45,7 @@ def final_tensors(runs_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
         for agent in agents:
             ckpt = load_latest(agent.checkpoints, "cpu")
             flat = {f"model/{k}": v for k, v in ckpt["model"].items()}
-            for i, entry in enumerate(ckpt["optimizer"]):
-                flat.update({f"opt/{i}/{k}": v for k, v in entry.items() if torch.is_tensor(v)})
+            flat.update(tensors_in(ckpt["optimizer"], "opt"))
             out[f"{name}/{agent.name}"] = flat
     return out
 

@@ -55,7 +55,7 @@ def assert_same_training_state(a: PopulationLearner, b: PopulationLearner) -> No
                       b.actor.pick.generators + b.minibatches.generators):
         assert torch.equal(ga.get_state(), gb.get_state())
     torch.testing.assert_close(a.next_obs, b.next_obs, rtol=0, atol=0)
-    torch.testing.assert_close(a.next_done, b.next_done, rtol=0, atol=0)
+    torch.testing.assert_close(a.next_episode_starts, b.next_episode_starts, rtol=0, atol=0)
 
 
 def test_restore_continues_exactly(trained):
@@ -73,12 +73,33 @@ def test_restore_continues_exactly(trained):
         assert_same_training_state(a, b)
         a.collect()
         b.collect()
-        for k in ("actions", "obs", "rewards", "dones", "logprobs", "values"):
+        for k in ("actions", "obs", "rewards", "episode_starts", "logprobs", "values"):
             torch.testing.assert_close(getattr(b.ro, k), getattr(a.ro, k), rtol=0, atol=0, msg=k)
         ma, mb = a.learn(), b.learn()
         for k in ma:
             torch.testing.assert_close(mb[k], ma[k], rtol=0, atol=0, msg=k)
         assert_same_training_state(a, b)
+    finally:
+        b.close()
+
+
+def test_checkpoints_written_before_the_episode_start_rename_still_resume(trained):
+    """Checkpoints written before the episode-start flag had one name hold it as ``next_done``."""
+    cfg, a = trained
+    marked = []
+    for m in (0, 1):
+        path = list_checkpoints(checkpoints(cfg, m))[0]
+        ckpt = load_checkpoint(path)
+        starts = ckpt.pop("next_episode_starts")
+        ckpt["next_done"] = marked_starts = (torch.arange(starts.numel()) % 2 == m).float()  # distinct flags
+        marked.append(marked_starts)
+        path.unlink()
+        save_checkpoint(checkpoints(cfg, m), ckpt["step"], ckpt)
+    b = make_learner(cfg)
+    try:
+        assert checkpointing.restore(b)
+        assert torch.equal(b.next_episode_starts, torch.stack(marked))
+        assert all(torch.equal(p, q) for p, q in zip(a.params, b.params))
     finally:
         b.close()
 

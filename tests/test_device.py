@@ -300,7 +300,7 @@ def test_rollouts_equal_bit_for_bit_with_delayed_device_copies(device, kind, sma
             for key in {"rewards", "knn"} & a.keys():  # the members keep no kNN buffer
                 assert torch.equal(a[key], b[key]), f"rollout {i}: CUDA serial and overlap {key} differ"
     # Not vacuous: the rollouts crossed episode ends, earned rewards and took varied actions.
-    assert sum(r["dones"].sum() for r in reference) > 0
+    assert sum(r["episode_starts"].sum() for r in reference) > 0
     assert sum(r["rewards"].abs().sum() for r in reference) > 0
     assert len(torch.cat([r["actions"].flatten() for r in reference]).unique()) > 3
 
@@ -347,4 +347,4 @@ def test_captured_acting_equals_eager_acting(device, kind, pipeline, precision, 
     for i, (a, b) in enumerate(zip(eager, captured)):
         for key in a:
             assert torch.equal(a[key], b[key]), f"rollout {i}: {key} differs between captured and eager acting"
-    assert sum(r["dones"].sum() for r in eager) > 0  # crossed episode ends (the GRU state resets)
+    assert sum(r["episode_starts"].sum() for r in eager) > 0  # crossed episode ends (the GRU state resets)

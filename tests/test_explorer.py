@@ -69,10 +69,10 @@ def test_sequence_replay_equals_the_step_by_step_rollout(small_cfg) -> None:
     trainer.collect()  # the second rollout starts from a non-zero GRU state
     trainer.collect()
     ro = trainer.ro
-    assert ro.dones.sum() > 0, "the test needs episode starts inside the rollout"
+    assert ro.episode_starts.sum() > 0, "the test needs episode starts inside the rollout"
     assert trainer.start_state.abs().sum() > 0
     with torch.no_grad():
-        logits, values, _ = trainer.pop(ro.obs, trainer.start_state, ro.dones)
+        logits, values, _ = trainer.pop(ro.obs, trainer.start_state, ro.episode_starts)
     torch.testing.assert_close(values, ro.values, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(log_prob_entropy(logits, ro.actions)[0], ro.logprobs, rtol=1e-5, atol=1e-5)
     assert (ro.rewards >= 0).all() and (ro.rewards > 0).any()
@@ -84,7 +84,7 @@ def test_resets_matter_in_the_replay(small_cfg) -> None:
     trainer = make_explorer(small_cfg(*EXPLORER))
     trainer.collect(), trainer.collect()
     with torch.no_grad():
-        _, values, _ = trainer.pop(trainer.ro.obs, trainer.start_state, torch.zeros_like(trainer.ro.dones))
+        _, values, _ = trainer.pop(trainer.ro.obs, trainer.start_state, torch.zeros_like(trainer.ro.episode_starts))
     assert not torch.allclose(values, trainer.ro.values, atol=1e-5)
     trainer.close()
 
@@ -138,7 +138,7 @@ def test_explorer_without_the_twin_equals_the_explorer_with_it(small_cfg, monkey
 
         def collect_and_keep_rewards(collect=collect, trainer=trainer, rewards=rewards):
             episodes = collect()
-            rewards.append((trainer.ro.rewards.clone(), trainer.ro.dones.sum()))
+            rewards.append((trainer.ro.rewards.clone(), trainer.ro.episode_starts.sum()))
             return episodes
 
         trainer.collect = collect_and_keep_rewards

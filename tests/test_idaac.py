@@ -146,8 +146,9 @@ def fixed_batch(m: int = 1, t: int = 4, n: int = 4, seed: int = 0) -> tuple[Batc
     obs = torch.randint(0, 256, (m, t, n, 64, 64, 3), generator=g, dtype=torch.uint8)
     values = torch.randn(m, t, n, generator=g)
     adv = torch.randn(m, t, n, generator=g)
-    batch = Batch(obs, torch.randint(0, 15, (m, t, n), generator=g), -2.7 + 0.1 * torch.randn(m, t, n, generator=g),
-                  values, adv, values + adv, torch.zeros(m, t, n))
+    batch = Batch(obs=obs, actions=torch.randint(0, 15, (m, t, n), generator=g),
+                  logprobs=-2.7 + 0.1 * torch.randn(m, t, n, generator=g), values=values, advantages=adv,
+                  returns=values + adv, episode_starts=torch.zeros(m, t, n))
     next_obs = torch.randint(0, 256, (m, n, 64, 64, 3), generator=g, dtype=torch.uint8)
     levels = torch.randint(0, 2, (m, t + 2, n), generator=g)
     steps = torch.randint(0, 10, (m, t + 2, n), generator=g)

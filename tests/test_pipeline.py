@@ -67,7 +67,7 @@ def rollouts(cfg, make, iterations: int = 2) -> list[dict[str, torch.Tensor]]:
     for _ in range(iterations):
         learner.collect()
         record = {k: v.clone() for k, v in vars(learner.ro).items() if v is not None}  # labels: IDAAC only
-        record["next_obs"], record["next_done"] = learner.next_obs.clone(), learner.next_done.clone()
+        record["next_obs"], record["next_episode_starts"] = learner.next_obs.clone(), learner.next_episode_starts.clone()
         if isinstance(learner, ExplorerLearner):
             record["knn"] = learner.knn.buffer.clone()
             record["gru"] = learner.actor.state.clone()
@@ -95,7 +95,7 @@ def test_overlapped_rollout_equals_the_serial_one(small_cfg, kind) -> None:
                 assert torch.equal(a[key], b[key]), f"rollout {i}: {key} differs"
     rewards = torch.stack([r["rewards"] for r in serial])
     assert rewards.abs().sum() > 0  # rewards (game or intrinsic) were really compared
-    assert torch.stack([r["dones"] for r in serial]).sum() > 0  # and episode ends
+    assert torch.stack([r["episode_starts"] for r in serial]).sum() > 0  # and episode ends
 
 
 def test_pipeline_choice_and_validation(small_cfg) -> None:

@@ -92,7 +92,7 @@ def synthetic_batches(members: int, updates: int = 2) -> list[Batch]:
             values=torch.randn(n, generator=g),
             advantages=torch.randn(n, generator=g) * 2,
             returns=torch.randn(n, generator=g) * 3,
-            first=torch.zeros(n),
+            episode_starts=torch.zeros(n),
         ))
     return out
 

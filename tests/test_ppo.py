@@ -50,7 +50,8 @@ def test_gae_matches_reference(dtype, tol):
     assert dones[:, 1:].sum() > 3 and 0 < next_done.sum() < M * N  # both paths are exercised
 
     t = lambda x: torch.tensor(x, dtype=dtype)
-    adv, ret = compute_gae(t(rewards), t(values), t(dones), t(next_value), t(next_done), 0.99, 0.95)
+    adv, ret = compute_gae(rewards=t(rewards), values=t(values), episode_starts=t(dones), next_value=t(next_value),
+                           next_episode_starts=t(next_done), gamma=0.99, gae_lambda=0.95)
     time_major = lambda x: np.moveaxis(x, 1, 0)  # the reference runs along axis 0
     ref_adv, ref_ret = gae_reference(time_major(rewards), time_major(values), time_major(dones),
                                      next_value, next_done, 0.99, 0.95)
@@ -62,9 +63,10 @@ def test_gae_matches_reference(dtype, tol):
 
 def test_gae_single_step_by_hand():
     # one step, no episode end: A = r + gamma * V' - V;  with an end: A = r - V
-    # (M, T, N) = (1, 1, 2); next_value and next_done are (M, N)
+    # (M, T, N) = (1, 1, 2); next_value and next_episode_starts are (M, N)
     r, v, nv = torch.tensor([[[1.0, 1.0]]]), torch.tensor([[[0.5, 0.5]]]), torch.tensor([[2.0, 2.0]])
-    adv, ret = compute_gae(r, v, torch.zeros(1, 1, 2), nv, torch.tensor([[0.0, 1.0]]), 0.9, 0.95)
+    adv, ret = compute_gae(rewards=r, values=v, episode_starts=torch.zeros(1, 1, 2), next_value=nv,
+                           next_episode_starts=torch.tensor([[0.0, 1.0]]), gamma=0.9, gae_lambda=0.95)
     np.testing.assert_allclose(adv.numpy(), [[[1.0 + 0.9 * 2.0 - 0.5, 1.0 - 0.5]]], atol=1e-6)
     np.testing.assert_allclose(ret.numpy(), [[[1.0 + 0.9 * 2.0, 1.0]]], atol=1e-6)
 
@@ -90,7 +92,7 @@ def hand_batch() -> tuple[torch.Tensor, torch.Tensor, Batch]:
     f = lambda x: torch.tensor([x], dtype=torch.float32)
     mb = Batch(
         obs=torch.zeros(1, 4, 1), actions=torch.tensor([ACTIONS]), logprobs=f(old_logp),
-        values=f(OLD_VALUES), advantages=f(ADV), returns=f(RETURNS), first=torch.zeros(1, 4),
+        values=f(OLD_VALUES), advantages=f(ADV), returns=f(RETURNS), episode_starts=torch.zeros(1, 4),
     )
     return f(LOGITS), f(NEW_VALUES), mb
 

@@ -23,7 +23,7 @@ def _batch(m: int, t: int, n: int, seed: int = 0) -> Batch:
     f = lambda: torch.randn(m, t, n, generator=g)
     return Batch(obs=torch.randint(0, 256, (m, t, n, 64, 64, 3), generator=g, dtype=torch.uint8),
                  actions=torch.randint(0, 15, (m, t, n), generator=g), logprobs=-torch.rand(m, t, n, generator=g) * 3,
-                 values=f(), advantages=f(), returns=f(), first=(torch.rand(m, t, n, generator=g) < 0.1).float())
+                 values=f(), advantages=f(), returns=f(), episode_starts=(torch.rand(m, t, n, generator=g) < 0.1).float())
 
 
 def test_sequence_minibatch_loss_equals_the_loss_of_the_same_samples():

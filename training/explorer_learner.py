@@ -95,8 +95,8 @@ class ExplorerLearner(NativeLearner):
             self.episodes.add("charts/episodic_length", 0, info["episode_length"][mask])
             self.episodes.add("explore/level_complete_rate", 0, info["level_complete"][mask])
         self.to_device(self.host_term[part], self.term[envs])
-        self.next_done[0, envs] = self.term[envs]  # bool -> float on the device
-        self.actor.episode_ended(0, self.next_done[0, envs], envs)
+        self.next_episode_starts[0, envs] = self.term[envs]  # bool -> float on the device
+        self.actor.episode_ended(0, self.next_episode_starts[0, envs], envs)
         self.to_device(self.host_obs[part], self.next_obs[0, envs])
         if self.envs.twin:
             self.to_device(self.host_full[part], self.full[envs])
@@ -106,7 +106,7 @@ class ExplorerLearner(NativeLearner):
     def reward(self, t: int) -> None:
         """The intrinsic reward of step t, for all envs at once (one batched kNN)."""
         with self.clock("reward"):
-            done = self.next_done[0].bool()
+            done = self.next_episode_starts[0].bool()
             reward = self.knn.step(embed_frames(self.full, self.cfg.explorer.pool), done)
             self.ro.rewards[0, t] = reward
             self.ep_intrinsic += reward
@@ -117,11 +117,11 @@ class ExplorerLearner(NativeLearner):
         """Replay each minibatch sequence through the GRU from its env's state at rollout start."""
         seq = mb.batch
         rows = torch.arange(len(mb.envs), device=mb.envs.device).unsqueeze(1)
-        out = self.pop(seq.obs, self.start_state[rows, mb.envs], seq.first)
+        out = self.pop(seq.obs, self.start_state[rows, mb.envs], seq.episode_starts)
         return PolicyOutput(out.logits.flatten(1, 2), out.values.flatten(1, 2))
 
     def next_value(self) -> torch.Tensor:
-        return self.pop(self.next_obs.unsqueeze(1), self.actor.state, self.next_done.unsqueeze(1)).values[:, 0]
+        return self.pop(self.next_obs.unsqueeze(1), self.actor.state, self.next_episode_starts.unsqueeze(1)).values[:, 0]
 
     def learn(self) -> dict[str, torch.Tensor]:
         metrics = super().learn()
@@ -143,7 +143,7 @@ class ExplorerLearner(NativeLearner):
         obs, _ = self.envs.set_state(ckpt["env"])
         self.next_obs[0] = torch.from_numpy(obs).to(self.device)
         self.actor.state[0] = ckpt["recurrent_state"].to(self.device)
-        self.actor.first[0] = self.next_done[0]
+        self.actor.episode_starts[0] = self.next_episode_starts[0]
         self.knn.load_state_dict({k: v.to(self.device) for k, v in ckpt["knn"].items()})
         self.ep_intrinsic = ckpt["episode_intrinsic"].to(self.device)
 

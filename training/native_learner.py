@@ -76,7 +76,7 @@ class NativeLearner(Learner):
         parts = rollout_slices(cfg.env)
         self.slices = [slice(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
         self.next_obs = torch.zeros((len(self.seeds), n) + OBS_SHAPE, dtype=torch.uint8, device=self.device)
-        self.next_done = torch.zeros(len(self.seeds), n, device=self.device)
+        self.next_episode_starts = torch.zeros(len(self.seeds), n, device=self.device)
         self.clock = PhaseClock(self.device)
         # Host buffers the envs write into: pinned on CUDA, so frames go to the device without
         # blocking the host (the slice's next action read orders that copy before the next write).
@@ -131,11 +131,11 @@ class NativeLearner(Learner):
 
     @torch.no_grad()
     def collect(self) -> EpisodeLog:
-        """Fill ``self.ro`` with one rollout and leave ``next_obs``/``next_done`` after it (the
+        """Fill ``self.ro`` with one rollout and leave ``next_obs``/``next_episode_starts`` after it (the
         rollout pipeline: module docstring)."""
         self.episodes = EpisodeLog()
         self.begin_rollout()
-        members, n = self.next_done.shape
+        members, n = self.next_episode_starts.shape
         for t in range(self.ro.steps):
             with self.clock("inference"):
                 self.actor.pick.draw(members, n, self.spec.num_actions)
@@ -156,7 +156,7 @@ class NativeLearner(Learner):
         with self.clock("inference"):
             ro = self.ro
             ro.obs[:, t, envs] = self.next_obs[:, envs]
-            ro.dones[:, t, envs] = self.next_done[:, envs]
+            ro.episode_starts[:, t, envs] = self.next_episode_starts[:, envs]
             actions, values, logprobs = self.acting_step(envs)()
             ro.actions[:, t, envs], ro.values[:, t, envs], ro.logprobs[:, t, envs] = actions, values, logprobs
             self.store_step(t, envs)
@@ -177,7 +177,7 @@ class NativeLearner(Learner):
                 return actions, values, log_prob_entropy(logits, actions)[0]
 
             if self.runtime.cudagraphs:
-                mutated = () if self.actor.state is None else (self.actor.state, self.actor.first)
+                mutated = () if self.actor.state is None else (self.actor.state, self.actor.episode_starts)
                 self._acting[key] = CapturedStep(step, self.device, mutated)
             else:
                 self._acting[key] = step
@@ -190,7 +190,7 @@ class NativeLearner(Learner):
     @abstractmethod
     def receive(self, part: int, t: int) -> None:
         """Take slice ``part``'s step t back (``env_results``): rewards into the rollout, episode
-        numbers into ``self.episodes``, frames and episode starts into ``next_obs``/``next_done``."""
+        numbers into ``self.episodes``, frames and episode starts into ``next_obs``/``next_episode_starts``."""
 
     @abstractmethod
     def forward(self, mb: Minibatch) -> PolicyOutput:
@@ -208,9 +208,11 @@ class NativeLearner(Learner):
         ro = self.ro
         with torch.no_grad():
             next_value = self.next_value()
-        adv, ret = compute_gae(ro.rewards, ro.values, ro.dones, next_value, self.next_done,
-                               self.gamma, self.cfg.ppo.gae_lambda)
-        batch = Batch(ro.obs, ro.actions, ro.logprobs, ro.values, adv, ret, ro.dones)
+        adv, ret = compute_gae(rewards=ro.rewards, values=ro.values, episode_starts=ro.episode_starts,
+                               next_value=next_value, next_episode_starts=self.next_episode_starts,
+                               gamma=self.gamma, gae_lambda=self.cfg.ppo.gae_lambda)
+        batch = Batch(obs=ro.obs, actions=ro.actions, logprobs=ro.logprobs, values=ro.values, advantages=adv,
+                      returns=ret, episode_starts=ro.episode_starts)
         metrics = self.algorithm.update(self.update_input(batch))
         metrics["explained_variance"] = explained_variance(ro.values, ret)
         return metrics
@@ -236,7 +238,7 @@ class NativeLearner(Learner):
             # Sampling draws on the job's device, minibatch order always on the CPU.
             "rng": {"sample": self.actor.pick.generators[i].get_state(), "sample_device": self.device.type,
                     "minibatch": self.minibatches.generators[i].get_state()},
-            "next_done": self.next_done[i].cpu(),
+            "next_episode_starts": self.next_episode_starts[i].cpu(),
         }
 
     def load_state(self, i: int, ckpt: dict[str, Any]) -> None:
@@ -255,7 +257,9 @@ class NativeLearner(Learner):
                         "longer replays an uninterrupted one exactly)", self.agents[i].name,
                         rng.get("sample_device", "another device type"), self.device.type, ckpt["update"])
         self.minibatches.generators[i].set_state(ckpt["rng"]["minibatch"])
-        self.next_done[i] = ckpt["next_done"].to(self.device)
+        # "next_done": the key's name in checkpoints written before the flag had one name everywhere.
+        starts = ckpt["next_episode_starts"] if "next_episode_starts" in ckpt else ckpt["next_done"]
+        self.next_episode_starts[i] = starts.to(self.device)
 
     def close(self) -> None:
         if self._threads is not None:

@@ -59,7 +59,7 @@ class PopulationLearner(NativeLearner):
         size = n // parts
         self.host_obs = [self.host_buffer((m, size) + OBS_SHAPE, torch.uint8) for _ in self.slices]
         self.host_rewards = [self.host_buffer((m, size), torch.float32) for _ in self.slices]
-        self.host_dones = [self.host_buffer((m, size), torch.float32) for _ in self.slices]
+        self.host_episode_starts = [self.host_buffer((m, size), torch.float32) for _ in self.slices]
         # Stepping 10 members' batches one after another would dominate a GPU rollout.
         self.env_workers = m * parts
         for i, (env, s) in enumerate(zip(self.envs, seeds)):
@@ -81,7 +81,7 @@ class PopulationLearner(NativeLearner):
         obs, reward, term, info = self.envs[m].step(part, actions)
         if self.scalers is not None:
             reward = self.scalers[m](reward, term)
-        self.host_obs[part][m], self.host_rewards[part][m], self.host_dones[part][m] = obs, reward, term
+        self.host_obs[part][m], self.host_rewards[part][m], self.host_episode_starts[part][m] = obs, reward, term
         if self.labels:
             self.host_levels[part][m] = info["level_seed"]
         return info
@@ -94,12 +94,12 @@ class PopulationLearner(NativeLearner):
                 self.episodes.add("charts/episodic_return", m, info["episode_return"][mask])
                 self.episodes.add("charts/episodic_length", m, info["episode_length"][mask])
         self.to_device(self.host_rewards[part], self.ro.rewards[:, t, envs])
-        self.to_device(self.host_dones[part], self.next_done[:, envs])
+        self.to_device(self.host_episode_starts[part], self.next_episode_starts[:, envs])
         self.to_device(self.host_obs[part], self.next_obs[:, envs])
         if self.labels:
             self.to_device(self.host_levels[part], self.next_levels[:, envs])
             steps = self.next_steps[:, envs]
-            steps.add_(1).mul_((self.next_done[:, envs] == 0).long())  # 0 where a new episode starts
+            steps.add_(1).mul_((self.next_episode_starts[:, envs] == 0).long())  # 0 where a new episode starts
 
     def store_step(self, t: int, envs: slice) -> None:
         if self.labels:
