@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from core.checkpoint import CheckpointError
-from core.config import ConfigError
+from core.config import ConfigError, config_help
 from core.run_layout import RunLayout
 from evaluation.evaluate import evaluate
 from evaluation.report import print_table, write_report
@@ -43,7 +43,7 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=config_help()
     )
     parser.add_argument("targets", nargs="+", metavar="RUN_DIR_OR_OVERRIDE",
                         help="one or more run directories written by train.py (e.g. runs/maze; several: the "

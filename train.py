@@ -16,7 +16,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from core.config import load_config
+from core.config import config_help, load_config
 from launch.jobs import USER_ERRORS
 from launch.run import train_run
 
@@ -38,7 +38,8 @@ def summary_table(summary: dict) -> Table:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=config_help())
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/quickstart.yaml")
     parser.add_argument("--resume", action="store_true",
                         help="require existing checkpoints (by default training resumes when there are some)")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.config import BURSTS, CONTROLLER_MODES, UNCLASSED_ANCHORS, ExpGenConfig
+from core.sections import ExpGenConfig, check_section
 from envs.games import NUM_ACTIONS, get_game
 
 # Procgen ids: 0 LD, 1 L, 2 LU, 3 D, 4 noop, 5 U, 6 RD, 7 R, 8 RU, 9-14 special keys.
@@ -47,49 +47,6 @@ FOUR_CLASSES = _membership(FOUR_CLASS_MEMBERS)
 SIX_CLASSES = _membership(SIX_CLASS_MEMBERS)
 
 
-@dataclass(kw_only=True)
-class ControllerConfig:
-    """How the controller votes and explores, resolved for one game and ensemble size.
-
-    Built from the config by ``controller_settings`` (the one place); constructing it directly is
-    for tests and library use, and its invariants are checked here.
-
-    ``threshold`` is k for the ensemble actually used (see ``scaled_threshold``). ``burst_max`` caps
-    geometric bursts; ``None`` leaves them uncapped. ``random_explorer`` is the ablation that replaces
-    the explorer's action with a uniform random one over all 15 actions.
-    """
-
-    mode: str = "reference"
-    threshold: int
-    burst: str = "reference"
-    burst_p: float = 0.5
-    burst_length: int = 1
-    burst_max: int | None = 10
-    random_explorer: bool = False
-    four_classes: bool = False
-    unclassed_anchor: str = "up"  # up | exact: see ``reference_votes``
-
-    def __post_init__(self) -> None:
-        _check_choice("mode", self.mode, CONTROLLER_MODES)
-        _check_choice("burst", self.burst, BURSTS)
-        _check_choice("unclassed_anchor", self.unclassed_anchor, UNCLASSED_ANCHORS)
-        if not isinstance(self.threshold, int) or self.threshold < 1:
-            raise ValueError(f"threshold must be an integer >= 1, got {self.threshold!r}")
-        if not 0.0 < self.burst_p <= 1.0:
-            raise ValueError(f"burst_p must lie in (0, 1], got {self.burst_p!r}")
-        if not isinstance(self.burst_length, int) or self.burst_length < 1:
-            raise ValueError(f"burst_length must be an integer >= 1, got {self.burst_length!r}")
-        if self.burst_max is not None and (
-            not isinstance(self.burst_max, int) or self.burst_max < 1
-        ):
-            raise ValueError(f"burst_max must be an integer >= 1 or None, got {self.burst_max!r}")
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
-
-
 def scaled_threshold(k_of_10: int, ensemble_size: int) -> int:
     """The vote threshold for ``ensemble_size`` members, given the per-game k out of 10.
 
@@ -106,31 +63,21 @@ def scaled_threshold(k_of_10: int, ensemble_size: int) -> int:
     return min(max(k, 1), ensemble_size)
 
 
-def controller_settings(expgen: ExpGenConfig, game: str, ensemble_size: int) -> ControllerConfig:
-    """The controller for ``ensemble_size`` members on ``game``: the config's ``expgen`` settings,
-    the game's class table, and its threshold scaled to the ensemble unless ``expgen.threshold``
-    (>= 1) sets it."""
-    g = get_game(game)
-    threshold = expgen.threshold if expgen.threshold > 0 else scaled_threshold(g.vote_threshold, ensemble_size)
-    return ControllerConfig(mode=expgen.controller, threshold=threshold, burst=expgen.burst,
-                            burst_p=expgen.burst_p, burst_length=expgen.burst_length,
-                            random_explorer=expgen.random_explorer, four_classes=g.four_direction_classes,
-                            unclassed_anchor=expgen.unclassed_anchor)
-
-
 def sample_burst_lengths(
-    cfg: ControllerConfig,
+    settings: ExpGenConfig,
     n: int,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
+    burst_max: int | None = 10,
 ) -> torch.Tensor:
-    """``n`` burst lengths (int64, all >= 1) from the configured distribution."""
-    if cfg.burst == "fixed":
-        return torch.full((n,), cfg.burst_length, dtype=torch.int64, device=device)
-    if cfg.burst == "reference":
+    """``n`` burst lengths (int64, all >= 1) from ``settings.burst``'s distribution; ``burst_max``
+    caps geometric bursts (None: uncapped)."""
+    if settings.burst == "fixed":
+        return torch.full((n,), settings.burst_length, dtype=torch.int64, device=device)
+    if settings.burst == "reference":
         probs = torch.tensor(REFERENCE_BURST_PROBS, device=device)
         return torch.multinomial(probs, n, replacement=True, generator=generator) + 1
-    return _geometric(cfg.burst_p, cfg.burst_max, n, device, generator)
+    return _geometric(settings.burst_p, burst_max, n, device, generator)
 
 
 def _geometric(
@@ -206,19 +153,37 @@ class ExpGenController:
 
     def __init__(
         self,
-        cfg: ControllerConfig,
+        settings: ExpGenConfig,
         num_envs: int,
+        *,
+        game: str,
+        ensemble_size: int | None = None,
         device: torch.device | str = "cpu",
         generator: torch.Generator | None = None,
+        burst_max: int | None = 10,
     ) -> None:
+        """``settings``: the config's ``expgen`` section as it is (checked here as the config is);
+        ``game`` gives the class table and, where ``settings.threshold`` < 0, the per-game k, scaled
+        to ``ensemble_size`` members (``scaled_threshold``). ``burst_max`` caps geometric bursts
+        (None: uncapped). Raises ValueError (``ConfigError`` for the settings) on bad input."""
+        check_section("expgen", settings)
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs!r}")
-        self.cfg = cfg
+        if burst_max is not None and (not isinstance(burst_max, int) or burst_max < 1):
+            raise ValueError(f"burst_max must be an integer >= 1 or None, got {burst_max!r}")
+        g = get_game(game)
+        if settings.threshold > 0:
+            self.threshold = settings.threshold
+        elif ensemble_size is None:
+            raise ValueError("expgen.threshold < 0 means the game's k scaled to the ensemble: give ensemble_size")
+        else:
+            self.threshold = scaled_threshold(g.vote_threshold, ensemble_size)
+        self.settings, self.burst_max = settings, burst_max
+        self.four_classes = g.four_direction_classes
         self.num_envs = num_envs
         self.device = torch.device(device)
         self.generator = generator
-        table = FOUR_CLASSES if cfg.four_classes else SIX_CLASSES
-        self.table = table.to(self.device)
+        self.table = (FOUR_CLASSES if self.four_classes else SIX_CLASSES).to(self.device)
         self.counter = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
 
     def reset(self, mask: torch.Tensor | None = None) -> None:
@@ -236,10 +201,10 @@ class ExpGenController:
         explorer_actions = explorer_actions.to(self.device, torch.int64)
         self.counter = (self.counter - 1).clamp_min(0)
         votes, consensus_action = self._vote(member_actions)
-        consensus = votes >= self.cfg.threshold
+        consensus = votes >= self.threshold
         # Draw for every env every step: the generator advances by the same amount whichever envs
         # start a burst, so the stream stays reproducible and there is no data-dependent shape.
-        lengths = sample_burst_lengths(self.cfg, self.num_envs, self.device, self.generator)
+        lengths = sample_burst_lengths(self.settings, self.num_envs, self.device, self.generator, self.burst_max)
         start = ~consensus & (self.counter <= 0)
         self.counter = torch.where(start, lengths, self.counter)
         explored = self.counter > 0
@@ -248,12 +213,12 @@ class ExpGenController:
         return ControllerOutput(action=action, explored=explored, votes=votes, consensus=consensus)
 
     def _vote(self, member_actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cfg.mode == "reference":
-            return reference_votes(member_actions, self.table, self.cfg.unclassed_anchor), member_actions[0]
+        if self.settings.controller == "reference":
+            return reference_votes(member_actions, self.table, self.settings.unclassed_anchor), member_actions[0]
         return plurality_votes(member_actions)
 
     def _explore_actions(self, explorer_actions: torch.Tensor) -> torch.Tensor:
-        if not self.cfg.random_explorer:
+        if not self.settings.random_explorer:
             return explorer_actions
         return torch.randint(
             0, NUM_ACTIONS, (self.num_envs,), device=self.device, generator=self.generator
@@ -272,9 +237,9 @@ class ExpGenController:
                 f"explorer_actions must have shape ({self.num_envs},), "
                 f"got {tuple(explorer_actions.shape)}"
             )
-        if self.cfg.threshold > member_actions.shape[0]:
+        if self.threshold > member_actions.shape[0]:
             raise ValueError(
-                f"threshold {self.cfg.threshold} exceeds the ensemble size "
+                f"threshold {self.threshold} exceeds the ensemble size "
                 f"{member_actions.shape[0]}: "
                 "consensus would be impossible; use scaled_threshold()"
             )

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.config import NETWORK_KINDS
+from core.sections import NETWORK_KINDS
 from envs.games import NUM_ACTIONS
 
 

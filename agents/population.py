@@ -30,7 +30,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from agents.networks import NetworkSpec, reference_init_
-from core.config import FORWARD_MODES
+from core.sections import FORWARD_MODES
 
 
 class MemberSpec(Protocol):

@@ -17,7 +17,7 @@ import torch
 from agents.minibatches import Batch, Minibatch, MinibatchStrategy
 from agents.population import clip_grad_norms_
 from agents.sampling import log_prob_entropy
-from core.config import PPOConfig
+from core.sections import PPOConfig
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Member algorithms by name (``member.algo``): the one place that lists them.
 
 Adding one: write its ``MemberAlgorithm`` (agents/algorithm.py) in its own module, add it here,
-and add its name to ``core/config.py:ALGOS`` with any config section it needs.
+and add its name to ``core/sections.py:Algo`` (the ``Literal`` the config checks) with any config
+section it needs.
 """
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from agents.idaac import DAACAlgorithm, IDAACAlgorithm, IDAACSpec
 from agents.minibatches import MinibatchStrategy
 from agents.networks import NetworkSpec
 from agents.population import MemberSpec
-from core.config import ALGOS, Config
+from core.config import Config
+from core.sections import ALGOS
 
 ALGORITHMS: dict[str, type[MemberAlgorithm]] = {a.name: a for a in (PPOAlgorithm, IDAACAlgorithm, DAACAlgorithm)}
-assert tuple(ALGORITHMS) == ALGOS, "core/config.py:ALGOS and the registry must list the same algorithms"
+assert tuple(ALGORITHMS) == ALGOS, "core/sections.py:Algo and the registry must list the same algorithms"
 
 
 def build_algorithm(cfg: Config, seeds: list[int], bf16: bool, device: torch.device,

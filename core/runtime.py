@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from core.config import PRECISIONS, Config, ConfigError
+from core.config import Config
+from core.sections import PRECISIONS, ConfigError
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -55,7 +55,7 @@ from envs.levels import MAX_LEVEL_SEED, LevelExclusion, LevelRange, check_unseen
 from envs.procgen_vec import _import_procgen, reset_rand_seed
 
 if TYPE_CHECKING:  # the config schema sits above envs; only its type is needed here
-    from core.config import EnvConfig
+    from core.sections import EnvConfig
 
 log = logging.getLogger("expgen")
 

@@ -28,7 +28,7 @@ and checked before playing. ``envs/fingerprints.py:unseen_levels`` computes a ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 MAX_LEVEL_SEED = 2**31 - 1
 
@@ -64,7 +64,8 @@ class LevelRange:
         return f"levels [{self.start_level}, {self.start_level + self.num_levels})"
 
 
-SPLITS = ("train", "test", "test-full")
+Split = Literal["train", "test", "test-full"]  # the config types its split keys with it
+SPLITS: tuple[str, ...] = get_args(Split)
 DEFAULT_TRAIN = LevelRange(0, 200)
 
 
@@ -85,7 +86,8 @@ def get_split(name: str, train_levels: LevelRange = DEFAULT_TRAIN) -> LevelRange
 
 # ---- unseen levels (eval.unseen) -----------------------------------------------------------------
 
-UNSEEN_RULES = ("exact", "structure", "none")
+UnseenRule = Literal["exact", "structure", "none"]
+UNSEEN_RULES: tuple[str, ...] = get_args(UnseenRule)
 # What a removed seed has in common with a training level, per rule (reports quote it).
 UNSEEN_RULE_TEXT = {
     "exact": "build exactly a training level, as played",

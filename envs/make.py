@@ -7,7 +7,7 @@ from envs.levels import get_split
 from envs.procgen_vec import ProcgenVecEnv
 
 if TYPE_CHECKING:  # the config schema sits above envs; only its type is needed here
-    from core.config import EnvConfig
+    from core.sections import EnvConfig
 
 
 def make_env(env: "EnvConfig", num_envs: int, split: str, rand_seed: int, **kw: Any) -> ProcgenVecEnv:

@@ -32,9 +32,10 @@ import pandas as pd
 import torch
 
 from agents.acting import ActionPicker, PopulationActor
-from agents.controller import ExpGenController, controller_settings
-from core.config import EVAL_MODES, Config
+from agents.controller import ExpGenController
+from core.config import Config
 from core.runtime import Runtime
+from core.sections import EVAL_MODES
 from envs.fingerprints import unseen_levels
 from envs.levels import LevelExclusion, get_split, unseen_summary
 from envs.make import make_env
@@ -165,9 +166,10 @@ def explorer_actor(ctx: EvalContext) -> PopulationActor:
 def evaluate_expgen(ctx: EvalContext) -> dict[str, Any]:
     """ExpGen: consensus action or explorer bursts per env; also explore fraction and vote counts."""
     cfg, agents, m = ctx.cfg, ctx.agents, ctx.agents.size
-    ccfg = controller_settings(cfg.expgen, cfg.env.game, m)
     generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
-    controller = ExpGenController(ccfg, ctx.num_envs, ctx.device, generator)
+    controller = ExpGenController(cfg.expgen, ctx.num_envs, game=cfg.env.game, ensemble_size=m, device=ctx.device,
+                                  generator=generator)
+    s = cfg.expgen
     tally = ExpGenTally(ctx.num_envs, m)
     explorer = None if agents.explorer is None else explorer_actor(ctx)
     policy = ExpGenPolicy(agents.population, ctx.picker(agents.member_seeds), explorer, controller, tally)
@@ -181,9 +183,9 @@ def evaluate_expgen(ctx: EvalContext) -> dict[str, Any]:
         mean_votes=mean_votes,
         vote_histogram=tally.votes.tolist(),
         steps=tally.steps,
-        controller={"mode": ccfg.mode, "threshold": ccfg.threshold, "burst": ccfg.burst,
-                    "burst_p": ccfg.burst_p, "burst_length": ccfg.burst_length,
-                    "four_classes": ccfg.four_classes, "random_explorer": ccfg.random_explorer},
+        controller={"mode": s.controller, "threshold": controller.threshold, "burst": s.burst,
+                    "burst_p": s.burst_p, "burst_length": s.burst_length,
+                    "four_classes": controller.four_classes, "random_explorer": s.random_explorer},
     )
     return result
 

@@ -33,8 +33,8 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from core.config import EVAL_MODES  # noqa: E402
 from core.run_layout import RunLayout  # noqa: E402
+from core.sections import EVAL_MODES  # noqa: E402
 from evaluation.statistics import (  # noqa: E402
     AGGREGATES,
     RUN_REPS,

@@ -1,12 +1,15 @@
 """Config loading: bad keys and values fail before any work, naming the key; overrides; train.py."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 import train
-from core.config import ConfigError, load_config
+from core.config import Config, load_config
+from core.sections import ConfigError, EvalConfig, ExpGenConfig, NetworkConfig, PPOConfig, check_section
 from tests.conftest import QUICKSTART
 
 
@@ -79,6 +82,36 @@ def test_bad_level_range_names_the_key(override, key):
 def test_bad_choice_names_key_and_allowed_values(override, key, allowed):
     msg = error_of(override)
     assert key in msg and all(a in msg for a in allowed)
+
+
+def test_help_lists_every_key_with_its_allowed_values_from_the_schema(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    for line in ("  network.kind = impala  (impala | small)", "  member.algo = ppo  (ppo | idaac | daac)",
+                 "  eval.modes = ['member', 'vote', 'explorer', 'expgen']  (list of member | vote | explorer | expgen)",
+                 "  eval.unseen = structure  (exact | structure | none)", "  ppo.lr = 0.0005  (float)"):
+        assert line in lines
+    listed = {m.group(1) for line in lines if (m := re.match(r"  ([a-z0-9_.]+) = ", line))}
+    schema = OmegaConf.to_container(OmegaConf.structured(Config))
+    keys = {f"{k}.{sub}" for k, v in schema.items() if isinstance(v, dict) for sub in v}
+    assert listed == keys | {k for k, v in schema.items() if not isinstance(v, dict)}
+
+
+@pytest.mark.parametrize("section, name, field, value, allowed", [
+    (NetworkConfig(kind="huge"), "network", "kind", "huge", "impala, small"),
+    (EvalConfig(modes=["member", "oracle"]), "eval", "modes", "oracle", "member, vote, explorer, expgen"),
+    (ExpGenConfig(burst="poisson"), "expgen", "burst", "poisson", "reference, geometric, fixed"),
+])
+def test_a_section_built_in_code_is_checked_against_the_same_choices(section, name, field, value, allowed):
+    with pytest.raises(ConfigError, match=f"{name}.{field}='{value}' is not allowed; choose one of: {allowed}"):
+        check_section(name, section)
+
+
+def test_a_section_rule_is_checked_for_a_section_built_in_code():
+    with pytest.raises(ConfigError, match="ppo.gamma and ppo.gae_lambda must lie in"):
+        check_section("ppo", PPOConfig(gamma=1.5))
+    check_section("ppo", PPOConfig())  # the defaults pass
 
 
 @pytest.mark.parametrize("overrides, key", [

@@ -10,13 +10,11 @@ from agents.controller import (
     REFERENCE_BURST_PROBS,
     SIX_CLASS_NAMES,
     SIX_CLASSES,
-    ControllerConfig,
     ExpGenController,
-    controller_settings,
     sample_burst_lengths,
     scaled_threshold,
 )
-from core.config import ExpGenConfig
+from core.sections import ExpGenConfig
 
 
 def acts(*rows: list[int]) -> torch.Tensor:
@@ -28,10 +26,11 @@ def members_of(table: torch.Tensor, names: tuple[str, ...], name: str) -> set[in
     return set(torch.nonzero(table[names.index(name)]).flatten().tolist())
 
 
-def make(num_envs: int = 1, seed: int = 0, **cfg: object) -> ExpGenController:
-    cfg.setdefault("threshold", 2)
+def make(num_envs: int = 1, seed: int = 0, four_classes: bool = False, **settings: object) -> ExpGenController:
+    """A controller from ``expgen`` settings; maze votes over 4 direction classes, heist over 6."""
+    settings.setdefault("threshold", 2)
     gen = torch.Generator().manual_seed(seed)
-    return ExpGenController(ControllerConfig(**cfg), num_envs, generator=gen)
+    return ExpGenController(ExpGenConfig(**settings), num_envs, game="maze" if four_classes else "heist", generator=gen)
 
 
 # --- class tables -------------------------------------------------------------------------------
@@ -103,7 +102,7 @@ def test_consensus_takes_anchor_action() -> None:
 
 
 def test_plurality_mode_picks_plurality_action_and_count() -> None:
-    ctrl = make(num_envs=3, threshold=3, mode="plurality", burst="fixed")
+    ctrl = make(num_envs=3, threshold=3, controller="plurality", burst="fixed")
     members = acts([1, 3, 0], [7, 3, 2], [7, 5, 2], [7, 5, 0], [2, 1, 9])
     out = ctrl.step(members, torch.tensor([14, 14, 14]))
     # env 0: 7 x3; env 1: 3 x2 and 5 x2 -> tie to 3; env 2: 0 x2 and 2 x2 -> tie to 0.
@@ -113,7 +112,7 @@ def test_plurality_mode_picks_plurality_action_and_count() -> None:
 
 
 def test_plurality_tie_break_smallest_id_executed() -> None:
-    ctrl = make(threshold=2, mode="plurality")
+    ctrl = make(threshold=2, controller="plurality")
     out = ctrl.step(acts([9], [3], [9], [3]), torch.tensor([0]))
     assert out.votes.tolist() == [2] and out.action.tolist() == [3]
 
@@ -201,9 +200,8 @@ def test_k1_with_the_authors_lookup_explores_only_on_unclassed_anchors_without_u
 
 
 def test_reference_burst_frequencies() -> None:
-    cfg = ControllerConfig(threshold=1)
     n = 200_000
-    lengths = sample_burst_lengths(cfg, n, generator=torch.Generator().manual_seed(0))
+    lengths = sample_burst_lengths(ExpGenConfig(), n, generator=torch.Generator().manual_seed(0))
     assert lengths.min() >= 1 and lengths.max() <= 10
     freq = torch.bincount(lengths - 1, minlength=10).double() / n
     assert torch.allclose(freq, torch.tensor(REFERENCE_BURST_PROBS, dtype=torch.float64), atol=0.005)
@@ -211,16 +209,16 @@ def test_reference_burst_frequencies() -> None:
 
 @pytest.mark.parametrize("p", [0.5, 0.2])
 def test_geometric_burst_mean(p: float) -> None:
-    cfg = ControllerConfig(threshold=1, burst="geometric", burst_p=p, burst_max=None)
-    lengths = sample_burst_lengths(cfg, 200_000, generator=torch.Generator().manual_seed(0))
+    settings = ExpGenConfig(burst="geometric", burst_p=p)
+    lengths = sample_burst_lengths(settings, 200_000, generator=torch.Generator().manual_seed(0), burst_max=None)
     assert lengths.min() >= 1
     assert abs(lengths.double().mean().item() - 1 / p) < 0.03 / p
     assert abs((lengths == 1).double().mean().item() - p) < 0.005
 
 
 def test_geometric_burst_cap() -> None:
-    cfg = ControllerConfig(threshold=1, burst="geometric", burst_p=0.1, burst_max=4)
-    lengths = sample_burst_lengths(cfg, 10_000, generator=torch.Generator().manual_seed(0))
+    settings = ExpGenConfig(burst="geometric", burst_p=0.1)
+    lengths = sample_burst_lengths(settings, 10_000, generator=torch.Generator().manual_seed(0), burst_max=4)
     assert lengths.max() == 4 and lengths.min() == 1
 
 
@@ -265,32 +263,36 @@ def test_scaled_threshold_examples() -> None:
     assert scaled_threshold(10, 1) == 1
 
 
-def test_config_for_game() -> None:
-    maze = controller_settings(ExpGenConfig(), "maze", 3)
-    assert maze.threshold == 2 and maze.four_classes and maze.mode == "reference"
-    heist = controller_settings(ExpGenConfig(controller="plurality"), "heist", 10)
-    assert heist.threshold == 8 and not heist.four_classes and heist.mode == "plurality"
-    assert controller_settings(ExpGenConfig(), "coinrun", 5).threshold == 1
+def test_settings_for_game() -> None:
+    maze = ExpGenController(ExpGenConfig(), 1, game="maze", ensemble_size=3)
+    assert maze.threshold == 2 and maze.four_classes and maze.settings.controller == "reference"
+    heist = ExpGenController(ExpGenConfig(controller="plurality"), 1, game="heist", ensemble_size=10)
+    assert heist.threshold == 8 and not heist.four_classes
+    assert ExpGenController(ExpGenConfig(), 1, game="coinrun", ensemble_size=5).threshold == 1
+    assert ExpGenController(ExpGenConfig(threshold=4), 1, game="coinrun").threshold == 4  # set: no scaling
+    with pytest.raises(ValueError, match="ensemble_size"):
+        ExpGenController(ExpGenConfig(), 1, game="maze")
     with pytest.raises(ValueError, match="unknown ProcGen game"):
-        controller_settings(ExpGenConfig(), "pong", 3)
+        ExpGenController(ExpGenConfig(), 1, game="pong", ensemble_size=3)
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"mode": "majority"}, "reference, plurality"),
+        ({"controller": "majority"}, "expgen.controller='majority' is not allowed; choose one of: reference, plurality"),
         ({"burst": "poisson"}, "reference, geometric, fixed"),
-        ({"threshold": 0}, "threshold"),
+        ({"threshold": 0}, "expgen.threshold"),
         ({"burst_p": 0.0}, "burst_p"),
         ({"burst_p": 1.5}, "burst_p"),
         ({"burst_length": 0}, "burst_length"),
         ({"burst_max": 0}, "burst_max"),
     ],
 )
-def test_bad_config_raises(kwargs: dict, match: str) -> None:
+def test_bad_settings_raise(kwargs: dict, match: str) -> None:
     kwargs.setdefault("threshold", 2)
+    burst_max = kwargs.pop("burst_max", 10)
     with pytest.raises(ValueError, match=match):
-        ControllerConfig(**kwargs)
+        ExpGenController(ExpGenConfig(**kwargs), 1, game="maze", burst_max=burst_max)
 
 
 def test_bad_scaled_threshold_and_inputs_raise() -> None:

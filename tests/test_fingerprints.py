@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import envs.fingerprints as fp
-from core.config import ConfigError, EnvConfig, load_config
+from core.config import load_config
+from core.sections import ConfigError, EnvConfig
 from envs.fingerprints import (
     FingerprintCacheWarning,
     compute_fingerprints,

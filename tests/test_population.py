@@ -9,7 +9,7 @@ from agents.networks import NetworkSpec
 from agents.population import Population, clip_grad_norms_
 from agents.ppo import ppo_update
 from agents.sampling import make_generators
-from core.config import PPOConfig
+from core.sections import PPOConfig
 
 SMALL = NetworkSpec(kind="small")
 SEEDS = [3, 7, 11]

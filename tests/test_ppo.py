@@ -10,7 +10,7 @@ import torch
 from agents.minibatches import Batch
 from agents.ppo import explained_variance, normalise, ppo_loss
 from agents.rollout import compute_gae
-from core.config import PPOConfig
+from core.sections import PPOConfig
 
 
 # ---- GAE ----------------------------------------------------------------------------------------

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from agents.controller import FOUR_CLASSES, ControllerConfig, ExpGenController, reference_votes
+from agents.controller import FOUR_CLASSES, ExpGenController, reference_votes
 from agents.minibatches import Batch, SequenceMinibatches
 from agents.networks import NetworkSpec
 from agents.population import Population
 from agents.ppo import ppo_loss
 from agents.sampling import make_generators
-from core.config import ConfigError, PPOConfig
+from core.sections import ConfigError, ExpGenConfig, PPOConfig
 from envs.levels import LevelRange, get_split
 
 
@@ -101,7 +101,7 @@ def test_unclassed_anchor_votes(actions, up_votes, exact_votes):
 
 
 def test_unclassed_anchor_executes_the_anchor_action_on_consensus():
-    ctrl = ExpGenController(ControllerConfig(threshold=2, four_classes=True, unclassed_anchor="up"), 1)
+    ctrl = ExpGenController(ExpGenConfig(threshold=2, unclassed_anchor="up"), 1, game="maze")  # 4 classes
     out = ctrl.step(torch.tensor([[4], [5], [5]]), torch.tensor([1]))
     assert bool(out.consensus) and not bool(out.explored) and out.action.item() == 4
 

@@ -15,8 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import eval as eval_cli
 from agents.ppo import LRSchedule
 from core.checkpoint import checkpoint_steps, list_checkpoints, load_checkpoint, load_latest, save_checkpoint
-from core.config import PPOConfig
 from core.run_layout import AgentDir
+from core.sections import PPOConfig
 from launch.jobs import plan
 from launch.run import train_run
 

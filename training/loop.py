@@ -14,8 +14,9 @@ from typing import Any, Callable
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from core.config import Config, LoggingConfig
+from core.config import Config
 from core.runtime import Runtime
+from core.sections import LoggingConfig
 from training import checkpointing, faults
 from training.heldout import Heldout, evaluate_heldout
 from training.interrupt import DeferredInterrupt

@@ -30,9 +30,10 @@ from agents.ppo import LRSchedule, explained_variance
 from agents.rollout import Rollout, compute_gae
 from agents.sampling import log_prob_entropy, restore_generator
 from core.checkpoint import CheckpointError
-from core.config import Config, EnvConfig
+from core.config import Config
 from core.memory import tune_allocator
 from core.runtime import Runtime
+from core.sections import EnvConfig
 from envs.procgen_vec import OBS_SHAPE
 from training.learner import EpisodeLog, IterationResult, Learner, network_payload
 from training.phases import PhaseClock
