@@ -102,6 +102,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), name: str | 
     """YAML file + dotlist overrides -> a validated ``Config``.
 
     ``name`` defaults to the YAML file's stem, so ``configs/maze.yaml`` trains into ``runs/maze``.
+    A file may start from another (``base: paper.yaml``, relative to it): the base's values, then
+    the file's own on top.
     """
     schema = OmegaConf.structured(Config)
     try:
@@ -129,9 +131,12 @@ def load_config(path: str | Path | None, overrides: list[str] = (), name: str | 
     return cfg
 
 
-def _read_yaml(path: Path) -> DictConfig:
-    """A config file as a mapping; an empty file, a list, a scalar or bad YAML is an error (an
-    empty file would otherwise start the full default run)."""
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
+    """A config file as a mapping, merged onto its ``base`` file if it names one; an empty file, a
+    list, a scalar, bad YAML, a missing base or a cycle of bases is an error (an empty file would
+    otherwise start the full default run)."""
+    if path.resolve() in chain:
+        raise ConfigError(f"config file {str(path)!r} is its own base (through {' -> '.join(map(str, chain))})")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
@@ -142,7 +147,13 @@ def _read_yaml(path: Path) -> DictConfig:
         what = "empty" if not loaded else f"a {type(loaded).__name__}, not a mapping"
         raise ConfigError(f"config file {str(path)!r} is {what}; it must be a mapping of sections "
                           "(env:, ppo:, ...), e.g. configs/quickstart.yaml")
-    return OmegaConf.load(path)  # OmegaConf's own YAML reading (e.g. 3e-4 is a float there)
+    own = OmegaConf.load(path)  # OmegaConf's own YAML reading (e.g. 3e-4 is a float there)
+    if "base" not in own:
+        return own
+    base = own.pop("base")
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {str(path)!r}: base must be a file name, e.g. base: paper.yaml")
+    return OmegaConf.merge(_read_yaml(path.parent / base, (*chain, path.resolve())), own)
 
 
 def _explain(e: OmegaConfBaseException) -> str:

@@ -8,8 +8,11 @@ import pytest
 from omegaconf import OmegaConf
 
 import train
+from agents.controller import ExpGenController
+from agents.idaac import idaac_settings
 from core.config import Config, load_config
 from core.sections import ConfigError, EvalConfig, ExpGenConfig, NetworkConfig, PPOConfig, check_section
+from envs.games import GAMES, get_game
 from tests.conftest import QUICKSTART
 
 
@@ -191,3 +194,40 @@ def test_paper_configs_take_the_explorer_discount_from_the_game_table():
     written = load_config(root / "maze.yaml", ["explorer.gamma=0.9"])
     assert incompatible_changes(written, load_config(root / "maze.yaml")) == []
     assert incompatible_changes(written, load_config(root / "maze.yaml", ["explorer.gamma=0.5"]))
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("game", sorted(GAMES))
+def test_every_game_runs_from_the_paper_base_with_its_own_facts(game):
+    """No per-game number is restated in a config: the explorer's discount, the vote threshold and
+    IDAAC's tuned settings come from the game's row in envs/games.py."""
+    cfg = load_config(CONFIGS / "paper.yaml", [f"env.game={game}"])
+    g = get_game(game)
+    assert cfg.explorer_gamma == g.explorer_gamma
+    controller = ExpGenController(cfg.expgen, 1, game=game, ensemble_size=cfg.ensemble.size)
+    assert controller.threshold == g.vote_threshold  # 10 members: the table's k as it is
+    assert controller.four_classes == g.four_direction_classes
+    idaac = load_config(CONFIGS / "maze_idaac.yaml", [f"env.game={game}"])
+    assert idaac_settings(idaac) == g.idaac
+
+
+@pytest.mark.parametrize("game", ["maze", "heist", "jumper"])
+def test_the_per_game_paper_configs_are_the_base_with_the_game_set(game):
+    ours = load_config(CONFIGS / f"{game}.yaml")
+    base = load_config(CONFIGS / "paper.yaml", [f"env.game={game}"], name=game)
+    assert ours == base
+
+
+def test_base_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nenv:\n  game: heist\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="is its own base"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: nowhere.yaml\nenv:\n  game: heist\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml' does not exist"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text(f"base: {CONFIGS / 'paper.yaml'}\nenv:\n  game: heist\n  num_envs: 16\n")
+    cfg = load_config(tmp_path / "d.yaml")  # the file's own values on top of its base's
+    assert (cfg.env.game, cfg.env.num_envs, cfg.ppo.num_steps, cfg.name) == ("heist", 16, 512, "d")
