@@ -113,7 +113,7 @@ def play(ctx: EvalContext, policy: Policy, mode: str) -> EpisodeStats:
             explored[info["terminated"]] = 0
         if recorder is not None and info["group"] == 0:
             level = info["prev_level_seed"][0] if "prev_level_seed" in info else None
-            recorder.end_step(bool(info["terminated"][0]), level)
+            recorder.end_step(bool(info["terminated"][0]), level, counted=bool(info["episode"][0] >= 0))
 
     try:
         stats = run_episodes(act, envs, cfg.eval.episodes, ctx.device, ctx.seed, on_step,

@@ -1,4 +1,4 @@
-"""Episode videos for eval.py ``--video N``: env 0's first N episodes of each mode.
+"""Episode videos for eval.py ``--video N``: env 0's first N counted episodes of each mode.
 
 Frames are the agent's own 64x64 observations, upscaled with nearest-neighbour (pixels stay crisp)
 and framed with a red border on the steps where ExpGen handed control to the explorer. Written as
@@ -49,11 +49,13 @@ class EpisodeRecorder:
             self.current.frames.append(np.asarray(frame, dtype=np.uint8).copy())
             self.current.marks.append(bool(marked))
 
-    def end_step(self, terminated: bool, level_seed: int | None = None) -> None:
-        """After the env stepped: close the running episode if it just ended."""
+    def end_step(self, terminated: bool, level_seed: int | None = None, counted: bool = True) -> None:
+        """After the env stepped: close the running episode if it just ended; keep it only if the
+        evaluation ``counted`` it (not one on a level ``eval.unseen`` skips, nor past the env's quota)."""
         if terminated and self.active:
-            self.current.level_seed = None if level_seed is None else int(level_seed)
-            self.finished.append(self.current)
+            if counted:
+                self.current.level_seed = None if level_seed is None else int(level_seed)
+                self.finished.append(self.current)
             self.current = RecordedEpisode([], [])
 
 

@@ -243,6 +243,19 @@ def test_recorder_and_marks() -> None:
     assert (video[1, 0, 100] == 1).all() and (video[0, 100, 100] == 0).all()  # unmarked, interior
 
 
+def test_recorder_keeps_only_counted_episodes() -> None:
+    """An episode on a level eval.unseen skips (or past env 0's quota) is played but not counted:
+    its video is not kept either."""
+    rec = EpisodeRecorder(episodes=2)
+    frame = np.zeros((64, 64, 3), np.uint8)
+    for t, (done, level, counted) in enumerate([(False, 5, True), (True, 5, False), (True, 8, True),
+                                                (False, 9, True), (True, 9, True)]):
+        rec.add(frame + t, False)
+        rec.end_step(done, level_seed=level, counted=counted)
+    assert [ep.level_seed for ep in rec.finished] == [8, 9]
+    assert [len(ep.frames) for ep in rec.finished] == [1, 2]  # the skipped episode's frames are gone
+
+
 def test_gif_fallback_keeps_the_frame_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image
 
