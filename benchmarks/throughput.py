@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --members 1,2,4,10    # population of M vs M single-agent runs
     python benchmarks/throughput.py --engines native,sb3,rllib   # the same agent under each engine
     python benchmarks/throughput.py network.kind=small    # any config override
+    python benchmarks/throughput.py member.algo=idaac ppo.minibatch=samples   # IDAAC members
 
 Training steps/s counts env steps of every member per second of wall time, rollout and update
 included, after one warm-up iteration (allocator warm-up, cuDNN autotuning). Each measurement
@@ -113,7 +114,8 @@ def main() -> None:
                 single = sps if m == 1 else single
                 first = first or sps
                 ratio = f", {sps / single:.2f}x the aggregate of {m} single-agent runs" if single and m > 1 else ""
-                print(f"{engine} PPO, precision={precision} (trunk {trunk}), population {m:>2}: "
+                algo = run_cfg.member.algo.upper() if engine == "native" else "PPO"  # member.algo: native only
+                print(f"{engine} {algo}, precision={precision} (trunk {trunk}), population {m:>2}: "
                       f"{sps:,.0f} steps/s aggregate ({sps / first:.2f}x the first line), "
                       f"{sps / m:,.0f} per member, peak memory {peak:,.0f} MB{ratio}", flush=True)
 
