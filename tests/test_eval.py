@@ -1,4 +1,4 @@
-"""Tests of evaluation (evaluation/evaluate.py, evaluation/report.py, evaluation/video.py, eval.py).
+"""Tests of evaluation (evaluation/evaluate.py, evaluation/report.py, eval.py; videos end to end).
 
 End to end on a tiny run directory: three members trained for one update and an untrained explorer
 checkpoint, on bigfish (random-ish agents finish its episodes in ~150 steps, against 500 in maze)
@@ -25,7 +25,6 @@ from agents.population import Population
 from core.checkpoint import save_checkpoint
 from core.config import load_config
 from core.run_layout import RunLayout
-from evaluation import video
 from evaluation.episodes import episode_slots
 from evaluation.evaluate import evaluate_run
 from evaluation.policies import ExpGenTally
@@ -33,7 +32,6 @@ from evaluation.records import COLUMNS, EPISODES_CSV, read_episode_table
 from evaluation.report import markdown_table, write_report
 from evaluation.runs import compare_runs
 from evaluation.statistics import bootstrap_ci, iqm, paired_difference
-from evaluation.video import MARK_COLOR, EpisodeRecorder, render_frames, write_video
 from launch.run import train_run
 from tests.conftest import DEFAULT_LEVELS
 from training.learner import network_payload
@@ -226,47 +224,6 @@ def test_explorer_state_resets_at_episode_start() -> None:
         later = actor(obs)[1]
     assert torch.allclose(later[0, 0], fresh[0, 0], atol=1e-6)  # env 0 restarted: memory cleared
     assert not torch.allclose(later[0, 1], fresh[0, 1])  # env 1 carries its state
-
-
-def test_recorder_and_marks() -> None:
-    rec = EpisodeRecorder(episodes=1)
-    frame = np.zeros((64, 64, 3), np.uint8)
-    for t, (marked, done) in enumerate([(True, False), (False, True), (True, False)]):
-        rec.add(frame + t, marked)
-        rec.end_step(done, level_seed=7)
-    assert not rec.active and len(rec.finished) == 1
-    ep = rec.finished[0]
-    assert len(ep.frames) == 2 and ep.marks == [True, False] and ep.level_seed == 7
-    video = render_frames(ep.frames, ep.marks, scale=4, border=2)
-    assert video.shape == (2, 256, 256, 3)
-    assert (video[0, 0, 100] == MARK_COLOR).all() and (video[0, 100, -1] == MARK_COLOR).all()
-    assert (video[1, 0, 100] == 1).all() and (video[0, 100, 100] == 0).all()  # unmarked, interior
-
-
-def test_recorder_keeps_only_counted_episodes() -> None:
-    """An episode on a level eval.unseen skips (or past env 0's quota) is played but not counted:
-    its video is not kept either."""
-    rec = EpisodeRecorder(episodes=2)
-    frame = np.zeros((64, 64, 3), np.uint8)
-    for t, (done, level, counted) in enumerate([(False, 5, True), (True, 5, False), (True, 8, True),
-                                                (False, 9, True), (True, 9, True)]):
-        rec.add(frame + t, False)
-        rec.end_step(done, level_seed=level, counted=counted)
-    assert [ep.level_seed for ep in rec.finished] == [8, 9]
-    assert [len(ep.frames) for ep in rec.finished] == [1, 2]  # the skipped episode's frames are gone
-
-
-def test_gif_fallback_keeps_the_frame_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from PIL import Image
-
-    monkeypatch.setattr(video, "_mp4_error", "ffmpeg unavailable (simulated)")
-    frames = render_frames([np.full((64, 64, 3), 40 * i, np.uint8) for i in range(3)], [True, False, True])
-    path = write_video(tmp_path / "clip", frames, fps=15)
-    assert path.suffix == ".gif"
-    with Image.open(path) as gif:
-        assert gif.n_frames == 3 and gif.size == (256, 256)
-        gif.seek(1)
-        assert 60 <= gif.info["duration"] <= 70  # 1000 / 15 ms, in GIF's 10 ms steps
 
 
 def test_named_evaluation_sits_beside_the_main_one(run_dir: Path, tmp_path: Path) -> None:
