@@ -38,6 +38,7 @@ from core.sections import (
     ResourcesConfig,
     RLlibConfig,
     check_section,
+    choices,
     positive,
 )
 from envs.games import get_game
@@ -175,8 +176,8 @@ def _choices_of(key: str) -> tuple[str, ...] | None:
         hint = typing.get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
         if hint is None:
             return None
-        cls = typing.get_args(hint)[0] if typing.get_origin(hint) is list else hint
-    return typing.get_args(cls) if typing.get_origin(cls) is typing.Literal else None
+        cls = hint
+    return choices(cls)
 
 
 def validate(cfg: Config) -> None:
@@ -280,8 +281,8 @@ def config_help() -> str:
     lines = ["config keys (key=value overrides; key = default  (allowed values or type)):"]
 
     def kind(t: Any) -> str:
-        if typing.get_origin(t) is typing.Literal:
-            return " | ".join(map(str, typing.get_args(t)))
+        if (allowed := choices(t)) and typing.get_origin(t) is not list:
+            return " | ".join(allowed)
         if typing.get_origin(t) is list:
             return f"list of {kind(typing.get_args(t)[0])}"
         return getattr(t, "__name__", str(t))

@@ -53,19 +53,22 @@ class Section:
         """Raise ``ConfigError`` naming the key if a rule on this section's keys is broken."""
 
 
+def choices(hint: object) -> tuple[str, ...] | None:
+    """The allowed values of a key typed ``hint``: a ``Literal``'s, or its items' for a list of
+    them; None for a key that is not a choice. Validation, --help and error messages read this."""
+    if typing.get_origin(hint) is list:
+        hint = typing.get_args(hint)[0]
+    return get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
 def check_section(name: str, section: Section) -> None:
     """A section's choice keys against their ``Literal`` (what OmegaConf does for a loaded config;
     this covers a section built directly, e.g. by library code), then its ``check``. Raises
     ``ConfigError`` naming ``name.key``."""
     hints = typing.get_type_hints(type(section))
     for f in dataclasses.fields(section):
-        t, value = hints[f.name], getattr(section, f.name)
-        if typing.get_origin(t) is list:
-            t, values = typing.get_args(t)[0], value
-        else:
-            values = [value]
-        allowed = get_args(t) if typing.get_origin(t) is Literal else None
-        for v in values if allowed else ():
+        value, allowed = getattr(section, f.name), choices(hints[f.name])
+        for v in (value if isinstance(value, list) else [value]) if allowed else ():
             if v not in allowed:
                 raise ConfigError(f"{name}.{f.name}={v!r} is not allowed; choose one of: {', '.join(allowed)}")
     section.check()
