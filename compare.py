@@ -7,11 +7,13 @@
 
 Evaluate every run first (``python eval.py RUN ...``, the same --split and --episodes for all). Each
 run's score is its mean over episodes of a mode (the members' IQM for ``member``). Per algorithm
-(a mode of a group of runs) it prints the IQM, mean and median over runs with 95% stratified-bootstrap
-CIs, and the probability of improvement P(X > Y) (each mode across groups; with one group, ExpGen
-against the other modes), following Agarwal et al., NeurIPS 2021 (docs/evaluation.md). It writes
-results.json, results.md and profiles.png (performance profiles) to --out, by default
-<runs>/comparisons/<label>_vs_<label>/. --vs may be repeated for more configs.
+(a mode of a group of runs) it prints, with the rliable library (Agarwal et al., NeurIPS 2021;
+docs/evaluation.md), the IQM, mean and median over runs with 95% stratified-bootstrap CIs, and the
+probability of improvement P(X > Y) (each mode across groups; with one group, ExpGen against the
+other modes). A run directory given twice counts once. Intervals need at least 2 runs of each game
+(1 run: the point only, with a warning) and cover less than 95% below 5 runs per game (a warning
+says so). It writes results.json, results.md and profiles.png (performance profiles) to --out, by
+default <runs>/comparisons/<label>_vs_<label>/. --vs may be repeated for more configs.
 """
 from __future__ import annotations
 
@@ -35,9 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="", help="use each run's evaluation named NAME (eval.py --name)")
     parser.add_argument("--labels", help="comma-separated names of the configs, in order (default: from the run names)")
     parser.add_argument("--out", help="where results.json, results.md and profiles.png go")
-    parser.add_argument("--reps", type=int, default=RUN_REPS, help="bootstrap resamples")
+    parser.add_argument("--reps", type=int, default=RUN_REPS, help=f"stratified-bootstrap resamples (default {RUN_REPS:,})")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (same seed, same intervals)")
     args = parser.parse_args(argv)
+    if args.reps < 1:
+        print(f"error: --reps must be at least 1, got {args.reps}", file=sys.stderr)
+        return 2
     run_groups = [args.runs, *args.vs]
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else [group_label(g) for g in run_groups]
     if len(labels) != len(run_groups):

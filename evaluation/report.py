@@ -2,7 +2,9 @@
 
 Every view is built from the same rows (``summary_rows``): one per member, the members' IQM, then the
 vote, the explorer and ExpGen, so the terminal, the Markdown file and the plot always agree; below
-them, ExpGen against the other modes episode by episode (``difference_rows``, paired CIs).
+them, ExpGen against the other modes episode by episode (``difference_rows``, paired CIs). Each row
+names how its intervals were computed (``evaluation/statistics.py``), and shows none ("n/a") where
+the episodes have no spread to give one.
 Files go to ``runs/<name>/eval/``: ``results.json``, ``results.md``, ``results.png``, ``episodes.csv``
 (one row per episode: ``evaluation/records.py``) and ``tb/<split>/`` (one point per step there:
 re-evaluating the same checkpoints replaces the old point).
@@ -30,6 +32,10 @@ from core.run_layout import RunLayout  # noqa: E402
 from evaluation.records import EPISODES_CSV, write_episode_table  # noqa: E402
 from evaluation.tb_events import write_replacing_steps  # noqa: E402
 
+METHODS_NOTE = ("95% CIs: exact binomial = Clopper-Pearson (success rates; returns that are a success bonus "
+                "times success); BCa, episodes = BCa bootstrap over episodes (percentile where BCa is undefined); "
+                "BCa, levels = over levels, one draw for all members, the members fixed; n/a = no spread to give "
+                "an interval (docs/evaluation.md)")
 MODE_COLORS = {"member": "#9e9e9e", "iqm": "#616161", "vote": "#1f77b4", "explorer": "#ff7f0e",
                "expgen": "#2ca02c"}
 
@@ -41,19 +47,39 @@ class Row:
     label: str
     kind: str  # member | iqm | vote | explorer | expgen
     ret: float
-    low: float
-    high: float
+    ci: list[float] | None  # 95% interval of ret, None: the data give none
     success: float
+    success_ci: list[float] | None
     normalised: float
     length: float | None
     episodes: str
+    method: str  # how the intervals were computed
     note: str = ""
 
 
+def ci_method(return_method: str, success_method: str | None) -> str:
+    """The intervals' method, once when return and success share it, else "return / success"."""
+    if not success_method or success_method == return_method:
+        return return_method
+    return f"{return_method} / {success_method}"
+
+
 def _row(label: str, kind: str, r: dict[str, Any], episodes: str, note: str = "") -> Row:
-    low, high = r["return_ci"]
-    return Row(label, kind, r["return"], low, high, r["success"], r["normalised"],
-               r.get("length"), episodes, note)
+    method = ci_method(r.get("return_ci_method", "-"), r.get("success_ci_method"))  # "-": not recorded
+    return Row(label, kind, r["return"], r["return_ci"], r["success"], r.get("success_ci"), r["normalised"],
+               r.get("length"), episodes, method, note)
+
+
+def format_ci(ci: list[float] | None, fmt: str) -> str:
+    """``[low, high]`` in ``fmt`` (a format spec such as ``.2f``), or "n/a" where there is none."""
+    return "n/a" if ci is None else f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
+def iqm_note(members: int) -> str:
+    if members == 1:
+        return "one member: its own numbers and intervals"
+    what = "IQM of the members' means" if members >= 4 else f"the {members} members' mean (the IQM trims from 4)"
+    return f"{what}; levels resampled, members fixed"
 
 
 def expgen_note(r: dict[str, Any]) -> str:
@@ -68,7 +94,7 @@ def summary_rows(results: dict[str, Any]) -> list[Row]:
             rows += [_row(f"member {m['member']}", "member", m, n, f"step {m['step']:,}")
                      for m in r["members"]]
             rows.append(_row("members (IQM)", "iqm", r["iqm"], f"{len(r['members'])}x{n}",
-                             "CI across members"))
+                             iqm_note(len(r["members"]))))
             if len(r["members"]) > 1:
                 best = max(r["members"], key=lambda m: m["return"])
                 rows.append(_row("best member", "member", best, n,
@@ -80,16 +106,16 @@ def summary_rows(results: dict[str, Any]) -> list[Row]:
 
 @dataclass
 class DifferenceRow:
-    """ExpGen minus another mode over the same episodes: mean return and success rate, paired CIs."""
+    """ExpGen minus another mode over the same episodes: mean return and success rate, paired CIs
+    (None: the differences have no spread)."""
 
     label: str
     ret: float
-    ret_low: float
-    ret_high: float
+    ret_ci: list[float] | None
     success: float
-    success_low: float
-    success_high: float
+    success_ci: list[float] | None
     episodes: int
+    method: str
 
 
 def difference_rows(results: dict[str, Any]) -> list[DifferenceRow]:
@@ -98,14 +124,20 @@ def difference_rows(results: dict[str, Any]) -> list[DifferenceRow]:
     for d in results.get("differences", []):
         other = d["b"] + (f" ({d['agent'].replace('_', ' ')})" if d["b"] == "best member" else "")
         r, s = d["return"], d["success"]
-        rows.append(DifferenceRow(f"ExpGen - {other}", r["difference"], *r["ci"], s["difference"], *s["ci"],
-                                  r["episodes"]))
+        method = ci_method(r.get("method", "-"), s.get("method"))
+        rows.append(DifferenceRow(f"ExpGen - {other}", r["difference"], r["ci"], s["difference"], s["ci"],
+                                  r["episodes"], method))
     return rows
 
 
 def difference_title(results: dict[str, Any]) -> str:
+    """What the differences are, and how many: each interval is 95% on its own, and the more of
+    them a table holds, the likelier one excludes the truth by chance (Bonferroni's bound)."""
+    k = len(results.get("differences", []))
+    several = (f"; {k} comparisons, each interval 95% on its own, not adjusted for multiplicity: all {k} of a "
+               f"column hold together with probability >= {1 - 0.05 * k:.0%} (Bonferroni)" if k > 1 else "")
     return (f"ExpGen against the other modes on the same {results['episodes']} episodes (same levels, same "
-            "env slots): differences with paired 95% bootstrap CIs")
+            f"env slots): differences with paired 95% bootstrap CIs{several}")
 
 
 def title(results: dict[str, Any]) -> str:
@@ -124,11 +156,11 @@ def render_differences(results: dict[str, Any]) -> Table | None:
         return None
     table = Table(title=difference_title(results), title_justify="left")
     for name, justify in [("comparison", "left"), ("return", "right"), ("95% CI", "right"),
-                          ("success", "right"), ("95% CI ", "right")]:
+                          ("success", "right"), ("95% CI ", "right"), ("CI method", "left")]:
         table.add_column(name, justify=justify)
     for row in rows:
-        table.add_row(row.label, f"{row.ret:+.2f}", f"[{row.ret_low:+.2f}, {row.ret_high:+.2f}]",
-                      f"{row.success:+.1%}", f"[{row.success_low:+.1%}, {row.success_high:+.1%}]")
+        table.add_row(row.label, f"{row.ret:+.2f}", format_ci(row.ret_ci, "+.2f"),
+                      f"{row.success:+.1%}", format_ci(row.success_ci, "+.1%"), row.method)
     return table
 
 
@@ -136,14 +168,14 @@ def render_table(results: dict[str, Any]) -> Table:
     """A rich table of every mode side by side (one row each)."""
     table = Table(title=title(results), title_justify="left")
     for name, justify in [("agent", "left"), ("return", "right"), ("95% CI", "right"),
-                          ("success", "right"), ("normalised", "right"), ("length", "right"),
-                          ("episodes", "right"), ("", "left")]:
+                          ("success", "right"), ("95% CI ", "right"), ("normalised", "right"), ("length", "right"),
+                          ("episodes", "right"), ("CI method", "left"), ("", "left")]:
         table.add_column(name, justify=justify)
     for row in summary_rows(results):
         style = "bold" if row.kind in ("iqm", "expgen") else None
-        table.add_row(row.label, f"{row.ret:.2f}", f"[{row.low:.2f}, {row.high:.2f}]",
-                      f"{row.success:.0%}", f"{row.normalised:.2f}",
-                      "-" if row.length is None else f"{row.length:.0f}", row.episodes, row.note,
+        table.add_row(row.label, f"{row.ret:.2f}", format_ci(row.ci, ".2f"),
+                      f"{row.success:.0%}", format_ci(row.success_ci, ".0%"), f"{row.normalised:.2f}",
+                      "-" if row.length is None else f"{row.length:.0f}", row.episodes, row.method, row.note,
                       style=style)
     return table
 
@@ -152,6 +184,7 @@ def print_table(results: dict[str, Any], console: Console | None = None) -> None
     # Off a terminal rich assumes 80 columns and wraps every cell; a log file can be wider.
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     console.print(render_table(results))
+    console.print(METHODS_NOTE, highlight=False)
     differences = render_differences(results)
     if differences is not None:
         console.print(differences)
@@ -165,18 +198,21 @@ def print_table(results: dict[str, Any], console: Console | None = None) -> None
 def markdown_table(results: dict[str, Any]) -> str:
     """The results as Markdown: a heading naming the split's levels, the table, ExpGen's vote counts."""
     lines = [f"## {title(results)}", "",
-             "| agent | return | 95% CI | success | normalised | length | episodes | notes |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| agent | return | 95% CI | success | 95% CI | normalised | length | episodes | CI method | notes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for row in summary_rows(results):
         length = "-" if row.length is None else f"{row.length:.0f}"
-        lines.append(f"| {row.label} | {row.ret:.2f} | [{row.low:.2f}, {row.high:.2f}] | "
-                     f"{row.success:.0%} | {row.normalised:.2f} | {length} | {row.episodes} | {row.note} |")
+        lines.append(f"| {row.label} | {row.ret:.2f} | {format_ci(row.ci, '.2f')} | {row.success:.0%} | "
+                     f"{format_ci(row.success_ci, '.0%')} | {row.normalised:.2f} | {length} | {row.episodes} | "
+                     f"{row.method} | {row.note} |")
+    lines += ["", METHODS_NOTE]
     differences = difference_rows(results)
     if differences:
         lines += ["", f"{difference_title(results)}:", ""]
-        lines += [f"- {d.label} {d.ret:+.2f} [{d.ret_low:+.2f}, {d.ret_high:+.2f}] in return, "
-                  f"{100 * d.success:+.1f} [{100 * d.success_low:+.1f}, {100 * d.success_high:+.1f}] points "
-                  "of success" for d in differences]
+        points = [None if d.success_ci is None else [100 * v for v in d.success_ci] for d in differences]
+        lines += [f"- {d.label} {d.ret:+.2f} {format_ci(d.ret_ci, '+.2f')} in return, "
+                  f"{100 * d.success:+.1f} {format_ci(p, '+.1f')} points of success ({d.method})"
+                  for d, p in zip(differences, points)]
     expgen = results["modes"].get("expgen")
     if expgen is not None:
         c = expgen["controller"]
@@ -190,25 +226,31 @@ def markdown_table(results: dict[str, Any]) -> str:
     named += [("explorer", ckpts["explorer"])] if ckpts.get("explorer") is not None else []
     checkpoints = ", ".join(f"{k} {v:,}" for k, v in named)
     lines += ["", f"Checkpoint steps: {checkpoints}. Actions {'sampled' if results['sample'] else 'argmax'}."]
+    if ckpts.get("warning"):
+        lines += ["", f"**Warning:** {ckpts['warning']}"]
     return "\n".join(lines) + "\n"
 
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:
-    """Bar chart of mean return per agent with 95% CI error bars (PNG)."""
+    """Bar chart of mean return per agent with 95% CI error bars (PNG; no bar where there is no
+    interval)."""
     rows = summary_rows(results)
     x = np.arange(len(rows))
     means = np.array([r.ret for r in rows])
-    err = np.array([[r.ret - r.low for r in rows], [r.high - r.ret for r in rows]]).clip(min=0)
+    ci = np.array([r.ci if r.ci is not None else [np.nan, np.nan] for r in rows], dtype=np.float64)
+    err = np.array([means - ci[:, 0], ci[:, 1] - means]).clip(min=0)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(rows) + 2), 4))
     try:
         ax.bar(x, means, yerr=err, capsize=4, color=[MODE_COLORS[r.kind] for r in rows])
         ax.set_xticks(x, [r.label for r in rows], rotation=30, ha="right")
         ax.set_ylabel("mean episode return")
         ax.set_title(f"{results['game']}: {results['split']} {results['levels']}, "
-                     f"{results['episodes']} episodes, 95% bootstrap CI", fontsize=9)
+                     f"{results['episodes']} episodes, 95% CIs (methods: results.md)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        tmp = path.with_name(path.name + ".tmp.png")  # an interrupted save keeps the old chart
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
     finally:
         plt.close(fig)
     return path
@@ -281,9 +323,6 @@ def write_report(results: dict[str, Any], layout: RunLayout, episodes: pd.DataFr
     else:
         write_episode_table(episodes, paths["episodes"])
     _write_text(paths["markdown"], markdown_table(results))
-    if summary_rows(results):
-        plot_results(results, paths["plot"])
-    else:  # every mode skipped: nothing to plot, and an older plot would mislead
-        paths.pop("plot").unlink(missing_ok=True)
+    plot_results(results, paths["plot"])
     _write_text(paths["json"], json.dumps(results, indent=2) + "\n")
     return paths

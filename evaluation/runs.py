@@ -1,16 +1,21 @@
 """Runs as the unit: the evaluations of several runs (seeds) of a config aggregated, and configs
-compared, the way Agarwal et al. (NeurIPS 2021) and their ``rliable`` library recommend.
+compared, with the ``rliable`` library (Agarwal et al., NeurIPS 2021).
 
 A run's score is what eval.py measured on it (``runs/<name>/eval/results.json``, or
 ``eval/<name>/`` for a named evaluation): the mean over its episodes of one mode (the members' IQM
 for ``member``), as mean return, success rate or ProcGen's normalised score. Runs, not episodes, are
 the independent samples when asking whether a config is better: a config's score varies from seed
-to seed more than the episodes of one seed show. Each "algorithm" (a mode of a group of runs) gets:
+to seed more than the episodes of one seed show. Each "algorithm" (a mode of a group of runs) gets
+(``evaluation/statistics.py``):
 
 - IQM, mean and median over its runs, with 95% stratified-bootstrap CIs (runs resampled within each
-  game: ``evaluation/statistics.py:stratified_bootstrap``);
+  game: rliable's ``get_interval_estimates``);
 - the probability of improvement P(X > Y) against the algorithm it is compared with;
 - a performance profile: the fraction of runs scoring above each threshold (plotted, with bands).
+
+A run directory given twice (by any spelling of its path) counts once. With fewer than
+``MIN_RUNS`` runs of each game there is no interval (one run has no spread to resample); with fewer
+than ``RECOMMENDED_RUNS`` the intervals are shown with a warning that they cover less than 95%.
 
 ``compare_runs`` loads and computes (a JSON-ready dict), ``print_comparison`` and
 ``write_comparison`` present it; ``compare.py`` and ``eval.py`` with several runs call them.
@@ -37,10 +42,14 @@ from core.run_layout import RunLayout  # noqa: E402
 from core.sections import EVAL_MODES  # noqa: E402
 from evaluation.statistics import (  # noqa: E402
     AGGREGATES,
+    CONFIDENCE,
+    MIN_RUNS,
+    PROFILE_REPS,
+    RECOMMENDED_RUNS,
     RUN_REPS,
     performance_profile,
     probability_of_improvement,
-    stratified_bootstrap,
+    run_aggregates,
 )
 
 METRICS = ("return", "success", "normalised")
@@ -106,20 +115,62 @@ def check_comparable(evaluations: dict[str, dict[str, Any]]) -> None:
                              f"made alike: re-evaluate with the same {flag} (and eval.py --name to keep both)")
 
 
+def unique_runs(groups: dict[str, Sequence[str | Path]]) -> tuple[dict[str, list[str]], list[str]]:
+    """Each group's runs with repeats dropped, a run being its real path (``os.path.realpath``: the
+    same directory under another spelling or through a link is the same run), the first spelling
+    kept; and a warning per dropped repeat. Raises ValueError for a run in two groups."""
+    owner: dict[str, tuple[str, str]] = {}  # real path -> (group, first spelling)
+    kept: dict[str, list[str]] = {}
+    notes = []
+    for label, runs in groups.items():
+        kept[label] = []
+        for run in map(str, runs):
+            real = os.path.realpath(run)
+            if real in owner:
+                group, first = owner[real]
+                if group != label:
+                    raise ValueError(f"{run} is a run of both {group!r} and {label!r}: each run belongs to one config")
+                notes.append(f"{run} is {first} again: counted once")
+                continue
+            owner[real] = (label, run)
+            kept[label].append(run)
+    return kept, notes
+
+
+def few_runs_note(label: str, runs: int) -> str | None:
+    """What an interval over ``runs`` runs per game can say, when it is less than its 95% label."""
+    more = ("train more seeds of the config and evaluate them alike (docs/evaluation.md, "
+            "\"Runs as the unit\")")
+    if runs < MIN_RUNS:
+        return (f"{label}: {runs} run per game, so no interval: a bootstrap over one run has no spread; "
+                f"intervals need at least {MIN_RUNS} runs of each game, {RECOMMENDED_RUNS} or more give "
+                f"them their stated coverage: {more}")
+    if runs < RECOMMENDED_RUNS:
+        return (f"{label}: {runs} runs per game: a percentile-bootstrap interval cannot be wider than the "
+                f"range of the runs, and the range of {runs} runs holds the median of their distribution "
+                f"with probability {1 - 2.0 ** (1 - runs):.0%} (order statistics), so these intervals cover "
+                f"less than {CONFIDENCE:.0%}; {RECOMMENDED_RUNS} or more runs per game: {more}")
+    return None
+
+
 def compare_runs(groups: dict[str, Sequence[str | Path]], modes: Sequence[str] | None = None,
                  metric: str = "auto", name: str = "", reps: int = RUN_REPS, seed: int = 0) -> dict[str, Any]:
     """Aggregate each group's runs per mode and compare; a JSON-ready dict.
 
     ``groups``: label -> run directories (one group: its modes are compared with each other; several:
-    each mode is compared across groups). ``modes``: default every mode that all the runs evaluated.
-    ``metric``: return | success | normalised | auto (return for one game, normalised for several).
-    ``name``: which evaluation of each run (eval.py ``--name``). Raises FileNotFoundError (a run or its
-    evaluation missing) or ValueError (runs not comparable, a mode or metric unknown or not
-    evaluated, a group without a run of some game), each saying what to do.
+    each mode is compared across groups); a directory given twice counts once (``unique_runs``).
+    ``modes``: default every mode that all the runs evaluated. ``metric``: return | success |
+    normalised | auto (return for one game, normalised for several). ``name``: which evaluation of
+    each run (eval.py ``--name``). ``reps``, ``seed``: rliable's bootstrap resamples and their seed.
+    The dict's ``warnings`` say what the intervals cannot (repeated runs, too few runs). Raises
+    FileNotFoundError (a run or its evaluation missing) or ValueError (runs not comparable, a mode or
+    metric unknown or not evaluated, a group without a run of some game or with unequal numbers of
+    runs of its games, a run in two groups), each saying what to do.
     """
     if not groups or any(not runs for runs in groups.values()):
         raise ValueError("give at least one run directory per group")
-    evaluations = {str(run): load_results(run, name) for runs in groups.values() for run in runs}
+    groups, notes = unique_runs(groups)
+    evaluations = {run: load_results(run, name) for runs in groups.values() for run in runs}
     check_comparable(evaluations)
     games = sorted({r["game"] for r in evaluations.values()})
     if metric == "auto":
@@ -138,39 +189,48 @@ def compare_runs(groups: dict[str, Sequence[str | Path]], modes: Sequence[str] |
         raise ValueError("the runs have no evaluated mode in common; evaluate them with the same eval.py --modes")
     algorithms = []
     for label, runs in groups.items():
+        per_game = {g: [r for r in runs if evaluations[r]["game"] == g] for g in games}
+        counts = {g: len(rs) for g, rs in per_game.items()}
+        lacking = [g for g, n in counts.items() if n == 0]
+        if lacking:
+            raise ValueError(f"group {label!r} has no run of {', '.join(lacking)}: every group needs runs "
+                             "of every game compared")
+        if len(set(counts.values())) > 1:
+            have = ", ".join(f"{n} of {g}" for g, n in counts.items())
+            raise ValueError(f"group {label!r} has unequal numbers of runs per game ({have}): rliable's "
+                             "stratified bootstrap takes a (runs x games) matrix; give each game as many runs")
+        per_run = len(runs) // len(games)
+        note = few_runs_note(label if len(groups) > 1 else group_label(runs), per_run)
+        notes += [note] if note else []
         for mode in modes:
-            per_game = {g: [run_score(evaluations[str(r)], mode, metric) for r in runs
-                            if evaluations[str(r)]["game"] == g] for g in games}
-            lacking = [g for g, s in per_game.items() if not s]
-            if lacking:
-                raise ValueError(f"group {label!r} has no run of {', '.join(lacking)}: every group needs runs "
-                                 "of every game compared")
-            algorithm = mode_label(mode) if len(groups) == 1 else f"{label}: {mode_label(mode)}"
-            scores = [np.array(per_game[g]) for g in games]
-            entry: dict[str, Any] = {"label": algorithm, "group": label, "mode": mode, "runs": len(runs),
-                                     "scores": {str(r): run_score(evaluations[str(r)], mode, metric) for r in runs}}
-            for agg, fn in AGGREGATES.items():
-                point, low, high = stratified_bootstrap(scores, fn, reps, seed)
-                entry[agg], entry[f"{agg}_ci"] = point, [low, high]
-            entry["_scores"] = scores
+            # (runs, games): column g the runs of game g, in the order given
+            matrix = np.array([[run_score(evaluations[r], mode, metric) for r in per_game[g]] for g in games]).T
+            entry: dict[str, Any] = {"label": mode_label(mode) if len(groups) == 1 else f"{label}: {mode_label(mode)}",
+                                     "group": label, "mode": mode, "runs": len(runs), "runs_per_game": per_run,
+                                     "scores": {r: run_score(evaluations[r], mode, metric) for r in runs}}
+            for agg, (point, ci) in run_aggregates(matrix, reps, seed).items():
+                entry[agg], entry[f"{agg}_ci"] = point, ci
+            entry["_scores"] = matrix
             algorithms.append(entry)
     improvements = []
     for x, y in comparison_pairs(algorithms, len(groups)):
-        p, low, high = probability_of_improvement(x["_scores"], y["_scores"], reps, seed)
-        improvements.append({"x": x["label"], "y": y["label"], "probability": p, "ci": [low, high]})
-    everything = np.concatenate([np.concatenate(a["_scores"]) for a in algorithms])
+        p, ci = probability_of_improvement(x["_scores"], y["_scores"], reps, seed)
+        improvements.append({"x": x["label"], "y": y["label"], "probability": p, "ci": ci,
+                             "runs_per_game": min(x["runs_per_game"], y["runs_per_game"])})
+    everything = np.concatenate([a["_scores"].ravel() for a in algorithms])
     lo, hi = (0.0, 1.0) if metric == "success" else (float(everything.min()), float(everything.max()))
     pad = 0.05 * (hi - lo) or 0.5
     taus = np.linspace(lo - pad, hi + pad, PROFILE_POINTS)
     curves = {}
     for a in algorithms:
-        fraction, low, high = performance_profile(a.pop("_scores"), taus, seed=seed)
-        curves[a["label"]] = {"fraction": fraction.tolist(), "low": low.tolist(), "high": high.tolist()}
+        fraction, band = performance_profile(a.pop("_scores"), taus, seed=seed)
+        curves[a["label"]] = {"fraction": fraction.tolist(), "low": None if band is None else band[0].tolist(),
+                              "high": None if band is None else band[1].tolist()}
     first = next(iter(evaluations.values()))
     return {"metric": metric, "games": games, "split": first["split"], "levels": first["levels"],
-            "evaluation": name, "groups": {label: [str(r) for r in runs] for label, runs in groups.items()},
-            "modes": modes, "reps": reps, "seed": seed, "algorithms": algorithms, "improvements": improvements,
-            "profile": {"taus": taus.tolist(), "curves": curves}}
+            "evaluation": name, "groups": groups, "modes": modes, "reps": reps, "profile_reps": PROFILE_REPS,
+            "seed": seed, "confidence": CONFIDENCE, "algorithms": algorithms, "improvements": improvements,
+            "warnings": notes, "profile": {"taus": taus.tolist(), "curves": curves}}
 
 
 def comparison_pairs(algorithms: list[dict[str, Any]], groups: int) -> list[tuple[dict, dict]]:
@@ -189,7 +249,22 @@ def comparison_pairs(algorithms: list[dict[str, Any]], groups: int) -> list[tupl
 def comparison_title(comp: dict[str, Any]) -> str:
     runs = sorted({a["runs"] for a in comp["algorithms"]})
     return (f"{', '.join(comp['games'])}, split {comp['split']} = {comp['levels']}: {comp['metric']} over "
-            f"{' or '.join(map(str, runs))} runs per algorithm, 95% stratified-bootstrap CIs (runs are the unit)")
+            f"{' or '.join(map(str, runs))} runs per algorithm, {comp['confidence']:.0%} stratified-bootstrap CIs "
+            f"(rliable, {comp['reps']:,} resamples; runs are the unit)")
+
+
+def format_ci(ci: list[float] | None, runs_per_game: int, digits: int = 3) -> str:
+    """[low, high], or why there is none: fewer than ``MIN_RUNS`` runs, or no resample differs."""
+    if ci is None:
+        return f"n/a (< {MIN_RUNS} runs)" if runs_per_game < MIN_RUNS else "n/a (no spread)"
+    return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def improvement_title(comp: dict[str, Any]) -> str:
+    k = len(comp["improvements"])
+    several = (f": {k} comparisons, each interval {comp['confidence']:.0%} on its own (not adjusted for multiplicity)"
+               if k > 1 else "")
+    return f"Probability of improvement P(X > Y) that a run of X scores above a run of Y{several}"
 
 
 def render_comparison(comp: dict[str, Any]) -> list[Table]:
@@ -199,17 +274,15 @@ def render_comparison(comp: dict[str, Any]) -> list[Table]:
                          ("mean", "right"), ("95% CI ", "right"), ("median", "right"), ("95% CI  ", "right")]:
         table.add_column(col, justify=justify)
     for a in comp["algorithms"]:
-        cells = [f"{a[k]:.3f}" if i % 2 == 0 else f"[{a[k][0]:.3f}, {a[k][1]:.3f}]"
-                 for i, k in enumerate(("iqm", "iqm_ci", "mean", "mean_ci", "median", "median_ci"))]
+        cells = [c for agg in AGGREGATES for c in (f"{a[agg]:.3f}", format_ci(a[f"{agg}_ci"], a["runs_per_game"]))]
         table.add_row(a["label"], str(a["runs"]), *cells, style="bold" if a["mode"] == "expgen" else None)
     tables = [table]
     if comp["improvements"]:
-        poi = Table(title="Probability of improvement P(X > Y) that a run of X scores above a run of Y",
-                    title_justify="left")
+        poi = Table(title=improvement_title(comp), title_justify="left")
         for col, justify in [("X", "left"), ("Y", "left"), ("P(X > Y)", "right"), ("95% CI", "right")]:
             poi.add_column(col, justify=justify)
         for p in comp["improvements"]:
-            poi.add_row(p["x"], p["y"], f"{p['probability']:.2f}", f"[{p['ci'][0]:.2f}, {p['ci'][1]:.2f}]")
+            poi.add_row(p["x"], p["y"], f"{p['probability']:.2f}", format_ci(p["ci"], p["runs_per_game"], 2))
         tables.append(poi)
     return tables
 
@@ -218,6 +291,8 @@ def print_comparison(comp: dict[str, Any], console: Console | None = None) -> No
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     for table in render_comparison(comp):
         console.print(table)
+    for note in comp["warnings"]:
+        console.print(f"[yellow]warning[/yellow]: {note}", highlight=False)
 
 
 def comparison_markdown(comp: dict[str, Any]) -> str:
@@ -225,28 +300,29 @@ def comparison_markdown(comp: dict[str, Any]) -> str:
              "| algorithm | runs | IQM | 95% CI | mean | 95% CI | median | 95% CI |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for a in comp["algorithms"]:
-        lines.append(f"| {a['label']} | {a['runs']} | {a['iqm']:.3f} | [{a['iqm_ci'][0]:.3f}, {a['iqm_ci'][1]:.3f}] | "
-                     f"{a['mean']:.3f} | [{a['mean_ci'][0]:.3f}, {a['mean_ci'][1]:.3f}] | {a['median']:.3f} | "
-                     f"[{a['median_ci'][0]:.3f}, {a['median_ci'][1]:.3f}] |")
+        cells = " | ".join(f"{a[agg]:.3f} | {format_ci(a[f'{agg}_ci'], a['runs_per_game'])}" for agg in AGGREGATES)
+        lines.append(f"| {a['label']} | {a['runs']} | {cells} |")
     if comp["improvements"]:
-        lines += ["", "Probability of improvement (a run of X scores above a run of Y):", ""]
-        lines += [f"- P({p['x']} > {p['y']}) = {p['probability']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}]"
+        lines += ["", f"{improvement_title(comp)}:", ""]
+        lines += [f"- P({p['x']} > {p['y']}) = {p['probability']:.2f} {format_ci(p['ci'], p['runs_per_game'], 2)}"
                   for p in comp["improvements"]]
     lines += ["", "Runs: " + "; ".join(f"{label}: {', '.join(runs)}" for label, runs in comp["groups"].items())
               + (f" (evaluation {comp['evaluation']!r})" if comp["evaluation"] else "") + "."]
+    lines += [f"\nWarning: {note}" for note in comp["warnings"]]
     return "\n".join(lines) + "\n"
 
 
 def plot_profiles(comp: dict[str, Any], path: Path) -> Path:
     """Performance profiles (PNG): per algorithm, the fraction of runs scoring above tau, with its
-    95% stratified-bootstrap band."""
+    95% stratified-bootstrap band (none with fewer than ``MIN_RUNS`` runs)."""
     taus = np.array(comp["profile"]["taus"])
     fig, ax = plt.subplots(figsize=(6, 4))
     try:
         for i, (label, c) in enumerate(comp["profile"]["curves"].items()):
             color = COLORS[i % len(COLORS)]
             ax.plot(taus, c["fraction"], color=color, label=label, drawstyle="steps-post")
-            ax.fill_between(taus, c["low"], c["high"], color=color, alpha=0.15, step="post")
+            if c["low"] is not None:
+                ax.fill_between(taus, c["low"], c["high"], color=color, alpha=0.15, step="post")
         ax.set_xlabel(f"{comp['metric']} threshold tau")
         ax.set_ylabel("fraction of runs with score > tau")
         ax.set_ylim(-0.02, 1.02)
