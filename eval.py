@@ -4,13 +4,23 @@
                    [--seed S] [--video N] [--device cpu] [--name NAME] [key=value ...]
     python eval.py runs/maze_s0 runs/maze_s1 runs/maze_s2 [options]    # several runs (seeds) of a config
 
-Prints a table with 95% bootstrap confidence intervals, and ExpGen against the other modes on the
-same episodes (paired differences), and writes runs/<name>/eval/results.json, results.md,
+Prints a table with 95% confidence intervals (exact binomial or bootstrap; the table names each),
+and ExpGen against the other modes on the same episodes (paired differences), and writes
+runs/<name>/eval/results.json, results.md,
 results.png, episodes.csv (one row per episode played), TensorBoard events under eval/tb/<split>/
-and, with --video, eval/videos/ (with --name NAME: the same files under eval/NAME/). TensorBoard
-holds one point per checkpoint step: re-evaluating the same checkpoints (another --seed, more
---episodes) replaces that step's point, while points of other steps (the run evaluated before it
-trained further) stay.
+and, with --video, eval/videos/ (with --name NAME: the same files under eval/NAME/). eval/ holds
+the run's own split (eval.split of its config.yaml, test by default): another --split without
+--name writes eval/<split>/ (read it with compare.py --name <split>), and an evaluation never
+replaces a results.json of another split. TensorBoard holds one point per checkpoint step:
+re-evaluating the same checkpoints (another --seed, more --episodes) replaces that step's point,
+while points of other steps (the run evaluated before it trained further) stay.
+
+Every member is evaluated at one checkpoint step, the newest that all of them have (a run still
+training may have newer ones for some members: they are named); when the members share no step,
+each member's newest is used and the output and results.json say so (checkpoints.warning; the
+TensorBoard point is then at the newest member's step). The explorer is at its own newest step.
+Modes that need a missing explorer are skipped with a note; when no mode asked for can run, eval.py
+stops with exit status 2 before writing anything.
 
 With several run directories, each is evaluated alike (the same options), then the modes are
 aggregated over the runs, the runs being the unit (IQM, mean, median with stratified-bootstrap CIs);
@@ -26,9 +36,10 @@ from pathlib import Path
 from core.checkpoint import CheckpointError
 from core.config import ConfigError, config_help
 from core.run_layout import RunLayout
+from core.sections import EVAL_MODES
 from evaluation.evaluate import evaluate
 from evaluation.report import print_table, write_report
-from evaluation.runs import compare_runs, group_label, print_comparison
+from evaluation.runs import compare_runs, group_label, print_comparison, unique_runs
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:
@@ -50,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
                              "seeds of a config), and config overrides key=value (e.g. expgen.controller=plurality)")
     parser.add_argument("--split", help="level split: test (levels [201, 401)), test-full, train")
     parser.add_argument("--episodes", type=int, help="episodes per agent and mode")
-    parser.add_argument("--modes", help="comma-separated: member,vote,explorer,expgen")
+    parser.add_argument("--modes", help=f"comma-separated: {','.join(EVAL_MODES)}")
     parser.add_argument("--seed", type=int, help="env and sampling seed (same seed, same numbers)")
     parser.add_argument("--video", type=int, help="episodes per mode to record under eval/videos/")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--name", help="write into <run>/eval/<name>/ instead of <run>/eval/, "
-                                       "e.g. --name train for a train-split table beside the test one")
+    parser.add_argument("--name", help="write into <run>/eval/<name>/ instead of <run>/eval/, e.g. --name "
+                                       "random_explorer for an ablation (default: the split, for a split "
+                                       "other than the run's own)")
     args = parser.parse_intermixed_args(argv)  # flags and key=value in any order
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # key=value is an override, anything else a run directory (one whose name has a '=' too if it exists)
@@ -64,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print("error: no run directory given (e.g. python eval.py runs/maze)", file=sys.stderr)
         return 2
+    kept, notes = unique_runs({"": runs})  # a run given twice (another spelling, a link) is one run
+    runs = kept[""]
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
     name = ""
     for run in runs:
         rc, name = evaluate_one(run, overrides, several=len(runs) > 1)
@@ -100,6 +116,9 @@ def evaluate_one(run: str, overrides: list[str], several: bool) -> tuple[int, st
               file=sys.stderr)
         return 130, ""
     print_table(results)
+    warning = results["checkpoints"].get("warning")
+    if warning:  # said before the episodes too, but a table must not read as one step's without it
+        print(f"warning: {warning}")
     for path in [*paths.values(), *(layout.root / v for v in results.get("videos", []))]:
         print(f"wrote {path}")
     return 0, results.get("name", "")

@@ -31,7 +31,9 @@ level on the 2-core CPU) is most of the cost. A fingerprint depends on the seed 
 Fingerprints are cached on disk, one ``.npz`` file per game, distribution mode, kind (exact: and
 backgrounds) and procgen version, under ``cache_dir()``. The files hold arrays only (read with
 ``allow_pickle=False``) and a SHA-256 checksum of them; a file that does not load, is for other
-options or fails its checksum is ignored with a ``FingerprintCacheWarning`` and recomputed.
+options or fails its checksum is ignored with a ``FingerprintCacheWarning`` and recomputed. The
+cache only saves time: where ``cache_dir()`` cannot be written (a read-only home on a cluster node),
+the fingerprints computed are used without being kept, and a logged warning says how to keep them.
 """
 from __future__ import annotations
 
@@ -229,9 +231,9 @@ def read_cache(path: Path, identity: dict[str, Any]) -> dict[int, bytes]:
     """``seed -> fingerprint`` from a cache file; ``{}`` if there is none. A file that cannot be read
     as this format, belongs to other options (``identity``) or fails its checksum gives ``{}`` and a
     ``FingerprintCacheWarning`` naming it and why: its fingerprints are recomputed, never trusted."""
-    if not path.exists():
-        return {}
     try:
+        if not path.is_file():  # inside try: stat fails (EACCES) in a folder that cannot be searched
+            return {}
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"][()]))
             seeds, digests = f["seeds"], f["digests"]
@@ -282,8 +284,9 @@ def level_fingerprints(game: str, distribution_mode: str, seeds: LevelRange | It
 
     ``kind``: ``exact`` (drawn as played, with ``use_backgrounds``) or ``structure``. With ``cache``,
     seeds in this game's cache file are read from it and the others computed
-    (``compute_fingerprints``) and added to it. Raises ValueError as ``compute_fingerprints``, and
-    OSError if the cache directory cannot be written.
+    (``compute_fingerprints``) and added to it; a cache folder that cannot be written is reported
+    once (a logged warning) and the fingerprints are returned uncached. Raises ValueError as
+    ``compute_fingerprints``.
     """
     seeds = seed_array(seeds)
     if not cache:
@@ -303,8 +306,24 @@ def level_fingerprints(game: str, distribution_mode: str, seeds: LevelRange | It
         with warnings.catch_warnings():  # a bad file was reported above; merge what others added since
             warnings.simplefilter("ignore", FingerprintCacheWarning)
             written_since = read_cache(path, identity)
-        write_cache(path, identity, {**written_since, **known})
+        try:
+            write_cache(path, identity, {**written_since, **known})
+        except OSError as e:
+            _warn_unwritable(path.parent, e)
     return np.array([known[s] for s in seeds.tolist()], DIGEST_DTYPE)
+
+
+_UNWRITABLE: set[Path] = set()  # cache folders already reported, to say it once per process
+
+
+def _warn_unwritable(folder: Path, error: OSError) -> None:
+    """The cache folder cannot be written: the fingerprints are used uncached (only slower)."""
+    if folder in _UNWRITABLE:
+        return
+    _UNWRITABLE.add(folder)
+    log.warning("cannot keep level fingerprints in %s (%s: %s): they are recomputed each run; set %s "
+                "to a writable folder to keep them", folder, type(error).__name__, error.strerror or error,
+                CACHE_ENV)
 
 
 # ---- unseen levels ------------------------------------------------------------------------------

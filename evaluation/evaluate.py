@@ -1,8 +1,9 @@
 """Evaluate a trained run on held-out levels: every member, the ensemble vote, the explorer, ExpGen.
 
 ``evaluate_run(run_dir, overrides)`` reads ``runs/<name>/config.yaml`` (plus ``key=value`` overrides
-such as ``eval.split=test-full``), loads every member's newest valid checkpoint into one
-``Population`` (one batched forward for all members per step) and the explorer if there is one, and
+such as ``eval.split=test-full``), loads every member at one checkpoint step, the newest all of them
+have (``evaluation/loading.py``), into one ``Population`` (one batched forward for all members per
+step) and the explorer's newest checkpoint if there is one, and
 plays ``eval.episodes`` complete episodes per agent on ``eval.split`` in each of ``eval.modes``
 (docs/expgen.md, "Evaluation"):
 
@@ -21,6 +22,7 @@ results and the records as a DataFrame.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ import torch
 
 from agents.acting import ActionPicker, PopulationActor
 from agents.controller import ExpGenController
-from core.config import Config
+from core.config import Config, ConfigError
 from core.runtime import Runtime
 from core.sections import EVAL_MODES
 from envs.fingerprints import unseen_levels
@@ -144,7 +146,7 @@ def evaluate_member(ctx: EvalContext) -> dict[str, Any]:
         {"member": m, "step": agents.member_steps[m], **summarize_stats(stats, ctx.cfg, m)}
         for m in range(agents.size)
     ]
-    return {**summarize_stats(stats, ctx.cfg), "members": members, "iqm": iqm_summary(members, ctx.cfg)}
+    return {**summarize_stats(stats, ctx.cfg), "members": members, "iqm": iqm_summary(stats, ctx.cfg)}
 
 
 def evaluate_vote(ctx: EvalContext) -> dict[str, Any]:
@@ -190,13 +192,9 @@ def evaluate_expgen(ctx: EvalContext) -> dict[str, Any]:
     return result
 
 
+# What plays each mode of the config's choices (core/sections.py:EvalMode, the one list of modes).
 MODE_FUNCTIONS: dict[str, Callable[[EvalContext], dict[str, Any]]] = {
-    "member": evaluate_member,
-    "vote": evaluate_vote,
-    "explorer": evaluate_explorer,
-    "expgen": evaluate_expgen,
-}
-assert set(MODE_FUNCTIONS) == set(EVAL_MODES)
+    mode: globals()[f"evaluate_{mode}"] for mode in EVAL_MODES}
 
 
 def missing_requirement(mode: str, cfg: Config, agents: EvalAgents) -> str | None:
@@ -205,6 +203,37 @@ def missing_requirement(mode: str, cfg: Config, agents: EvalAgents) -> str | Non
     if needs_explorer and agents.explorer is None:
         return agents.explorer_missing
     return None
+
+
+def check_something_to_evaluate(ctx: EvalContext, skipped: dict[str, str]) -> None:
+    """ConfigError, before any work, when no mode of ``eval.modes`` can run on this run (an
+    evaluation of nothing would replace the results of a real one): it names what each mode lacks
+    and the modes this run can evaluate."""
+    cfg = ctx.cfg
+    if any(mode not in skipped for mode in cfg.eval.modes):
+        return
+    why = "; ".join(f"{mode!r} needs the explorer: {reason}" for mode, reason in skipped.items())
+    possible = [mode for mode in EVAL_MODES if missing_requirement(mode, cfg, ctx.agents) is None]
+    if "expgen" not in possible:  # ExpGen's ablation with a uniform-random explorer needs none
+        possible.append("expgen with expgen.random_explorer=true")
+    raise ConfigError(f"nothing to evaluate in {cfg.layout.root} with eval.modes=[{','.join(cfg.eval.modes)}]: "
+                      f"{why}. This run can evaluate: {', '.join(possible)} (--modes); no results were written")
+
+
+def check_same_split(path: Path, cfg: Config) -> None:
+    """ConfigError, before any work, when ``path`` (a results.json this evaluation would replace)
+    holds an evaluation on another split: one folder's results describe one split."""
+    try:
+        split = json.loads(path.read_text()).get("split")
+    except (OSError, ValueError, AttributeError):  # none yet, or not ours: nothing to keep apart
+        return
+    if split is None or split == cfg.eval.split:
+        return
+    raise ConfigError(
+        f"{path} holds an evaluation on split {split!r}, and this one, on split {cfg.eval.split!r}, would "
+        f"replace it: give this one its own folder with --name (e.g. --name {cfg.eval.split}), or move or "
+        "delete that evaluation first"
+    )
 
 
 def results_header(ctx: EvalContext) -> dict[str, Any]:
@@ -224,8 +253,19 @@ def results_header(ctx: EvalContext) -> dict[str, Any]:
         "num_envs": ctx.num_envs,
         "sample": cfg.expgen.sample,
         "members": agents.size,
-        "checkpoints": {"members": agents.member_steps, "explorer": agents.explorer_step},
+        "checkpoints": checkpoints_summary(agents),
     }
+
+
+def checkpoints_summary(agents: EvalAgents) -> dict[str, Any]:
+    """Each agent's checkpoint step; ``step``: the members' one step (None when they differ, with
+    ``warning`` saying so); ``newer``: members' newer checkpoints passed over for that step."""
+    out: dict[str, Any] = {"members": agents.member_steps, "explorer": agents.explorer_step, "step": agents.step}
+    if agents.newer_steps:
+        out["newer"] = {f"member_{m}": s for m, s in agents.newer_steps.items()}
+    if agents.mixed_steps:
+        out["warning"] = agents.mixed_steps
+    return out
 
 
 def evaluation_context(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> EvalContext:
@@ -298,18 +338,24 @@ def evaluate(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     ``differences``: ``paired_differences``) and the per-episode records.
 
     Modes whose agent is missing (no explorer checkpoint) are skipped with a printed note and listed
-    under ``skipped``. Videos (``eval.video`` > 0) are written to ``<run>/eval/videos`` (``eval/<name>/videos``
-    for a named evaluation). Raises ConfigError, CheckpointError, FileNotFoundError (eval.py's
-    messages) before any episode is played.
+    under ``skipped``; when every mode asked for would be skipped, ConfigError. Videos (``eval.video``
+    > 0) are written to ``<run>/eval/videos`` (``eval/<name>/videos`` for a named evaluation). Raises
+    ConfigError (also when the folder written holds a results.json of another split: it is never
+    replaced), CheckpointError, FileNotFoundError (eval.py's messages) before any episode is played
+    and before anything is written.
     """
     ctx = evaluation_context(run_dir, overrides)
-    check_writable(ctx.cfg.layout.eval(ctx.cfg.eval.name))  # before minutes of episodes, not after
+    cfg = ctx.cfg
+    skipped = {mode: reason for mode in cfg.eval.modes
+               if (reason := missing_requirement(mode, cfg, ctx.agents)) is not None}
+    check_something_to_evaluate(ctx, skipped)
+    check_same_split(cfg.layout.eval(cfg.eval.name) / "results.json", cfg)
+    check_writable(cfg.layout.eval(cfg.eval.name))  # before minutes of episodes, not after
     results: dict[str, Any] = {**results_header(ctx), "modes": {}, "skipped": {}}
-    for mode in dict.fromkeys(ctx.cfg.eval.modes):  # de-duplicated, in the order asked
-        reason = missing_requirement(mode, ctx.cfg, ctx.agents)
-        if reason is not None:
-            log.warning("skipping mode %r: %s", mode, reason)
-            results["skipped"][mode] = reason
+    for mode in dict.fromkeys(cfg.eval.modes):  # de-duplicated, in the order asked
+        if mode in skipped:
+            log.warning("skipping mode %r: %s", mode, skipped[mode])
+            results["skipped"][mode] = skipped[mode]
             continue
         start = time.perf_counter()
         results["modes"][mode] = MODE_FUNCTIONS[mode](ctx)
