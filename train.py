@@ -5,7 +5,13 @@
     python train.py --config configs/quickstart.yaml ray=false        # no Ray: jobs side by side here
 
 Re-running the same command continues every unfinished agent from its newest checkpoint and skips
-finished ones.
+finished ones. A run's own saved config continues that run where its folder now is, even after the
+folder was moved or renamed (the file's runs_dir and name say where it was trained):
+
+    python train.py --config archive/maze/config.yaml ppo.total_steps=50000000   # trains archive/maze
+    python train.py --config archive/maze/config.yaml name=maze_s1 seed=1        # a new run: <the file's runs_dir>/maze_s1
+
+A run's name is one plain folder name under runs_dir, kept as typed (name=007 is runs/007).
 """
 from __future__ import annotations
 
@@ -16,9 +22,9 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from core.config import config_help, load_config
+from core.config import config_help
 from launch.jobs import USER_ERRORS
-from launch.run import train_run
+from launch.run import load_training_config, train_run
 
 
 def summary_table(summary: dict) -> Table:
@@ -40,7 +46,8 @@ def summary_table(summary: dict) -> Table:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=config_help())
-    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/quickstart.yaml")
+    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/quickstart.yaml, or a run's own "
+                        "config.yaml (continues that run where its folder now is)")
     parser.add_argument("--resume", action="store_true",
                         help="require existing checkpoints (by default training resumes when there are some)")
     parser.add_argument("--ray-address", default=None,
@@ -50,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = args.overrides + ([f"ray_address={args.ray_address}"] if args.ray_address else [])
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_training_config(args.config, overrides)
         summary = train_run(cfg, require_resume=args.resume)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

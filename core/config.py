@@ -6,6 +6,18 @@ Unknown keys, wrong types and values outside a choice key's ``Literal`` are reje
 structured configs; each section's own rules by its ``check``; the rules across sections by
 ``validate``. All of it happens in ``load_config``, before any work starts (and before any Ray
 trial could retry a config error), with a message naming the key and what is allowed.
+
+How values are read, in config files and in ``key=value`` overrides alike:
+
+- A text key (typed ``str`` or a choice: ``name``, ``runs_dir``, ``eval.name``, ``env.game``, ...)
+  keeps its text as written: ``name=007`` is the run ``007``, not ``7``; ``on``, ``1e3``, ``0x1F``,
+  ``1:2`` and ``null`` stay those strings too. An override's value is the text after ``=`` exactly
+  (``name=`` is the empty name); quotes around it are removed (``name='a b'``).
+- Every other value is YAML 1.2 (its core schema), not PyYAML's YAML 1.1: integers are decimal
+  (``010`` is 10, not octal 8), ``0o17`` or ``0x1F``; ``1:2`` is not sexagesimal 62 (an error for a
+  number key); ``1e3`` and ``5e-4`` are floats (``1e3`` is refused for an integer key); only
+  ``true``/``false`` are YAML booleans. A boolean key also takes yes/no, on/off, y/n (any case) and
+  integers (0 is false), as OmegaConf converts them.
 """
 from __future__ import annotations
 
@@ -22,6 +34,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from core.run_layout import RunLayout
 from core.sections import (
+    FOLLOWS_PPO,
     ConfigError,
     Engine,
     EnsembleConfig,
@@ -35,14 +48,17 @@ from core.sections import (
     NetworkConfig,
     PopulationConfig,
     PPOConfig,
+    PPOUpdateConfig,
     ResourcesConfig,
     RLlibConfig,
+    check_folder_name,
     check_section,
+    check_seed,
     choices,
-    positive,
 )
 from envs.games import get_game
 from envs.levels import check_unseen_rule, get_split
+from envs.procgen_vec import MAX_RAND_SEED
 
 
 @dataclass
@@ -53,7 +69,10 @@ class Config:
     seed: int = 0  # base seed: member m uses seeds[m] (default seed + m)
     engine: Engine = "native"  # who trains the reward agents
     ray: bool = True  # distribute agents as Ray Tune trials; false: no Ray (see resources.side_by_side)
-    ray_address: str = ""  # "": start Ray locally; "auto" or host:port: join that cluster
+    # "": Ray's lookup: the cluster named by RAY_ADDRESS, else one `ray start` runs on this machine,
+    # else start Ray here for this run alone. host:port: join that cluster; "auto": the lookup, but
+    # fail rather than start Ray here; "local": always start Ray here.
+    ray_address: str = ""
     env: EnvConfig = field(default_factory=EnvConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -104,7 +123,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), name: str | 
 
     ``name`` defaults to the YAML file's stem, so ``configs/maze.yaml`` trains into ``runs/maze``.
     A file may start from another (``base: paper.yaml``, relative to it): the base's values, then
-    the file's own on top.
+    the file's own on top. Values are read as the module's docstring says (text keys keep their
+    text; everything else is YAML 1.2). A key of ``FOLLOWS_PPO`` that neither the files nor the
+    overrides set takes its ``ppo`` key's value. Raises ``ConfigError`` naming the key or the file.
     """
     schema = OmegaConf.structured(Config)
     try:
@@ -117,12 +138,16 @@ def load_config(path: str | Path | None, overrides: list[str] = (), name: str | 
             raise ConfigError(f"overrides must look like key=value, got {bad}")
         merged = OmegaConf.merge(*layers)
         for override in overrides:  # one at a time, so that an error can name its key
+            key, text = override.split("=", 1)
+            layer = OmegaConf.create()
             try:
-                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+                OmegaConf.update(layer, key, _override_value(key, text))
+                merged = OmegaConf.merge(merged, layer)
             except OmegaConfBaseException as e:
                 if getattr(e, "full_key", None) is None:
-                    e.full_key = override.split("=", 1)[0]
+                    e.full_key = key
                 raise
+        _follow_ppo(merged, layers[1:], [o.split("=", 1)[0] for o in overrides])
         if OmegaConf.is_missing(merged, "name"):
             merged.name = name or (path.stem if path is not None else "run")
         cfg: Config = OmegaConf.to_object(merged)
@@ -132,23 +157,109 @@ def load_config(path: str | Path | None, overrides: list[str] = (), name: str | 
     return cfg
 
 
+def _follow_ppo(merged: DictConfig, files: list[DictConfig], overridden: list[str]) -> None:
+    """Give each key of ``FOLLOWS_PPO`` that no file of ``files`` and no override key of
+    ``overridden`` sets (itself or a section above it) the value of its ``ppo`` key in ``merged``."""
+    unset = object()
+    for key, source in FOLLOWS_PPO.items():
+        if any(OmegaConf.select(f, key, default=unset) is not unset for f in files):
+            continue
+        if any(key == o or key.startswith(o + ".") for o in overridden):
+            continue
+        OmegaConf.update(merged, key, OmegaConf.select(merged, source))
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's core schema for untagged values instead of YAML 1.1's:
+    no octal ``010``, sexagesimal ``1:2``, ``on``/``yes`` booleans or timestamps."""
+
+    yaml_implicit_resolvers: dict = {}  # this class's own table, filled below
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:  # 1.1's would read 010 as octal 8
+        text = self.construct_scalar(node)
+        return int(text, 0) if text.startswith(("0o", "0x")) else int(text, 10)
+
+
+for _tag, _pattern, _first in [
+    ("null", r"~|null|Null|NULL|", "~nN"),
+    ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    ("int", r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+    ("float", r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)",
+     "-+0123456789."),
+    ("merge", r"<<", "<"),
+]:
+    _Yaml12Loader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(f"^(?:{_pattern})$"),
+                                        [*_first, ""] if _tag == "null" else list(_first))
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _Yaml12Loader.construct_yaml_int)
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _load_yaml(text: str, hint: Any, where: str) -> Any:
+    """``text`` as YAML 1.2 for a value typed ``hint`` (``Config`` for a whole file): a text key's
+    scalars keep their text (``_keep_text``). None for an empty document; yaml.YAMLError if invalid."""
+    loader = _Yaml12Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _keep_text(node, hint, "", where)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _keep_text(node: yaml.Node, hint: Any, key: str, where: str) -> None:
+    """Re-tag the scalars of text keys (typed ``str`` or a choice, or lists of them) as strings, so
+    that ``007`` stays ``'007'``; raise ``ConfigError`` for a key given twice in one mapping."""
+    if isinstance(node, yaml.MappingNode):
+        hints = typing.get_type_hints(hint) if dataclasses.is_dataclass(hint) else {}
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            child = f"{key}{key_node.value}"
+            if child in seen:
+                raise ConfigError(f"{where}: {child} is given twice")
+            seen.add(child)
+            _keep_text(value_node, hints.get(key_node.value, str if child == "base" else None), f"{child}.", where)
+    elif isinstance(node, yaml.SequenceNode) and typing.get_origin(hint) is list:
+        for item in node.value:
+            _keep_text(item, typing.get_args(hint)[0], key, where)
+    elif isinstance(node, yaml.ScalarNode) and _is_text(hint):
+        node.tag = _STR_TAG
+
+
+def _is_text(hint: Any) -> bool:
+    """Whether a key typed ``hint`` holds text: ``str`` or a choice (``Literal`` of strings)."""
+    return hint is str or (typing.get_origin(hint) is not list and choices(hint) is not None)
+
+
+def _override_value(key: str, text: str) -> Any:
+    """The value of the override ``key=text`` (see the module's docstring)."""
+    if _is_text(_hint_of(key)) and not text.startswith(("'", '"')):
+        return text  # as typed: no YAML reading at all (007, on, 1:2, null, a#b stay themselves)
+    try:
+        return _load_yaml(text, _hint_of(key), f"override {key}={text}")
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}={text}: the value is not valid YAML ({str(e).splitlines()[0]}); "
+                          "quote a text value, e.g. key='a: b'") from None
+
+
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     """A config file as a mapping, merged onto its ``base`` file if it names one; an empty file, a
-    list, a scalar, bad YAML, a missing base or a cycle of bases is an error (an empty file would
-    otherwise start the full default run)."""
+    list, a scalar, bad YAML, a key given twice, a missing base or a cycle of bases is an error (an
+    empty file would otherwise start the full default run)."""
     if path.resolve() in chain:
         raise ConfigError(f"config file {str(path)!r} is its own base (through {' -> '.join(map(str, chain))})")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = _load_yaml(path.read_text(), Config, f"config file {str(path)!r}")
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(loaded, dict) or not loaded:
         what = "empty" if not loaded else f"a {type(loaded).__name__}, not a mapping"
         raise ConfigError(f"config file {str(path)!r} is {what}; it must be a mapping of sections "
                           "(env:, ppo:, ...), e.g. configs/quickstart.yaml")
-    own = OmegaConf.load(path)  # OmegaConf's own YAML reading (e.g. 3e-4 is a float there)
+    own = OmegaConf.create(loaded)
     if "base" not in own:
         return own
     base = own.pop("base")
@@ -161,23 +272,32 @@ def _explain(e: OmegaConfBaseException) -> str:
     key = getattr(e, "full_key", None)
     msg = str(e).splitlines()[0]
     if "not in struct" in str(e) or "Key" in type(e).__name__:
-        return f"unknown config key {key!r}: {msg}. python train.py --help lists the valid keys."
-    allowed = _choices_of(re.sub(r"\[\d+\]$", "", key or ""))  # eval.modes[1] -> eval.modes
+        near = re.search(r"Did you mean: '(.+?)'\?", msg)  # OmegaConf's guess, a name in the same section
+        section = key.rpartition(".")[0] + "." if key and "." in key else ""
+        guess = f" (did you mean {section}{near.group(1)}?)" if near else ""
+        return (f"unknown config key {key!r}{guess}: python train.py --help lists every key with its default "
+                "and allowed values (the schema: core/config.py and core/sections.py)")
+    allowed = _choices_of(key or "")
     value = re.match(r"Invalid value '(.*?)', expected one of", msg)
     if allowed and value:  # the same words as check_section's, whoever caught it
         return f"{key}={value.group(1)!r} is not allowed; choose one of: {', '.join(allowed)}"
     return f"bad value for config key {key!r}: {msg}"
 
 
-def _choices_of(key: str) -> tuple[str, ...] | None:
-    """The allowed values of a choice key (``section.name``), from its ``Literal``; None otherwise."""
-    cls: Any = Config
-    for part in key.split("."):
-        hint = typing.get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
+def _hint_of(key: str) -> Any:
+    """The type of the config key ``key`` (``section.name``; ``eval.modes[1]``: the list's); None
+    for an unknown key."""
+    hint: Any = Config
+    for part in re.sub(r"\[\d+\]$", "", key).split("."):
+        hint = typing.get_type_hints(hint).get(part) if dataclasses.is_dataclass(hint) else None
         if hint is None:
             return None
-        cls = hint
-    return choices(cls)
+    return hint
+
+
+def _choices_of(key: str) -> tuple[str, ...] | None:
+    """The allowed values of a choice key (``section.name``), from its ``Literal``; None otherwise."""
+    return choices(_hint_of(key))
 
 
 def validate(cfg: Config) -> None:
@@ -188,7 +308,8 @@ def validate(cfg: Config) -> None:
             check_section(f.name, section)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"device={cfg.device!r}: choose auto, cpu, cuda or cuda:N")
-    positive("seed", cfg.seed, strict=False)  # env seeds (gymnasium's reset contract) are >= 0
+    check_folder_name("name", cfg.name, "maze_s1")  # the run's folder: never outside runs_dir
+    check_seed("seed", cfg.seed)
     _validate_across(cfg)
 
 
@@ -207,6 +328,7 @@ def _validate_across(cfg: Config) -> None:
     _validate_batches(cfg)
     if cfg.engine == "rllib":
         rllib_runner_layout(cfg)
+    _validate_member_seeds(cfg)
     _validate_member(cfg)
     if cfg.expgen.members > cfg.ensemble.size:
         raise ConfigError(f"expgen.members must lie in [0, ensemble.size={cfg.ensemble.size}]")
@@ -218,48 +340,72 @@ def _validate_across(cfg: Config) -> None:
 
 
 def _validate_batches(cfg: Config) -> None:
-    """PPO's batch arithmetic: env.num_envs x ppo.num_steps samples cut into ppo.num_minibatches."""
-    batch, n, mb = cfg.steps_per_update, cfg.env.num_envs, cfg.ppo.num_minibatches
-    if batch % mb:
-        raise ConfigError(f"env.num_envs * ppo.num_steps = {batch} is not divisible by ppo.num_minibatches = {mb}")
-    # Normalising advantages divides by their std over the samples: undefined (NaN) for one sample.
-    normalised = {"batch": ("env.num_envs * ppo.num_steps", batch),
-                  "minibatch": ("env.num_envs * ppo.num_steps / ppo.num_minibatches", batch // mb)}
-    if cfg.ppo.norm_adv in normalised and normalised[cfg.ppo.norm_adv][1] < 2:
-        what, size = normalised[cfg.ppo.norm_adv]
-        raise ConfigError(f"ppo.norm_adv={cfg.ppo.norm_adv} normalises advantages over {what} = {size} "
-                          "sample(s); it needs at least 2: use more env.num_envs or ppo.num_steps, fewer "
-                          "ppo.num_minibatches, or ppo.norm_adv=none")
-    if cfg.ppo.minibatch == "sequences" and n % mb:
-        raise ConfigError(
-            f"ppo.minibatch=sequences cuts minibatches of whole env sequences: env.num_envs={n} must "
-            f"be divisible by ppo.num_minibatches={mb}"
-        )
+    """PPO's batch arithmetic, for the members (``ppo``) and the explorer (``explorer.ppo``): a
+    rollout of env.num_envs x ppo.num_steps samples cut into num_minibatches."""
+    batch, n = cfg.steps_per_update, cfg.env.num_envs
+    members = "ppo.minibatch=sequences cuts minibatches of whole env sequences" if cfg.ppo.minibatch == "sequences" else ""
+    _validate_ppo_batches("ppo", cfg.ppo, batch, n, members)
     if cfg.ppo.minibatch == "sequences" and cfg.engine != "native":
         raise ConfigError(f"ppo.minibatch=sequences is implemented by the native engine only, not "
                           f"engine={cfg.engine}; use ppo.minibatch=samples")
-    if cfg.explorer.enabled and n % mb:
-        raise ConfigError(
-            f"the explorer's minibatches are sets of whole env sequences: env.num_envs={n} must be "
-            f"divisible by ppo.num_minibatches={mb} (or set explorer.enabled=false)"
-        )
+    if cfg.explorer.enabled:
+        _validate_ppo_batches("explorer.ppo", cfg.explorer.ppo, batch, n,
+                              "the explorer's minibatches are sets of whole env sequences", " (or set explorer.enabled=false)")
+
+
+def _validate_ppo_batches(path: str, ppo: PPOUpdateConfig, batch: int, n: int, sequences: str, fix: str = "") -> None:
+    """The minibatch rules of the PPO update at ``path`` over a rollout of ``batch`` samples from
+    ``n`` envs; ``sequences``: why its minibatches are whole env sequences ("" for single samples);
+    ``fix``: another way out, appended to that error."""
+    mb = ppo.num_minibatches
+    if batch % mb:
+        raise ConfigError(f"env.num_envs * ppo.num_steps = {batch} is not divisible by {path}.num_minibatches = {mb}")
+    if sequences and n % mb:
+        raise ConfigError(f"{sequences}: env.num_envs={n} must be divisible by {path}.num_minibatches={mb}{fix}")
+    # Normalising advantages divides by their std over the samples: undefined (NaN) for one sample.
+    normalised = {"batch": ("env.num_envs * ppo.num_steps", batch),
+                  "minibatch": (f"env.num_envs * ppo.num_steps / {path}.num_minibatches", batch // mb)}
+    if ppo.norm_adv in normalised and normalised[ppo.norm_adv][1] < 2:
+        what, size = normalised[ppo.norm_adv]
+        raise ConfigError(f"{path}.norm_adv={ppo.norm_adv} normalises advantages over {what} = {size} "
+                          f"sample(s); it needs at least 2: use more env.num_envs or ppo.num_steps, fewer "
+                          f"{path}.num_minibatches, or {path}.norm_adv=none")
+
+
+def _validate_member_seeds(cfg: Config) -> None:
+    """The seeds derived from the config's (``check_seed`` checks those) stay procgen seeds too:
+    ``seed`` + member index and, with ``engine=rllib``, member seed x ``RUNNER_SEED_STRIDE`` +
+    runner index. A refusal names the keys and the largest value that works."""
+    size, top = cfg.ensemble.size, MAX_RAND_SEED
+    if not cfg.ensemble.seeds and cfg.seed + size - 1 > top:
+        raise ConfigError(f"seed={cfg.seed} gives member {size - 1} the seed {cfg.seed + size - 1} (seed + member "
+                          f"index), above {top}, the largest procgen takes: use seed <= {top - size + 1} or "
+                          "list ensemble.seeds")
+    if cfg.engine == "rllib":
+        runners, stride = cfg.rllib.num_env_runners, RUNNER_SEED_STRIDE
+        highest = max(cfg.member_seeds)
+        if highest * stride + runners > top:
+            fix = (f"list ensemble.seeds of at most {(top - runners) // stride}" if cfg.ensemble.seeds else
+                   f"use seed <= {(top - runners) // stride - size + 1}")
+            raise ConfigError(f"engine=rllib seeds a member's envs and env runners from the member's seed x {stride} "
+                              f"+ runner index: member seed {highest} gives {highest * stride + runners}, above "
+                              f"{top}, the largest procgen takes: {fix}")
 
 
 def _validate_member(cfg: Config) -> None:
-    """The member algorithm's rules across sections (``member``, ``idaac``, ``engine``, ``ppo``)."""
-    if cfg.member.algo == "ppo":
-        return
-    algo = cfg.member.algo
-    if cfg.engine != "native":
-        raise ConfigError(f"member.algo={algo} is implemented by the native engine only, not engine={cfg.engine}; "
-                          "use engine=native or member.algo=ppo")
-    if cfg.ppo.minibatch != "samples":
-        raise ConfigError(f"member.algo={algo} trains on random single transitions as its reference does: "
-                          "set ppo.minibatch=samples")
-    if cfg.idaac.reward_scaling and cfg.env.pipeline == "overlap":
-        raise ConfigError("idaac.reward_scaling updates its running return statistics over each whole env "
-                          "batch; env.pipeline=overlap steps halves: use env.pipeline=serial or "
-                          "idaac.reward_scaling=false")
+    """The member algorithm's rules across sections: the engines other than ``native`` train PPO
+    members with their library's PPO; a member algorithm's own section checks its rules against the
+    sections it depends on (``IDAACConfig.check_members``)."""
+    if cfg.engine != "native" and cfg.member.algo != "ppo":
+        raise ConfigError(f"engine={cfg.engine} trains PPO members (its library's PPO); member.algo="
+                          f"{cfg.member.algo} is implemented by the native engine: use engine=native or member.algo=ppo")
+    if cfg.member.algo in IDAACConfig.members:
+        cfg.idaac.check_members(cfg.env, cfg.steps_per_update)
+
+
+# RLlib seeds env runner r of an algorithm with ``config.seed + r``: member seeds are spaced this
+# far apart (training/engines/rllib.py) so that every (member, runner) pair has its own levels.
+RUNNER_SEED_STRIDE = 1000
 
 
 def rllib_runner_layout(cfg: Config) -> tuple[int, int]:
@@ -277,7 +423,8 @@ def rllib_runner_layout(cfg: Config) -> tuple[int, int]:
 
 def config_help() -> str:
     """Every config key as ``key = default  (allowed values or type)``, read from the schema: the
-    values of a choice key are its ``Literal``'s. The epilog of train.py's and eval.py's --help."""
+    values of a choice key are its ``Literal``'s; a key of ``FOLLOWS_PPO`` shows ``<ppo.key>``, the
+    key whose value it takes unless set. The epilog of train.py's and eval.py's --help."""
     lines = ["config keys (key=value overrides; key = default  (allowed values or type)):"]
 
     def kind(t: Any) -> str:
@@ -295,6 +442,8 @@ def config_help() -> str:
                 continue
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             shown = "<the config file's name>" if default is MISSING else default
+            if f"{prefix}{f.name}" in FOLLOWS_PPO:
+                shown = f"<{FOLLOWS_PPO[prefix + f.name]}>"
             lines.append(f"  {prefix}{f.name} = {shown}  ({kind(hints[f.name])})")
 
     walk(Config, "")
@@ -307,12 +456,17 @@ def save_config(cfg: Config, path: Path) -> None:
 
 
 def _flat(cfg: Config) -> dict[str, Any]:
+    """Every key's value by its dotted name (``explorer.ppo.lr``)."""
     out: dict[str, Any] = {}
-    for section, value in OmegaConf.to_container(OmegaConf.structured(cfg)).items():  # type: ignore[union-attr]
-        if isinstance(value, dict):
-            out.update({f"{section}.{k}": v for k, v in value.items()})
-        else:
-            out[section] = value
+
+    def walk(tree: dict[str, Any], prefix: str) -> None:
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[prefix + k] = v
+
+    walk(OmegaConf.to_container(OmegaConf.structured(cfg)), "")  # type: ignore[arg-type]
     return out
 
 
@@ -321,9 +475,9 @@ def _flat(cfg: Config) -> dict[str, Any]:
 # and the controller may change between invocations.
 FIXED_KEYS = ("env.game", "env.num_envs", "env.distribution_mode", "env.start_level", "env.num_levels",
               "env.use_backgrounds", "network.kind", "network.channels", "network.hidden", "network.init",
-              "seed", "ensemble.seeds", "engine", "member.algo", "explorer.gamma", "explorer.k", "explorer.buffer_size",
-              "explorer.pool", "explorer.seed")
-FIXED_SECTIONS = ("ppo.", "idaac.")  # every PPO and IDAAC setting except the budget
+              "seed", "ensemble.seeds", "engine", "member.algo", "explorer.gamma", "explorer.gae_lambda", "explorer.k",
+              "explorer.buffer_size", "explorer.pool", "explorer.seed")
+FIXED_SECTIONS = ("ppo.", "idaac.", "explorer.ppo.")  # every PPO and IDAAC setting except the budget
 CHANGEABLE = ("ppo.total_steps",)
 
 

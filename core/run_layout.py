@@ -54,6 +54,12 @@ class RunLayout:
     def config(self) -> Path:
         return self.root / "config.yaml"
 
+    def has_run(self) -> bool:
+        """Whether train.py has trained here, or started to: the lock it takes first, the summary
+        it writes last, or an agent's folder (a run moved elsewhere keeps them all)."""
+        return (self.lock.is_file() or self.summary.is_file() or self.explorer.path.is_dir()
+                or any(p.is_dir() for p in self.root.glob("member_*")))
+
     @property
     def lock(self) -> Path:
         """Held by the train.py process that trains this run (launch/run.py)."""

@@ -13,17 +13,18 @@ import dataclasses
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 from envs.games import check_distribution_mode, get_game
 from envs.levels import LevelRange, Split, UnseenRule
+from envs.procgen_vec import MAX_RAND_SEED
 
 EvalMode = Literal["member", "vote", "explorer", "expgen"]
 Engine = Literal["native", "sb3", "rllib"]
 NetworkKind = Literal["impala", "small"]
 Precision = Literal["auto", "fp32", "bf16"]
 ForwardMode = Literal["auto", "vmap", "loop"]
-NormAdv = Literal["batch", "minibatch", "none"]  # "off" would parse as a YAML boolean
+NormAdv = Literal["batch", "minibatch", "none"]  # not "off": YAML 1.1 readers (PyYAML's default) take it for false
 ControllerMode = Literal["reference", "plurality"]
 Burst = Literal["reference", "geometric", "fixed"]
 UnclassedAnchor = Literal["up", "exact"]
@@ -31,7 +32,9 @@ Minibatch = Literal["samples", "sequences"]
 Init = Literal["torch", "reference"]
 Pipeline = Literal["auto", "serial", "overlap"]
 Acting = Literal["auto", "eager", "cudagraph"]
-Algo = Literal["ppo", "idaac", "daac"]  # member algorithms (agents/registry.py)
+# Member algorithms: the names of agents/registry.py:ALGORITHMS, the one list of their classes (core
+# cannot import agents; the registry refuses to load when the two lists differ).
+Algo = Literal["ppo", "idaac", "daac"]
 PairLabels = Literal["reference", "corrected"]
 
 EVAL_MODES: tuple[str, ...] = get_args(EvalMode)
@@ -62,22 +65,55 @@ def choices(hint: object) -> tuple[str, ...] | None:
 
 
 def check_section(name: str, section: Section) -> None:
-    """A section's choice keys against their ``Literal`` (what OmegaConf does for a loaded config;
-    this covers a section built directly, e.g. by library code), then its ``check``. Raises
-    ``ConfigError`` naming ``name.key``."""
+    """A section's choice keys, its subsections' included, against their ``Literal`` (what OmegaConf
+    does for a loaded config; this covers a section built directly, e.g. by library code), then its
+    ``check`` (which checks its subsections' other rules). Raises ``ConfigError`` naming ``name.key``."""
+    _check_choices(name, section)
+    section.check()
+
+
+def _check_choices(name: str, section: object) -> None:
     hints = typing.get_type_hints(type(section))
     for f in dataclasses.fields(section):
         value, allowed = getattr(section, f.name), choices(hints[f.name])
+        if dataclasses.is_dataclass(value):
+            _check_choices(f"{name}.{f.name}", value)
         for v in (value if isinstance(value, list) else [value]) if allowed else ():
             if v not in allowed:
                 raise ConfigError(f"{name}.{f.name}={v!r} is not allowed; choose one of: {', '.join(allowed)}")
-    section.check()
 
 
 def positive(key: str, value: float, strict: bool = True) -> None:
     """Raise ``ConfigError`` naming ``key`` unless ``value`` > 0 (``strict``) or >= 0."""
     if value <= 0 if strict else value < 0:
         raise ConfigError(f"{key} must be {'>' if strict else '>='} 0, got {value}")
+
+
+def unit(key: str, value: float) -> None:
+    """Raise ``ConfigError`` naming ``key`` unless ``value`` lies in [0, 1] (a discount, GAE's lambda)."""
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{key} must lie in [0, 1], got {value}")
+
+
+def check_seed(key: str, value: int) -> None:
+    """Raise ``ConfigError`` naming ``key`` unless ``value`` lies in [0, 2**31 - 1]: a config's seeds
+    are procgen's ``rand_seed`` as they are (a C int; gym3 asserts the range) and gymnasium's
+    reset seeds (>= 0). Derived seeds (``seed`` + member index, RLlib's) are checked in core/config.py."""
+    if not 0 <= value <= MAX_RAND_SEED:
+        raise ConfigError(f"{key}={value} is out of range: seeds must lie in [0, {MAX_RAND_SEED}] "
+                          "(procgen's rand_seed is a C int)")
+
+
+# One folder under runs_dir (name) or under eval/ (eval.name): no separators, no '.' or '..'.
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_folder_name(key: str, value: str, example: str) -> None:
+    """Raise ``ConfigError`` unless ``value`` is one plain folder name (letters, digits, '_', '-', '.',
+    starting with a letter or digit): never a path that leaves its parent folder."""
+    if not FOLDER_NAME.fullmatch(value):
+        raise ConfigError(f"{key}={value!r} must be a plain folder name (letters, digits, '_', '-', '.', "
+                          f"starting with a letter or digit), e.g. {key}={example}")
 
 
 def positives(section: str, obj: object, strict: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
@@ -148,30 +184,61 @@ class NetworkConfig(Section):
 
 
 @dataclass
-class PPOConfig(Section):
-    total_steps: int = 25_000_000  # env steps per agent
-    num_steps: int = 256  # rollout length per env
+class OptimiserConfig(Section):
+    """One Adam optimiser: learning rate (annealed with its role's ``anneal_lr``), epsilon, and the
+    per-member gradient-norm clip of its parameters."""
+
+    lr: float = 5e-4
+    adam_eps: float = 1e-5
+    max_grad_norm: float = 0.5
+
+    def check_keys(self, path: str) -> None:
+        """This section's rules, naming its keys under ``path`` (e.g. ``idaac.value``)."""
+        positives(path, self, strict=("lr", "adam_eps", "max_grad_norm"))
+
+
+@dataclass
+class PPOUpdateConfig(Section):
+    """One agent's PPO update (Schulman et al. 2017): ``epochs`` passes over its rollout in
+    ``num_minibatches`` minibatches, the clipped policy and value losses, and one Adam optimiser.
+    The reward agents' is ``ppo`` (``PPOConfig``), the explorer's ``explorer.ppo``."""
+
     epochs: int = 3
     num_minibatches: int = 8
     lr: float = 5e-4
     adam_eps: float = 1e-5
     anneal_lr: bool = False
-    gamma: float = 0.999
-    gae_lambda: float = 0.95
     clip_coef: float = 0.2
     clip_vloss: bool = True
     vf_coef: float = 0.5
     ent_coef: float = 0.01
     max_grad_norm: float = 0.5
     norm_adv: NormAdv = "batch"
-    # The reward agents' minibatches: random single transitions (CleanRL), or sets of whole env
+
+    def check_keys(self, path: str) -> None:
+        """This section's rules, naming its keys under ``path`` (``ppo`` or ``explorer.ppo``)."""
+        positives(path, self, strict=("epochs", "num_minibatches", "lr", "adam_eps", "max_grad_norm"))
+
+
+@dataclass
+class PPOConfig(PPOUpdateConfig):
+    """The reward agents (members): their budget, rollout, discount and GAE whatever ``member.algo``
+    (``num_steps`` is the explorer's rollout length too), and the PPO update of PPO members (the
+    keys of ``PPOUpdateConfig``; other member algorithms have their own section, e.g. ``idaac``)."""
+
+    total_steps: int = 25_000_000  # env steps per agent
+    num_steps: int = 256  # rollout length per env
+    gamma: float = 0.999
+    gae_lambda: float = 0.95
+    # PPO members' minibatches: random single transitions (CleanRL), or sets of whole env
     # sequences (the authors' PPO); the recurrent explorer always uses sequences.
     minibatch: Minibatch = "samples"
 
     def check(self) -> None:
-        positives("ppo", self, strict=("num_steps", "epochs", "num_minibatches", "total_steps", "lr"))
-        if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
-            raise ConfigError("ppo.gamma and ppo.gae_lambda must lie in [0, 1]")
+        self.check_keys("ppo")
+        positives("ppo", self, strict=("num_steps", "total_steps"))
+        unit("ppo.gamma", self.gamma)
+        unit("ppo.gae_lambda", self.gae_lambda)
 
 
 @dataclass
@@ -184,15 +251,24 @@ class MemberConfig(Section):
 
 @dataclass
 class IDAACConfig(Section):
-    """IDAAC and DAAC members (``member.algo=idaac|daac``): defaults of the reference's
-    ``arguments.py`` (rraileanu/idaac, ppo_daac_idaac/). The shared PPO settings (lr, adam_eps,
-    clip_coef, ent_coef, max_grad_norm, num_minibatches, gamma, gae_lambda) come from
-    ``ppo``; ``ppo.vf_coef`` and ``ppo.norm_adv`` do not apply (the value network has its own
-    optimiser, advantages are normalised over the rollout with ``adv_eps``)."""
+    """IDAAC and DAAC members (``member.algo=idaac|daac``; Raileanu & Fergus 2021, agents/idaac.py),
+    with the defaults of the reference's ``arguments.py`` (rraileanu/idaac, ppo_daac_idaac/). Their
+    budget, rollout, discount and GAE are every member's (``ppo.total_steps``, ``ppo.num_steps``,
+    ``ppo.gamma``, ``ppo.gae_lambda``); how they learn is all here, with one Adam optimiser per
+    phase (``policy``, ``value``, ``discriminator``)."""
 
-    epochs: int = 1  # policy epochs per update (the reference's ppo_epoch; ppo.epochs stays the explorer's)
+    members: ClassVar[tuple[str, ...]] = ("idaac", "daac")  # the member algorithms that read this section
+
+    epochs: int = 1  # policy epochs per update (the reference's ppo_epoch)
     value_epoch: int = 9  # epochs of the value phase
     value_freq: int = 1  # the value phase runs when the update index (from 0) is a multiple of it
+    num_minibatches: int = 8  # minibatches of random single transitions per epoch, both phases
+    clip_coef: float = 0.2  # the policy's surrogate and the value loss's clip
+    ent_coef: float = 0.01
+    anneal_lr: bool = False  # every phase's learning rate linearly to 0 over ppo.total_steps
+    policy: OptimiserConfig = field(default_factory=OptimiserConfig)  # policy network and advantage head
+    value: OptimiserConfig = field(default_factory=OptimiserConfig)  # value network
+    discriminator: OptimiserConfig = field(default_factory=OptimiserConfig)  # order discriminator (idaac only)
     adv_loss_coef: float = 0.25  # weight of the advantage head's regression loss
     order_loss_coef: float = 0.001  # weight of the invariance loss (idaac only)
     nonlinear_discriminator: bool = False  # false: Linear(2 x hidden, 2); true: one hidden layer
@@ -209,8 +285,25 @@ class IDAACConfig(Section):
     reward_scaling: bool = True
 
     def check(self) -> None:
-        positives("idaac", self, strict=("epochs", "value_epoch", "value_freq", "discriminator_hidden", "adv_eps"),
+        positives("idaac", self, strict=("epochs", "value_epoch", "value_freq", "num_minibatches",
+                                         "discriminator_hidden", "adv_eps"),
                   non_negative=("adv_loss_coef", "order_loss_coef"))
+        for phase in IDAAC_PHASES:
+            getattr(self, phase).check_keys(f"idaac.{phase}")
+
+    def check_members(self, env: EnvConfig, samples: int) -> None:
+        """The rules between this section and others, for a config whose members read it;
+        ``samples``: a member's rollout, env.num_envs x ppo.num_steps."""
+        if samples % self.num_minibatches:
+            raise ConfigError(f"env.num_envs * ppo.num_steps = {samples} is not divisible by "
+                              f"idaac.num_minibatches = {self.num_minibatches}")
+        if self.reward_scaling and env.pipeline == "overlap":
+            raise ConfigError("idaac.reward_scaling updates its running return statistics over each whole env "
+                              "batch; env.pipeline=overlap steps halves: use env.pipeline=serial or "
+                              "idaac.reward_scaling=false")
+
+
+IDAAC_PHASES = ("policy", "value", "discriminator")  # IDAACConfig's optimisers, one per phase
 
 
 @dataclass
@@ -223,8 +316,8 @@ class EnsembleConfig(Section):
         if self.seeds and len(self.seeds) != self.size:
             raise ConfigError(f"ensemble.seeds has {len(self.seeds)} entries but ensemble.size is {self.size}; "
                               "give one seed per member or leave seeds empty")
-        for seed in self.seeds:
-            positive("ensemble.seeds", seed, strict=False)  # env seeds (gymnasium's reset contract) are >= 0
+        for m, seed in enumerate(self.seeds):
+            check_seed(f"ensemble.seeds[{m}]", seed)
 
 
 @dataclass
@@ -250,18 +343,25 @@ class LoggingConfig(Section):
 
 @dataclass
 class ExplorerConfig(Section):
-    """The maximum-entropy exploration agent (docs/expgen.md, "Explorer")."""
+    """The maximum-entropy exploration agent (docs/expgen.md, "Explorer"): always recurrent PPO,
+    whatever ``member.algo``, with its own discount, GAE and PPO update (``ppo``: minibatches of
+    whole env sequences). Its rollout length is the members' (``ppo.num_steps``)."""
 
     enabled: bool = True
     total_steps: int = 100_000_000
     gamma: float = -1.0  # < 0: the per-game discount of envs/games.py
+    gae_lambda: float = 0.95
+    ppo: PPOUpdateConfig = field(default_factory=PPOUpdateConfig)
     k: int = 3  # k-th nearest neighbour
     buffer_size: int = 500  # frames of the current episode kept for the kNN reward
     pool: int = 3  # average-pooling of the full-view frame
     seed: int = 1000
 
     def check(self) -> None:
-        positives("explorer", self, strict=("total_steps", "k", "buffer_size", "pool"), non_negative=("seed",))
+        positives("explorer", self, strict=("total_steps", "k", "buffer_size", "pool"))
+        check_seed("explorer.seed", self.seed)
+        unit("explorer.gae_lambda", self.gae_lambda)
+        self.ppo.check_keys("explorer.ppo")
 
 
 @dataclass
@@ -304,10 +404,10 @@ class EvalConfig(Section):
     unseen: UnseenRule = "structure"
 
     def check(self) -> None:
-        positives("eval", self, strict=("episodes", "num_envs"), non_negative=("seed",))
-        if self.name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
-            raise ConfigError(f"eval.name={self.name!r} must be a plain folder name (letters, digits, "
-                              "'_', '-', '.'), e.g. eval.name=random_explorer")
+        positives("eval", self, strict=("episodes", "num_envs"))
+        check_seed("eval.seed", self.seed)
+        if self.name:
+            check_folder_name("eval.name", self.name, "random_explorer")
         if not self.modes:
             raise ConfigError(f"eval.modes is empty; choose one or more of: {', '.join(EVAL_MODES)}")
 
@@ -328,10 +428,16 @@ class RLlibConfig(Section):
 
 @dataclass
 class ResourcesConfig(Section):
-    """What each Ray Tune trial asks the cluster for (``ray: true``); see launch/ray_trials.py.
+    """What each job asks for and runs with; launch/placement.py turns these into requests.
 
-    A trial is one population shard of reward agents (``population.size`` members) or the explorer.
-    GPUs < 0 means auto: the cluster's GPUs shared evenly by the trials (0 on a machine without).
+    A job (a Ray Tune trial with ``ray: true``) is one population shard of reward agents
+    (``population.size`` members) or the explorer. ``*_cpus`` are the job's torch threads, under Ray,
+    side by side and one after another alike; its CPU request under Ray also counts its env threads
+    (``max(torch threads, env cores)``, their sum with ``env.pipeline=overlap``). ``*_gpus`` is a
+    share of one GPU, at most 1 (a job trains on one device); < 0 means auto, over every job of the
+    experiment (all the runs of a sweep): a whole GPU per job when there are as many GPUs as jobs,
+    else ``1/ceil(jobs/GPUs)``, raised where the job's estimated GPU memory needs a larger share
+    (0 on a cluster without GPUs). Raises ``ConfigError`` for CPUs <= 0 or GPUs > 1.
     """
 
     shard_cpus: float = 1.0
@@ -345,3 +451,22 @@ class ResourcesConfig(Section):
 
     def check(self) -> None:
         positives("resources", self, strict=("shard_cpus", "explorer_cpus"), non_negative=("max_failures",))
+        for kind in ("shard", "explorer"):
+            share = getattr(self, f"{kind}_gpus")
+            if share > 1:
+                raise ConfigError(
+                    f"resources.{kind}_gpus={share:g}, but a job trains on one device and would leave the other "
+                    "GPU(s) idle; use at most 1 (or -1, auto) and more jobs to fill more GPUs (population.size "
+                    "splits the members into jobs; a sweep trains many runs at once)")
+
+
+# The keys of the roles that once learned with ``ppo``'s settings (the explorer, IDAAC's phases):
+# where no config file or override sets one, load_config gives it the value of the ``ppo`` key
+# named here, so a config written before the role had its own keys, and every run trained with
+# one, means what it meant.
+FOLLOWS_PPO: dict[str, str] = {
+    **{f"explorer.ppo.{f.name}": f"ppo.{f.name}" for f in dataclasses.fields(PPOUpdateConfig)},
+    "explorer.gae_lambda": "ppo.gae_lambda",
+    **{f"idaac.{k}": f"ppo.{k}" for k in ("num_minibatches", "clip_coef", "ent_coef", "anneal_lr")},
+    **{f"idaac.{phase}.{f.name}": f"ppo.{f.name}" for phase in IDAAC_PHASES for f in dataclasses.fields(OptimiserConfig)},
+}
