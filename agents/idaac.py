@@ -6,6 +6,8 @@ algo/daac.py, storage.py, train.py).
 Networks (one member, all in ``IDAACMember`` so that a population stacks them like any network):
 - policy: a trunk, an action head Linear(H, A) and an advantage head Linear(H + A, 1) on the
   features concatenated with the one-hot of the action (model.py ``PolicyResNetBase``);
+  the IMPALA trunk is the reference's, whose residual blocks add relu(x) on the skip connection
+  (``IDAACResidualBlock``), not x as PPO members' (the ExpGen authors') do;
 - value: its own trunk + Linear(H, 1) (``ValueResNet``); no parameter is shared with the policy;
 - order discriminator (IDAAC only): softmax(Linear(2H, 2)), or Linear(2H, h) + ReLU + Linear(h, 2),
   on the policy features of two frames (``LinearOrderClassifier``/``NonlinearOrderClassifier``).
@@ -13,11 +15,13 @@ Init as the reference's: convolutions Xavier-uniform with zero bias, the trunk's
 with gain sqrt(2), heads orthogonal with gain 1 (action head 0.01), zero biases.
 
 Update (``IDAACAlgorithm.update``, algo/idaac.py ``IDAAC.update``), three Adam optimisers each with
-its own gradient-norm clip: per policy minibatch a discriminator step on detached pair features,
-then a policy step on the clipped surrogate + adv_loss_coef x advantage regression +
+its own settings (``idaac.policy``, ``idaac.value``, ``idaac.discriminator``) and gradient-norm
+clip: per policy minibatch a discriminator step on detached pair features, then a policy step on
+PPO's clipped surrogate (agents/ppo.py ``policy_loss``) + adv_loss_coef x advantage regression +
 order_loss_coef x invariance loss - ent_coef x entropy; every ``value_freq`` updates, a value
-phase of ``value_epoch`` epochs of the clipped value loss. DAAC (algo/daac.py) is the same without
-the discriminator and the invariance loss.
+phase of ``value_epoch`` epochs of PPO's clipped value loss (``value_loss``). DAAC (algo/daac.py)
+is the same without the discriminator and the invariance loss. Rewards are scaled as the
+reference's ``VecNormalize`` does (``reward_transform``: agents/rollout.py ``ReturnScaler``).
 
 The reference acts with a second policy pass for A(s, a_sampled), which it stores and no loss
 reads: acting here skips it.
@@ -25,23 +29,44 @@ reads: acting here skips it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agents.algorithm import MemberAlgorithm, UpdateInput, adam_slice, load_adam_slice
-from agents.minibatches import Batch, MinibatchStrategy
-from agents.networks import NetworkSpec, PolicyOutput, build_trunk, orthogonal_, run_trunk
-from agents.population import Population, clip_grad_norms_
-from agents.sampling import log_prob_entropy, make_generators
-from core.config import Config
-from envs.games import NUM_ACTIONS, IDAACSettings, get_game
+from agents.algorithm import MemberAlgorithm, OptimiserSettings, UpdateInput
+from agents.minibatches import Batch, Minibatch, MinibatchStrategy
+from agents.networks import NetworkSpec, PolicyOutput, ResidualBlock, build_trunk, orthogonal_, run_trunk
+from agents.ppo import policy_loss, value_loss
+from agents.rollout import ReturnScaler
+from agents.sampling import make_generators
+from core.sections import IDAAC_PHASES, IDAACConfig, NetworkConfig
+from envs.games import NUM_ACTIONS, get_game
 
 PAIR_SALT = 3  # the pairing streams (action sampling uses 1, minibatch order 2)
-GROUPS = ("policy", "value", "discriminator")  # one optimiser each, by parameter-name prefix
+
+
+class IDAACResidualBlock(ResidualBlock):
+    """The reference's residual block (model.py ``BasicBlock``): (B, C, h, w) -> (B, C, h, w),
+    relu(x) + conv1(relu(conv0(relu(x)))).
+
+    ``BasicBlock.forward`` keeps ``identity = x`` and then applies ``nn.ReLU(inplace=True)`` to x,
+    which rewrites x itself: the skip connection adds relu(x), where the ExpGen authors' block
+    (``ResidualBlock``, PPO members) adds x. The parameters and their names are ``ResidualBlock``'s.
+    The ReLU is out of place here: the same values, and nothing is written into the previous
+    layer's output.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(x)
+        return x + self.conv1(torch.relu(self.conv0(x)))
+
+
+# ``IDAACSpec.trunk`` -> the IMPALA trunk's residual block. ``expgen``: what IDAAC checkpoints
+# written before members had the reference's block were trained with (``IDAACSpec.from_dict``).
+RESIDUAL_BLOCKS: dict[str, type[nn.Module]] = {"idaac": IDAACResidualBlock, "expgen": ResidualBlock}
 
 
 @dataclass(frozen=True)
@@ -49,6 +74,9 @@ class IDAACSpec:
     """Everything needed to rebuild an IDAAC or DAAC member's networks: stored in checkpoints.
 
     ``discriminator_hidden``: -1 none (DAAC), 0 linear, h > 0 one hidden layer of h units.
+    ``trunk``: the IMPALA trunk's residual blocks, ``idaac`` (the reference's, ``IDAACResidualBlock``)
+    or ``expgen`` (PPO members' ``ResidualBlock``: only old checkpoints carry it). Raises
+    ``ValueError`` for another name.
     """
 
     algo: str = "idaac"
@@ -57,7 +85,12 @@ class IDAACSpec:
     hidden: int = 256
     num_actions: int = NUM_ACTIONS
     discriminator_hidden: int = 0
+    trunk: str = "idaac"
     recurrent = False  # a class attribute, not a field: IDAAC members are feed-forward
+
+    def __post_init__(self) -> None:
+        if self.trunk not in RESIDUAL_BLOCKS:
+            raise ValueError(f"unknown IDAAC trunk {self.trunk!r}; choose one of: {', '.join(RESIDUAL_BLOCKS)}")
 
     def build(self, bf16: bool = False) -> "IDAACMember":
         return IDAACMember(self, bf16)
@@ -68,11 +101,18 @@ class IDAACSpec:
                            num_actions=self.num_actions)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "channels": list(self.channels)}
+        d = {**asdict(self), "channels": list(self.channels)}
+        if self.kind != "impala":  # no residual blocks: such checkpoints keep their earlier format
+            del d["trunk"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "IDAACSpec":
-        return cls(**{**d, "channels": tuple(d["channels"])})
+        """A checkpoint's ``network`` entry. One without ``trunk`` was written before IDAAC members
+        had the reference's block: its IMPALA members were trained with ``expgen`` and load with it,
+        so they evaluate as trained (resuming one is refused: its entry differs from the config's)."""
+        before = "expgen" if d["kind"] == "impala" else "idaac"
+        return cls(**{"trunk": before, **d, "channels": tuple(d["channels"])})
 
 
 def idaac_init_(trunk: nn.Module) -> nn.Module:
@@ -96,12 +136,13 @@ class PolicyHeads(NamedTuple):
 
 
 class PolicyNet(nn.Module):
-    """Trunk -> features; action head; advantage head on [features, one-hot(action)]."""
+    """Trunk (IMPALA residual blocks of class ``block``) -> features; action head; advantage head on
+    [features, one-hot(action)]."""
 
-    def __init__(self, spec: NetworkSpec, bf16: bool) -> None:
+    def __init__(self, spec: NetworkSpec, bf16: bool, block: type[nn.Module]) -> None:
         super().__init__()
         self.bf16, self.num_actions = bf16, spec.num_actions
-        self.trunk = idaac_init_(build_trunk(spec))
+        self.trunk = idaac_init_(build_trunk(spec, block))
         self.actor = orthogonal_(nn.Linear(spec.hidden, spec.num_actions), 0.01)
         self.advantage = orthogonal_(nn.Linear(spec.hidden + spec.num_actions, 1), 1.0)
 
@@ -124,10 +165,10 @@ class PolicyNet(nn.Module):
 
 
 class ValueNet(nn.Module):
-    def __init__(self, spec: NetworkSpec, bf16: bool) -> None:
+    def __init__(self, spec: NetworkSpec, bf16: bool, block: type[nn.Module]) -> None:
         super().__init__()
         self.bf16 = bf16
-        self.trunk = idaac_init_(build_trunk(spec))
+        self.trunk = idaac_init_(build_trunk(spec, block))
         self.critic = orthogonal_(nn.Linear(spec.hidden, 1), 1.0)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -156,8 +197,9 @@ class IDAACMember(nn.Module):
     def __init__(self, spec: IDAACSpec, bf16: bool = False) -> None:
         super().__init__()
         self.spec = spec
-        self.policy = PolicyNet(spec.trunk_spec, bf16)
-        self.value = ValueNet(spec.trunk_spec, bf16)
+        block = RESIDUAL_BLOCKS[spec.trunk]
+        self.policy = PolicyNet(spec.trunk_spec, bf16, block)
+        self.value = ValueNet(spec.trunk_spec, bf16, block)
         if spec.discriminator_hidden >= 0:
             self.discriminator = order_discriminator(spec.hidden, spec.discriminator_hidden)
 
@@ -181,12 +223,13 @@ class IDAACMember(nn.Module):
         raise ValueError(f"unknown head {head!r}; choose act, policy, value or discriminator")
 
 
-def idaac_settings(cfg: Config) -> IDAACSettings:
-    """The five tuned settings in force: the game's (envs/games.py) with ``idaac.use_best_hps``,
-    else the config's."""
-    if cfg.idaac.use_best_hps:
-        return get_game(cfg.env.game).idaac
-    return IDAACSettings(**{f.name: getattr(cfg.idaac, f.name) for f in fields(IDAACSettings)})
+def idaac_settings(section: IDAACConfig, game: str) -> IDAACConfig:
+    """The ``idaac`` section in force for ``game``: with ``use_best_hps``, the game's five tuned
+    settings (envs/games.py ``IDAACSettings``: value_epoch, value_freq, adv_loss_coef,
+    order_loss_coef and the discriminator) replace the section's."""
+    if not section.use_best_hps:
+        return section
+    return replace(section, **asdict(get_game(game).idaac))
 
 
 def frame_labels(level_seeds: torch.Tensor, episode_steps: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,54 +298,40 @@ def bce(p: torch.Tensor, target: torch.Tensor | float) -> torch.Tensor:
 
 
 class IDAACAlgorithm(MemberAlgorithm):
-    """IDAAC members (module docstring). Checkpoints carry all three networks (``model``: the
-    ``IDAACMember`` state dict), the three Adam states, the pairing stream and the last value loss."""
+    """IDAAC members (module docstring); settings: the ``idaac`` section (``idaac_settings``).
+    Checkpoints carry all three networks (``model``: the ``IDAACMember`` state dict), the three
+    Adam states, the pairing stream and the last value loss."""
 
     name = "idaac"
+    section = "idaac"
+    spec_type = IDAACSpec
     needs_frame_labels = True
     invariance = True  # DAAC: False (no discriminator, no invariance loss)
+    settings: IDAACConfig
 
-    def __init__(self, cfg: Config, spec: IDAACSpec, seeds: list[int], forward_mode: str, bf16: bool,
-                 device: torch.device, minibatches: MinibatchStrategy) -> None:
-        self.ppo, self.idaac, self.spec = cfg.ppo, cfg.idaac, spec
-        self.settings = idaac_settings(cfg)
-        self.pop = Population(spec, seeds, forward_mode, bf16).to(device)
-        named = dict(zip(self.pop.names, self.pop.member_params()))
-        self.groups = {g: [p for n, p in named.items() if n.startswith(g + ".")] for g in GROUPS}
-        self.optimizers = {g: torch.optim.Adam(ps, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps)
-                           for g, ps in self.groups.items() if ps}
-        self.minibatches = minibatches
+    def __init__(self, settings: IDAACConfig, spec: IDAACSpec, seeds: list[int], forward_mode: str, bf16: bool,
+                 device: torch.device, minibatches: MinibatchStrategy, init: str = "torch") -> None:
+        super().__init__(settings, spec, seeds, forward_mode, bf16, device, minibatches, init)
+        self.reward_transform = ReturnScaler if settings.reward_scaling else None
         self.pair_generators = make_generators(seeds, "cpu", salt=PAIR_SALT)
         self.value_loss = torch.zeros(len(seeds), device=device)  # reported when the phase is skipped
 
     @classmethod
-    def member_spec(cls, cfg: Config) -> IDAACSpec:
-        s = idaac_settings(cfg)
-        units = (s.discriminator_hidden if s.nonlinear_discriminator else 0) if cls.invariance else -1
-        n = cfg.network
-        return IDAACSpec(cls.name, n.kind, tuple(n.channels), n.hidden, discriminator_hidden=units)
+    def configure(cls, section: IDAACConfig, game: str) -> IDAACConfig:
+        return idaac_settings(section, game)
 
-    @property
-    def params(self) -> list[torch.Tensor]:
-        return self.pop.member_params()
+    @classmethod
+    def member_spec(cls, network: NetworkConfig, settings: IDAACConfig) -> IDAACSpec:
+        units = (settings.discriminator_hidden if settings.nonlinear_discriminator else 0) if cls.invariance else -1
+        return IDAACSpec(cls.name, network.kind, tuple(network.channels), network.hidden, discriminator_hidden=units)
 
-    def set_lr(self, lr: float) -> None:
-        for opt in self.optimizers.values():
-            for group in opt.param_groups:
-                group["lr"] = lr
-
-    def _step(self, group: str, loss: torch.Tensor) -> torch.Tensor:
-        """zero_grad, backward of the members' summed losses, per-member clip, Adam: (M,) norms."""
-        opt = self.optimizers[group]
-        opt.zero_grad(set_to_none=False)
-        loss.sum().backward()
-        norms = clip_grad_norms_(self.groups[group], self.ppo.max_grad_norm)
-        opt.step()
-        return norms
+    def optimisers(self) -> dict[str, tuple[str, OptimiserSettings]]:
+        """One per phase, by parameter-name prefix (DAAC's network has no ``discriminator.``)."""
+        return {phase: (phase + ".", getattr(self.settings, phase)) for phase in IDAAC_PHASES}
 
     def paired(self, data: UpdateInput, batch: Batch) -> PairedBatch:
         """``batch`` (flat) with a partner and order label per sample (``draw_pairs``)."""
-        levels, steps = frame_labels(data.level_seeds, data.episode_steps, self.idaac.pair_labels)
+        levels, steps = frame_labels(data.level_seeds, data.episode_steps, self.settings.pair_labels)
         partner, order = draw_pairs(levels.flatten(1, 2), steps.flatten(1, 2), batch.actions.shape[1],
                                     self.pair_generators)
         return PairedBatch(*(getattr(batch, f.name) for f in fields(Batch)), partner=partner, order=order)
@@ -318,87 +347,60 @@ class IDAACAlgorithm(MemberAlgorithm):
         after = data.next_obs[rows, (partner - obs.shape[1]).clamp(min=0)]
         return torch.where(inside.view(*inside.shape, 1, 1, 1), own, after)
 
-    def policy_losses(self, mb: Batch, partner_obs: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """One policy minibatch: the discriminator step (IDAAC), then the policy loss terms (M,)
-        each. ``mb.advantages`` are the normalised targets."""
-        heads = self.pop(mb.obs, mb.actions, head="policy")
+    def loss(self, data: UpdateInput, mb: Minibatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One policy minibatch (``mb.batch.advantages`` are the normalised targets): IDAAC first
+        takes its discriminator step on the pairs' detached features, as the reference does; then
+        the policy objective, surrogate + adv_loss_coef x advantage loss + order_loss_coef x
+        invariance - ent_coef x entropy, summed over members, and its (M,) terms."""
+        b, s = mb.batch, self.settings
+        heads = self.pop(b.obs, b.actions, head="policy")
         terms: dict[str, torch.Tensor] = {}
         if self.invariance:
-            other = self.pop(partner_obs, mb.actions, head="policy").features
+            other = self.pop(self.partner_frames(data, b.partner), b.actions, head="policy").features
             pair = torch.cat((heads.features, other), -1)
             probs = self.pop(pair.detach(), head="discriminator")
-            terms["discriminator_loss"] = bce(probs[..., 0], mb.order)
+            terms["discriminator_loss"] = bce(probs[..., 0], b.order)
             # The reference's accuracy: argmax against the label, although the loss trains column 0
             # (the probability of label 0) towards the label: a perfect discriminator scores 0.
-            terms["order_accuracy"] = (probs.argmax(-1) == mb.order.long()).float().mean(1)
-            terms["discriminator_grad_norm"] = self._step("discriminator", terms["discriminator_loss"])
+            terms["order_accuracy"] = (probs.argmax(-1) == b.order.long()).float().mean(1)
+            terms["discriminator_grad_norm"] = self.step("discriminator", terms["discriminator_loss"].sum())
             terms["order_loss"] = bce(self.pop(pair, head="discriminator")[..., 0], 0.5)
-        logp, entropy = log_prob_entropy(heads.logits, mb.actions)
-        log_ratio = logp - mb.logprobs
-        ratio = log_ratio.exp()
-        adv = mb.advantages
-        clip = self.ppo.clip_coef
-        terms["policy_loss"] = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv).mean(1)
-        terms["adv_loss"] = (heads.advantages - adv).pow(2).mean(1)
-        terms["entropy"] = entropy.mean(1)
-        with torch.no_grad():
-            terms["approx_kl"] = ((ratio - 1) - log_ratio).mean(1)
-            terms["clipfrac"] = ((ratio - 1).abs() > clip).float().mean(1)
-        return terms
-
-    def policy_objective(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(M,) surrogate + adv_loss_coef x advantage loss + order_loss_coef x invariance - entropy."""
-        s = self.settings
-        loss = terms["policy_loss"] + s.adv_loss_coef * terms["adv_loss"] - self.ppo.ent_coef * terms["entropy"]
+        pi = policy_loss(heads.logits, b, b.advantages, s.clip_coef)
+        terms.update(policy_loss=pi.loss, adv_loss=(heads.advantages - b.advantages).pow(2).mean(1),
+                     entropy=pi.entropy, approx_kl=pi.approx_kl, clipfrac=pi.clipfrac)
+        loss = terms["policy_loss"] + s.adv_loss_coef * terms["adv_loss"] - s.ent_coef * terms["entropy"]
         if self.invariance:
             loss = loss + s.order_loss_coef * terms["order_loss"]
-        return loss
+        return loss.sum(), {k: v.detach() for k, v in terms.items()}
 
     def value_loss_of(self, mb: Batch) -> torch.Tensor:
-        """(M,) 0.5 x mean of max((V - R)^2, (V_clipped - R)^2), no coefficient."""
-        values = self.pop(mb.obs, head="value")
-        clipped = mb.values + (values - mb.values).clamp(-self.ppo.clip_coef, self.ppo.clip_coef)
-        return 0.5 * torch.max((values - mb.returns) ** 2, (clipped - mb.returns) ** 2).mean(1)
+        """(M,) PPO's clipped value loss of the value network, no coefficient."""
+        return value_loss(self.pop(mb.obs, head="value"), mb, self.settings.clip_coef)
 
     def value_phase_due(self, update: int) -> bool:
         """Whether update ``update`` (0-based) runs the value phase (algo/idaac.py's counter)."""
         return update % self.settings.value_freq == 0
 
     def update(self, data: UpdateInput) -> dict[str, torch.Tensor]:
-        flat = data.batch.flat()
+        """On the flat rollout with advantages normalised over it (``adv_eps``) and, for IDAAC,
+        pairs: the policy phase of ``epochs`` epochs (``loss``), then, when due, the value phase of
+        ``value_epoch`` epochs."""
+        s, flat = self.settings, data.batch.flat()
         batch = Batch(**{f.name: getattr(flat, f.name) for f in fields(Batch)})
-        batch.advantages = normalised_advantages(batch.advantages, self.idaac.adv_eps)
+        batch.advantages = normalised_advantages(batch.advantages, s.adv_eps)
         if self.invariance:
             batch = self.paired(data, batch)
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
-        for mb in self.minibatches(batch, self.idaac.epochs, self.ppo.num_minibatches):
-            b = mb.batch
-            terms = self.policy_losses(b, self.partner_frames(data, b.partner) if self.invariance else None)
-            terms["grad_norm"] = self._step("policy", self.policy_objective(terms))
-            for k, v in terms.items():
-                sums[k] = sums[k] + v.detach() if k in sums else v.detach().clone()
-            count += 1
-        metrics = {k: v / count for k, v in sums.items()}
+        metrics = self.minimise(data, batch, s.epochs, s.num_minibatches)
         if self.value_phase_due(data.update):
             total, steps, norms = torch.zeros_like(self.value_loss), 0, torch.zeros_like(self.value_loss)
-            for mb in self.minibatches(batch, self.settings.value_epoch, self.ppo.num_minibatches):
+            for mb in self.minibatches(batch, s.value_epoch, s.num_minibatches):
                 loss = self.value_loss_of(mb.batch)
-                norms = norms + self._step("value", loss)
+                norms = norms + self.step("value", loss.sum())
                 total, steps = total + loss.detach(), steps + 1
             self.value_loss = total / steps
             metrics["value_grad_norm"] = norms / steps
         metrics["value_loss"] = self.value_loss.clone()
         return metrics
-
-    def optimizer_state(self, m: int) -> dict[str, list[dict[str, Any]]]:
-        return {g: adam_slice(opt, self.groups[g], m) for g, opt in self.optimizers.items()}
-
-    def load_optimizer_state(self, m: int, saved: dict[str, list[dict[str, Any]]]) -> None:
-        if set(saved) != set(self.optimizers):
-            raise ValueError(f"optimiser groups {sorted(saved)} differ from the network's {sorted(self.optimizers)}")
-        for g, opt in self.optimizers.items():
-            load_adam_slice(opt, self.groups[g], m, saved[g])
 
     def extra_state(self, m: int) -> dict[str, torch.Tensor]:
         return {"value_loss": self.value_loss[m].cpu(), "pair_rng": self.pair_generators[m].get_state()}

@@ -88,8 +88,17 @@ class EpisodicKNNReward:
         self.buffer = torch.zeros(num_envs, buffer_size, dim, dtype=torch.float32, device=self.device)
         self.counts = torch.zeros(num_envs, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        # Working tensors of ``step``, allocated once. ``step`` writes them and the state above in
+        # place and allocates only cdist's (N, buffer_size) distances and the returned reward, so
+        # a CUDA graph can replay it (training/explorer_learner.py) and no buffer is reallocated.
+        kk = min(k, buffer_size)
         self._env_index = torch.arange(num_envs, device=self.device)
         self._slot_index = torch.arange(buffer_size, device=self.device)
+        self._empty = torch.empty(num_envs, buffer_size, dtype=torch.bool, device=self.device)
+        self._smallest = torch.empty(num_envs, kk, dtype=torch.float32, device=self.device)
+        self._smallest_at = torch.empty(num_envs, kk, dtype=torch.long, device=self.device)
+        self._pick = torch.empty(num_envs, 1, dtype=torch.long, device=self.device)
+        self._slot = torch.empty(num_envs, dtype=torch.long, device=self.device)
         self._initialised = False
 
     def reset(self, first_embeddings: torch.Tensor) -> None:
@@ -119,21 +128,20 @@ class EpisodicKNNReward:
     def _knn_distance(self, x: torch.Tensor) -> torch.Tensor:
         """k-th smallest distance to the valid stored frames, or the largest if fewer than k."""
         dist = torch.cdist(x.unsqueeze(1), self.buffer, compute_mode=_EXACT_CDIST).squeeze(1)
-        valid = self._slot_index.unsqueeze(0) < self.counts.unsqueeze(1)
-        dist.masked_fill_(~valid, float("inf"))
-        kk = min(self.k, self.buffer_size)
-        smallest = torch.topk(dist, kk, dim=1, largest=False, sorted=True).values
+        torch.ge(self._slot_index, self.counts.unsqueeze(1), out=self._empty)  # slots not yet filled
+        dist.masked_fill_(self._empty, float("inf"))
+        kk = self._smallest.shape[1]
+        torch.topk(dist, kk, dim=1, largest=False, sorted=True, out=(self._smallest, self._smallest_at))
         # With c < k valid slots, the c-th smallest (index c - 1) is the largest valid distance.
-        pick = self.counts.clamp(min=1, max=kk).sub(1).unsqueeze(1)
-        return smallest.gather(1, pick).squeeze(1)
+        torch.clamp(self.counts.unsqueeze(1), 1, kk, out=self._pick).sub_(1)
+        return self._smallest.gather(1, self._pick).squeeze(1)
 
     def _store(self, x: torch.Tensor, done: torch.Tensor) -> None:
         """Write ``x`` at each env's slot; finished envs restart at slot 0 with a count of 1."""
-        slot = torch.where(done, torch.zeros_like(self.positions), self.positions)
-        self.buffer[self._env_index, slot] = x
-        grown = (self.counts + 1).clamp_(max=self.buffer_size)
-        self.counts = torch.where(done, torch.ones_like(self.counts), grown)
-        self.positions = (slot + 1) % self.buffer_size
+        self._slot.copy_(self.positions).masked_fill_(done, 0)
+        self.buffer[self._env_index, self._slot] = x
+        self.counts.add_(1).clamp_(max=self.buffer_size).masked_fill_(done, 1)
+        torch.add(self._slot, 1, out=self.positions).remainder_(self.buffer_size)
 
     def _as_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         if tuple(embeddings.shape) != (self.num_envs, self.dim):
@@ -165,7 +173,8 @@ class EpisodicKNNReward:
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         """Restore ``state_dict()`` output; shapes must match this instance's num_envs/buffer/dim.
 
-        A float32 ``buffer`` is taken as is; a uint16 one is divided by ``scale``."""
+        A float32 ``buffer`` is taken as is; a uint16 one is divided by ``scale``. Copied into this
+        instance's tensors, which keep their addresses."""
         expected = {"buffer": self.buffer, "counts": self.counts, "positions": self.positions}
         missing = set(expected) - set(state)
         if missing:
@@ -179,7 +188,8 @@ class EpisodicKNNReward:
             if self.scale is None:
                 raise ValueError("state holds an integer buffer but this EpisodicKNNReward has no scale")
             buffer = buffer.to(torch.float32) / self.scale
-        self.buffer = buffer.to(torch.float32).clone()
-        self.counts = state["counts"].to(device=self.device, dtype=torch.long).clone()
-        self.positions = state["positions"].to(device=self.device, dtype=torch.long).clone()
+        # In place: a captured step keeps reading these tensors.
+        self.buffer.copy_(buffer)
+        self.counts.copy_(state["counts"])
+        self.positions.copy_(state["positions"])
         self._initialised = True

@@ -1,4 +1,4 @@
-"""How PPO cuts a rollout into minibatches: the strategies of the one PPO data path (agents/ppo.py).
+"""How a member algorithm cuts a rollout into minibatches (agents/algorithm.py ``minimise``).
 
 Both draw every member's order from that member's own generator, so a member's minibatches do not
 depend on which other members share its population.
@@ -84,6 +84,12 @@ class SequenceMinibatches:
         for idx in _permuted_parts(self.generators, batch.actions.shape[2], num_minibatches, epochs,
                                    batch.actions.device):
             yield Minibatch(batch.select_envs(idx), idx)
+
+
+# By ``MemberAlgorithm.minibatch_kind``: samples | sequences.
+STRATEGIES: dict[str, type[SampleMinibatches] | type[SequenceMinibatches]] = {
+    "samples": SampleMinibatches, "sequences": SequenceMinibatches}
+MINIBATCH_SALT = 2  # the minibatch-order streams (agents/sampling.py make_generators; action sampling uses 1)
 
 
 def _permuted_parts(generators: list[torch.Generator], units: int, parts: int, epochs: int,

@@ -7,12 +7,11 @@ so that rollout storage stays uint8 (4x less memory and copying than float frame
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.sections import NETWORK_KINDS
@@ -45,21 +44,23 @@ class ResidualBlock(nn.Module):
 
 
 class ImpalaStack(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, block: type[nn.Module] = ResidualBlock) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.pool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.res0 = ResidualBlock(out_channels)
-        self.res1 = ResidualBlock(out_channels)
+        self.res0 = block(out_channels)
+        self.res1 = block(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.res1(self.res0(self.pool(self.conv(x))))
 
 
-def impala_trunk(channels: tuple[int, ...] = (16, 32, 32), hidden: int = 256) -> nn.Sequential:
+def impala_trunk(channels: tuple[int, ...] = (16, 32, 32), hidden: int = 256,
+                 block: type[nn.Module] = ResidualBlock) -> nn.Sequential:
+    """``block``: the residual block class (IDAAC members use their reference's, agents/idaac.py)."""
     stacks, c_in, size = [], 3, 64
     for c_out in channels:
-        stacks.append(ImpalaStack(c_in, c_out))
+        stacks.append(ImpalaStack(c_in, c_out, block))
         c_in, size = c_out, (size + 1) // 2
     return nn.Sequential(
         *stacks, nn.ReLU(), nn.Flatten(), nn.Linear(c_in * size * size, hidden), nn.ReLU()
@@ -149,9 +150,10 @@ def reference_init_(net: nn.Module) -> nn.Module:
     return net
 
 
-def build_trunk(spec: NetworkSpec) -> nn.Sequential:
+def build_trunk(spec: NetworkSpec, block: type[nn.Module] = ResidualBlock) -> nn.Sequential:
+    """``spec``'s trunk; ``block`` is the IMPALA kind's residual block class."""
     if spec.kind == "impala":
-        return impala_trunk(tuple(spec.channels), spec.hidden)
+        return impala_trunk(tuple(spec.channels), spec.hidden, block)
     return small_trunk(spec.hidden)
 
 
@@ -177,10 +179,10 @@ class RecurrentActorCritic(nn.Module):
     """The explorer's network (docs/expgen.md, "Explorer"): trunk -> GRU(hidden) -> (logits, value).
 
     The GRU state is zeroed where ``episode_starts`` marks an episode's first frame, so memory never crosses
-    episodes. ``forward`` runs a whole (T, B) sequence: the trunk sees all T*B frames in one batch
-    and the GRU runs the whole sequence in one fused call (``gru_sequence``; a single acting step,
-    T = 1, is one cell step with no host sync). The parameters are an ``nn.GRUCell``'s, the
-    checkpoint format.
+    episodes. ``forward`` runs a whole (T, B) sequence: the trunk sees all T*B frames in one batch,
+    then the GRU steps through time with the resets as a mask on the device (``gru_sequence``: no
+    host sync, the same code for an acting step, T = 1, and a replayed sequence). The parameters
+    are an ``nn.GRUCell``'s, the checkpoint format.
     """
 
     def __init__(self, spec: NetworkSpec, bf16: bool = False) -> None:
@@ -202,63 +204,43 @@ class RecurrentActorCritic(nn.Module):
         steps, batch = obs.shape[:2]
         x = run_trunk(self.trunk, obs.flatten(0, 1), self.bf16).view(steps, batch, -1)
         g = self.gru  # read at call time: the population substitutes its stacked parameters
-        # train=grad enabled: with no dropout the flag only makes cuDNN keep what its backward needs
-        # (cuDNN refuses a backward through an eval-mode forward).
-        h, state = gru_sequence(x, state, episode_starts, [g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh],
-                                training=torch.is_grad_enabled())
+        h, state = gru_sequence(x, state, episode_starts, [g.weight_ih, g.weight_hh, g.bias_ih, g.bias_hh])
         return RecurrentOutput(self.actor(h), self.critic(h).squeeze(-1), state)
 
 
-# The population's stacked parameters are views, never cuDNN's single flat weight buffer; cuDNN
-# then copies the GRU's 0.8 MB of weights per call (negligible) and would warn every process.
-# Only this warning, and only when raised by this module's call (``gru_sequence``).
-warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk",
-                        category=UserWarning, module=__name__)
-
-
 def gru_sequence(x: torch.Tensor, state: torch.Tensor, episode_starts: torch.Tensor,
-                 weights: list[torch.Tensor], training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """A GRU over x (T, B, H) from ``state`` (B, H), its state zeroed wherever ``episode_starts`` (T, B) is 1:
-    the outputs (T, B, H) and the final state (B, H), equal to stepping ``nn.GRUCell`` through time.
+                 weights: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A GRU over x (T, B, I) from ``state`` (B, H), its state zeroed wherever ``episode_starts`` (T, B)
+    is nonzero (bool or float): the outputs (T, B, H) and the final state (B, H), equal to stepping
+    ``nn.GRUCell`` through time (Cho et al. 2014, PyTorch's gate layout: reset, update, new).
+    ``weights``: ``[weight_ih (3H, I), weight_hh (3H, H), bias_ih (3H), bias_hh (3H)]``.
 
-    Why not the step loop: a 512-step sequence is 512 tiny kernels per layer, forward and backward,
-    in every minibatch; one multi-step GRU call runs the whole time loop inside the library
-    (cuDNN's fused kernels on CUDA). The GRU cannot be reset in mid-sequence, so each env's sequence
-    is cut into its episodes' segments, which run as one packed batch: a segment that starts the
-    sequence starts from ``state`` (zeroed if ``episode_starts[0]``), every other from zeros. Reading
-    ``episode_starts`` on the host to cut segments is one sync per call.
-
-    A single step (T = 1: every acting step, and the value after a rollout) needs no segments: the
-    reset is a mask multiplied in on the device and the step is one ``torch.gru_cell`` call, so
-    acting never reads ``episode_starts`` on the host. On a CPU this is bit for bit the fused call's result
-    (the same matrix products and gate arithmetic; tests/test_recurrent.py); on CUDA the cell's
-    kernels and cuDNN's round differently, within the tolerance the rollout replay is tested at.
+    The reset is a mask on the device: every step multiplies the state by ``1 - episode_starts[t]``
+    before the cell (as CleanRL's ppo_atari_lstm.py does), so nothing is read on the host, the call
+    never waits for the device, and it traces whole (CUDA graphs, ``torch.compile(fullgraph=True)``).
+    The input half of every step's gates is one matrix product over all T*B rows (what
+    ``torch.gru`` does on a CPU, and cuDNN everywhere); the steps then run the hidden half and the
+    gate arithmetic of ATen's CPU ``GRUCell`` op for op, so on a CPU the outputs equal
+    ``nn.GRUCell``'s and the multi-step ``torch.gru``'s bit for bit (tests/test_recurrent.py).
     """
-    steps, batch, hidden = x.shape
-    h0 = state * (1.0 - episode_starts[0].to(state.dtype)).unsqueeze(-1)
-    if steps == 1:
-        h = torch.gru_cell(x[0], h0, *weights)
-        return h.unsqueeze(0), h
-    starts = (episode_starts != 0).cpu().numpy()  # a new array: marking step 0 never writes into ``episode_starts``
-    starts[0] = True
-    if not starts[1:].any():  # no reset after the first step
-        out, h = torch.gru(x, h0.unsqueeze(0), weights, True, 1, 0.0, training, False, False)
-        return out, h[0]
-    # Segments, env by env in time order: (env, start), their lengths, longest first (packing order).
-    env, start = np.nonzero(starts.T)
-    same_env_next = np.append(env[1:] == env[:-1], False)
-    length = np.where(same_env_next, np.append(start[1:], steps), steps) - start
-    order = np.argsort(-length, kind="stable")
-    env, start, length = env[order], start[order], length[order]
-    t = np.arange(length[0])[:, None]
-    packed = t < length[None, :]  # (longest, segments): which segments are alive at step t
-    rows = torch.from_numpy(((start[None, :] + t) * batch + env[None, :])[packed]).to(x.device)
-    batch_sizes = torch.from_numpy(packed.sum(1))
-    from_state = torch.from_numpy(start == 0).to(x.device).unsqueeze(-1)
-    hx = torch.where(from_state, h0[torch.from_numpy(env).to(x.device)], 0.0).unsqueeze(0)
-    out, _ = torch.gru(x.reshape(steps * batch, hidden)[rows], batch_sizes, hx, weights, True, 1, 0.0,
-                       training, False)
-    inverse = torch.empty_like(rows)
-    inverse[rows] = torch.arange(len(rows), device=x.device)
-    out = out[inverse].view(steps, batch, hidden)
-    return out, out[-1]
+    w_ih, w_hh, b_ih, b_hh = weights
+    steps, batch, _ = x.shape
+    keep = (1.0 - episode_starts.to(state.dtype)).unsqueeze(-1)  # (T, B, 1): 0 where an episode starts
+    # Flattened first: a 2-D ``linear`` is always one addmm, whatever x's strides.
+    input_gates = F.linear(x.reshape(steps * batch, -1), w_ih, b_ih).view(steps, batch, -1)
+    h, outputs = state, []
+    # unbind, not indexing: its backward stacks the T gradients once, where T indexing backwards
+    # would each write a zero-filled (T, B, 3H) gradient and add it up (quadratic in T).
+    for t, gates in enumerate(input_gates.unbind(0)):
+        h = h * keep[t]
+        # unsafe_chunk, in-place adds and activations: ATen's cell (aten/src/ATen/native/RNN.cpp,
+        # GRUCell) exactly. The chunks are not autograd views of one another, so updating one in
+        # place leaves the others' saved values valid.
+        i_r, i_z, i_n = gates.unsafe_chunk(3, 1)
+        h_r, h_z, h_n = F.linear(h, w_hh, b_hh).unsafe_chunk(3, 1)
+        reset = h_r.add_(i_r).sigmoid_()
+        update = h_z.add_(i_z).sigmoid_()
+        new = h_n.mul_(reset).add(i_n).tanh_()
+        h = (h - new).mul_(update).add_(new)
+        outputs.append(h)
+    return torch.stack(outputs), h

@@ -12,8 +12,8 @@ Two ways to run the stacked network (``forward_mode``):
 - ``loop``: one ``functional_call`` per member on a view of its parameters. On a CPU the arithmetic
   is the cost and grouped convolutions are slower than plain ones (0.65-0.95x measured on a 2-core CPU), so this is
   the CPU default. ``auto`` picks ``vmap`` on CUDA and ``loop`` elsewhere.
-A recurrent population always loops: its fused GRU call (``networks.gru_sequence``) has no vmap
-rule (the explorer is a population of one anyway).
+A recurrent population always loops (the explorer is a population of one anyway); its GRU
+(``networks.gru_sequence``) is plain ops now, so vmap might apply, untried.
 
 bf16 (``networks.run_trunk``'s autocast) is the same in both modes: the members' convolutions and
 linear layers cast their operands to the autocast dtype themselves (``honour_autocast``), because
@@ -126,11 +126,6 @@ class Population(nn.Module):
         with torch.no_grad():
             for k, p in zip(self.names, self.member_params()):
                 p[m].copy_(state[k])
-
-    def member_network(self, m: int) -> nn.Module:
-        net = self.spec.build()
-        net.load_state_dict(self.member_state_dict(m))
-        return net
 
     @classmethod
     def from_state_dicts(

@@ -48,16 +48,6 @@ def gumbel_noise(generators: list[torch.Generator], num_envs: int, num_actions: 
     return -torch.log(-torch.log(u.clamp_(min=1e-20, max=1.0 - 1e-7)))
 
 
-def sample_actions(logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """Sample from Categorical(logits) for (M, N, A) logits, member m drawing from generators[m].
-
-    Gumbel-max: argmax(logits + Gumbel noise) is an exact sample. Only the noise is drawn per member
-    (M calls); the rest is one batched operation.
-    """
-    m, n, a = logits.shape
-    return (logits + gumbel_noise(generators[:m], n, a, logits.device)).argmax(-1)
-
-
 def log_prob_entropy(logits: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of ``actions`` and entropy of Categorical(logits), batched over any prefix."""
     logp = torch.log_softmax(logits, -1)

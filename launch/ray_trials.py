@@ -1,4 +1,6 @@
-"""Train a run's jobs as Ray Tune trials: one trial per population shard and one for the explorer.
+"""Train jobs as Ray Tune trials: one trial per population shard and one for the explorer, of one
+run (``train_with_ray``) or of every run of a sweep (``train_trials``, launch/sweep.py), as one Tune
+experiment whose requests launch/placement.py makes over all of its jobs.
 
 Why Tune: it places each trial where its resource request fits (fractional GPUs included),
 restarts a trial that crashed or whose node died (``FailureConfig``), and runs on whatever cluster
@@ -8,9 +10,11 @@ agent's newest checkpoint, ``tensorboard --logdir runs/<name>`` shows every agen
 not know Ray was involved. On a multi-node cluster ``runs_dir`` must therefore be on storage that
 every node sees (NFS or similar), and the project installed on every node.
 
-Tune's own bookkeeping (experiment state, per-trial logs, checkpoint pointers) goes to
-``runs/<name>/ray/`` (core/run_layout.py). A re-run after the driver died plans only the jobs that have not reached
-their budget; those resume from their checkpoints.
+Tune's own bookkeeping (experiment state, per-trial logs, checkpoint pointers) goes to its storage
+path: ``runs/<name>/ray/`` for a run (core/run_layout.py), the sweep's for a sweep; on a cluster,
+storage every node sees. A re-run after the driver died plans only the jobs that have not reached
+their budget; those resume from their checkpoints. Every trial reports, with its metrics, the Ray
+node and GPU ids it runs on (``placement_metrics``).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +33,18 @@ from ray.tune import Callback
 from core.config import Config, ConfigError
 from core.runtime import Runtime
 from launch.jobs import USER_ERRORS, Job, pending_jobs, report_metrics, train_job
-from launch.trial_table import JobTable
+from launch.placement import GIB, SHARE_QUANTUM, Request, job_kind, place, torch_threads
+from launch.trial_table import RunTable
 
 log = logging.getLogger("expgen")
 FATAL = "fatal_error"  # the result key of a trial that ended on an error no retry can fix
+PROBE_TIMEOUT_S = 120.0  # for a GPU node to say how much memory its GPUs have (a worker starts there)
 
 
 def init_ray(address: str) -> None:
-    """Join ``address`` ("auto" or host:port), or start Ray on this machine when it is empty."""
+    """Join the Ray cluster at ``address`` ("auto" or host:port). Empty: Ray's own lookup, which
+    joins the cluster named by the ``RAY_ADDRESS`` environment variable, else one that ``ray start``
+    runs on this machine, and only then starts Ray here, for this process alone."""
     import ray
 
     if ray.is_initialized():
@@ -52,21 +60,48 @@ def init_ray(address: str) -> None:
              log_to_driver=False)
 
 
-def trial_resources(cfg: Config, job: Job, trials: int, cluster_gpus: float) -> dict[str, float]:
-    """The CPUs and GPUs one job asks for; GPUs < 0 (auto) share the cluster's GPUs evenly."""
-    r = cfg.resources
-    cpus, gpus = (r.explorer_cpus, r.explorer_gpus) if job.kind == "explorer" else (r.shard_cpus, r.shard_gpus)
-    if gpus < 0:
-        gpus = min(1.0, cluster_gpus / trials) if cluster_gpus else 0.0
-    if gpus > 1 and gpus != int(gpus):
-        raise ConfigError(f"{job.name}: a trial asks for {gpus} GPUs; above 1 it must be a whole number")
-    return {"CPU": cpus, "GPU": gpus}
+def gpu_memory_gib() -> float | None:
+    """The memory of the smallest GPU of the cluster in GiB, asked of one GPU on each node that has
+    some (a task with a sliver of a GPU: Ray's workers see their node's devices, the driver may see
+    none); None when a node's workers see no CUDA device (GPUs declared to Ray but not real) or do
+    not answer within ``PROBE_TIMEOUT_S`` (every GPU taken)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, num_gpus=SHARE_QUANTUM)
+    def probe() -> float | None:
+        return torch.cuda.get_device_properties(0).total_memory / GIB if torch.cuda.is_available() else None
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0]
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote() for n in nodes]
+    ready, waiting = ray.wait(refs, num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
+    for ref in waiting:
+        ray.cancel(ref, force=True)
+    sizes = ray.get(ready)
+    if waiting or None in sizes or not sizes:
+        log.warning("GPU memory unknown (%s): GPU shares are not checked against it",
+                    "no answer from a GPU node" if waiting else "Ray's workers see no CUDA device")
+        return None
+    return min(sizes)
 
 
-def trial_bundles(cfg: Config, job: Job, trials: int, cluster_gpus: float) -> list[dict[str, float]]:
+@dataclass(frozen=True)
+class Trial:
+    """One job of one run: a Tune trial. ``cfg.runs_dir`` is absolute (trials may run elsewhere)."""
+
+    cfg: Config
+    job: Job
+
+    @property
+    def key(self) -> str:
+        """The trial's name in Tune (its ``job`` parameter): ``<run>/<job>``."""
+        return f"{self.cfg.name}/{self.job.name}"
+
+
+def trial_bundles(cfg: Config, job: Job, request: Request) -> list[dict[str, float]]:
     """The trial's own request, then one bundle per RLlib env runner and learner it will start, so
     that Tune reserves the workers of ``engine=rllib`` together with the trial (a placement group)."""
-    bundles = [trial_resources(cfg, job, trials, cluster_gpus)]
+    bundles = [request.resources()]
     if cfg.engine == "rllib" and job.kind == "members":
         r = cfg.rllib
         bundles += [{"CPU": 1.0}] * r.num_env_runners
@@ -74,35 +109,58 @@ def trial_bundles(cfg: Config, job: Job, trials: int, cluster_gpus: float) -> li
     return bundles
 
 
-def check_fits(cfg: Config, requests: dict[str, dict[str, float]], nodes: list[dict[str, float]]) -> None:
+def check_fits(trial: Trial, request: dict[str, float], nodes: list[dict[str, float]]) -> None:
     """Fail before training when a trial could never be scheduled (Tune would wait forever)."""
-    for name, req in requests.items():
-        if not any(all(node.get(k, 0.0) >= v for k, v in req.items()) for node in nodes):
-            largest = {k: max(node.get(k, 0.0) for node in nodes) for k in req}
-            kind = "explorer" if name == "explorer" else "shard"
-            raise ConfigError(
-                f"{name} asks for {req['CPU']:g} CPUs and {req['GPU']:g} GPUs, but the largest Ray node "
-                f"has {largest['CPU']:g} CPUs and {largest['GPU']:g} GPUs; lower resources.{kind}_cpus / "
-                f"resources.{kind}_gpus or join a bigger cluster (--ray-address)"
-            )
-        if cfg.device.startswith("cuda") and req["GPU"] == 0:
-            raise ConfigError(f"device={cfg.device} but {name} gets no GPU from Ray: set "
-                              f"resources.{'explorer' if name == 'explorer' else 'shard'}_gpus or device=auto")
+    cfg, kind = trial.cfg, job_kind(trial.job)
+    if not any(all(node.get(k, 0.0) >= v for k, v in request.items()) for node in nodes):
+        largest = {k: max(node.get(k, 0.0) for node in nodes) for k in request}
+        raise ConfigError(
+            f"{trial.key} asks for {request['CPU']:g} CPUs and {request['GPU']:g} GPUs, but the largest Ray "
+            f"node has {largest['CPU']:g} CPUs and {largest['GPU']:g} GPUs; lower resources.{kind}_cpus / "
+            f"resources.{kind}_gpus or join a bigger cluster (--ray-address)"
+        )
+    if cfg.device.startswith("cuda") and request["GPU"] == 0:
+        raise ConfigError(f"device={cfg.device} but {trial.key} gets no GPU from Ray: set "
+                          f"resources.{kind}_gpus or device=auto")
 
 
-def check_workers_fit(cfg: Config, bundles: dict[str, list[dict[str, float]]], nodes: list[dict[str, float]]) -> None:
+def check_workers_fit(trial: Trial, bundles: list[dict[str, float]], nodes: list[dict[str, float]]) -> None:
     """``engine=rllib``: a trial's placement group (the trial plus one bundle per env runner and
     learner) must fit the cluster as a whole, or Tune waits for it forever."""
-    for name, group in bundles.items():
-        for k in ("CPU", "GPU"):
-            need, have = sum(b.get(k, 0.0) for b in group), sum(n.get(k, 0.0) for n in nodes)
-            if need > have:
-                raise ConfigError(
-                    f"{name} with its {cfg.rllib.num_env_runners} RLlib env runner(s) and "
-                    f"{cfg.rllib.num_learners} learner(s) needs {need:g} {k}s, but the Ray cluster has "
-                    f"{have:g}; lower rllib.num_env_runners / rllib.num_learners or "
-                    f"resources.shard_cpus, or join a bigger cluster (--ray-address)"
-                )
+    cfg = trial.cfg
+    for k in ("CPU", "GPU"):
+        need, have = sum(b.get(k, 0.0) for b in bundles), sum(n.get(k, 0.0) for n in nodes)
+        if need > have:
+            raise ConfigError(
+                f"{trial.key} with its {cfg.rllib.num_env_runners} RLlib env runner(s) and "
+                f"{cfg.rllib.num_learners} learner(s) needs {need:g} {k}s, but the Ray cluster has "
+                f"{have:g}; lower rllib.num_env_runners / rllib.num_learners or "
+                f"resources.shard_cpus, or join a bigger cluster (--ray-address)"
+            )
+
+
+def plan_trials(trials: list[Trial], nodes: list[dict[str, float]],
+                gpu_memory: float | None) -> dict[str, list[dict[str, float]]]:
+    """Each trial's bundles (``trial_bundles`` of its ``launch.placement.place`` request) on a
+    cluster of ``nodes`` (Ray's resources per alive node), checked to fit before any work; logs the
+    placement. Raises ``ConfigError``."""
+    gpus = sum(n.get("GPU", 0.0) for n in nodes)
+    requests = place([(t.cfg, t.job) for t in trials], gpus, gpu_memory, max(n.get("CPU", 0.0) for n in nodes))
+    bundles = {}
+    for trial, request in zip(trials, requests):
+        bundles[trial.key] = trial_bundles(trial.cfg, trial.job, request)
+        check_fits(trial, bundles[trial.key][0], nodes)
+        check_workers_fit(trial, bundles[trial.key], nodes)
+    summary: dict[tuple[str, float, float, float], int] = {}
+    for trial, r in zip(trials, requests):
+        what = (trial.job.name if len({t.cfg.name for t in trials}) == 1 else job_kind(trial.job), r.cpus, r.gpus,
+                round(r.memory_gib, 1))
+        summary[what] = summary.get(what, 0) + 1
+    log.info("placement on %d node(s), %g CPUs, %g GPUs%s: %s", len(nodes), sum(n.get("CPU", 0.0) for n in nodes),
+             gpus, f" of {gpu_memory:.0f} GiB" if gpu_memory else "",
+             "; ".join(f"{n} x {name}: {c:g} CPU, {g:g} GPU" + (f" (~{m:g} GiB)" if g else "")
+                       for (name, c, g, m), n in summary.items()))
+    return bundles
 
 
 def trial_runtime(cfg: Config) -> Runtime:
@@ -112,25 +170,36 @@ def trial_runtime(cfg: Config) -> Runtime:
     return Runtime.from_config(cfg, gpu_allowed=bool(ray.get_gpu_ids()))
 
 
-def run_trial(params: dict[str, Any], cfg: Config, jobs: dict[str, Job], cpus: dict[str, float]) -> None:
+def placement_metrics() -> dict[str, str]:
+    """Where this trial runs, reported with every result: the Ray node's id and the ids of the GPUs
+    Ray gave it (comma-separated; empty without)."""
+    import ray
+
+    return {"node": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": ",".join(str(i) for i in ray.get_gpu_ids())}
+
+
+def run_trial(params: dict[str, Any], trials: dict[str, Trial], threads: dict[str, int]) -> None:
     """The Tune trainable: train one job, reporting every update and every checkpoint to Tune."""
     from ray import tune
 
-    job = jobs[params["job"]]  # as planned: a restarted trial re-plans nothing (train_job re-checks)
-    torch.set_num_threads(max(1, int(cpus[job.name])))  # the trial's CPU share, not the whole node
+    trial = trials[params["job"]]  # as planned: a restarted trial re-plans nothing (train_job re-checks)
+    cfg, job = trial.cfg, trial.job
+    torch.set_num_threads(threads[trial.key])  # the job's torch threads, not the whole node
     torch.manual_seed(cfg.seed)
     if tune.get_checkpoint() is not None:
-        log.info("%s: restarted by Ray Tune; resuming from the newest checkpoint", job.name)
+        log.info("%s: restarted by Ray Tune; resuming from the newest checkpoint", trial.key)
+    where = placement_metrics()
 
     def report(info: dict[str, Any]) -> None:
-        metrics = report_metrics(info)
+        metrics = {**report_metrics(info), **where}
         if not info["checkpoint"]:
             tune.report(metrics)
             return
         # The agents' checkpoints stay in the run directory; Tune's checkpoint records which step
         # is safe to resume from, so that Tune knows the trial has progress to restart from.
         with tempfile.TemporaryDirectory() as tmp:
-            Path(tmp, "expgen_checkpoint.json").write_text(json.dumps({"job": job.name, "step": info["steps"]}))
+            Path(tmp, "expgen_checkpoint.json").write_text(json.dumps({"job": trial.key, "step": info["steps"]}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     try:
@@ -139,18 +208,24 @@ def run_trial(params: dict[str, Any], cfg: Config, jobs: dict[str, Job], cpus: d
         # A wrong setting, an unusable checkpoint or a non-finite loss (resuming replays the same
         # updates) fails the same way on every attempt: end the
         # trial normally with the error as its result, so Tune does not retry it as a crash.
-        tune.report({FATAL: f"{type(e).__name__}: {e}", "done": True})
+        tune.report({FATAL: f"{type(e).__name__}: {e}", "done": True, **where})
 
 
-class TrialTable(JobTable, Callback):
-    """The live table of a Ray run (launch/trial_table.py), fed by Tune's trial states and reports."""
+class TrialTable(RunTable, Callback):
+    """The live table of a Ray experiment (launch/trial_table.py), fed by Tune's trial states and
+    reports: a row per job of one run, or (``of_runs``) a row per run of a sweep and one for all."""
 
     def __init__(self, cfg: Config, jobs: list[Job], refresh_s: float = 1.0) -> None:
-        super().__init__(cfg, jobs, f"{cfg.name}: {len(jobs)} trials on Ray", refresh_s)
+        super().__init__({cfg.name: (cfg, jobs)}, f"{cfg.name}: {len(jobs)} trials on Ray", refresh_s)
+
+    @classmethod
+    def of_runs(cls, runs: dict[str, tuple[Config, list[Job]]], title: str) -> "TrialTable":
+        table = cls.__new__(cls)
+        RunTable.__init__(table, runs, title)
+        return table
 
     def rows(self, trials: list) -> list[tuple[str, ...]]:
-        return [self.row(t.config["job"], t.status, t.last_result or {}, t.num_failures)
-                for t in sorted(trials, key=lambda t: t.config["job"])]
+        return self.rows_of({t.config["job"]: (t.status, t.last_result or {}, t.num_failures) for t in trials})
 
     def setup(self, **info: Any) -> None:
         self.start()
@@ -162,39 +237,49 @@ class TrialTable(JobTable, Callback):
         self.stop(self.rows(trials))
 
 
-def train_with_ray(cfg: Config) -> list[dict[str, Any]]:
-    """Train every unfinished job of the run as a Tune trial; returns each trained job's wall time."""
+def train_trials(trials: list[Trial], storage_path: Path, title: str,
+                 progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Train ``trials`` (jobs of one or several runs) as one Tune experiment on the Ray cluster
+    this process joined (``init_ray``), placed by ``launch.placement.place`` over all of them,
+    explorers first. Tune's state goes to ``storage_path`` (shared by every node on a cluster).
+
+    Returns, per trial key, its job's name, the wall time of its last attempt (``wall_s``), and the
+    node and GPU ids of that attempt. Raises ``ConfigError`` (a request that cannot fit, or a job
+    that ended on an error no retry can fix: every such one named), ``KeyboardInterrupt`` (Ctrl-C
+    stopped the experiment) or ``RuntimeError`` (trials that failed more often than
+    ``resources.max_failures``: their checkpoints are kept).
+    """
     import ray
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    cfg = replace(cfg, runs_dir=str(Path(cfg.runs_dir).resolve()))  # trials may run elsewhere
-    jobs = pending_jobs(cfg)
-    if not jobs:
-        return []
-    init_ray(cfg.ray_address)
-    cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
-    bundles = {j.name: trial_bundles(cfg, j, len(jobs), cluster_gpus) for j in jobs}
+    trials = sorted(trials, key=lambda t: not t.job.explorer)  # the longest jobs start first
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    check_fits(cfg, {name: b[0] for name, b in bundles.items()}, nodes)
-    check_workers_fit(cfg, bundles, nodes)
+    gpus = sum(n.get("GPU", 0.0) for n in nodes)
+    bundles = plan_trials(trials, nodes, gpu_memory_gib() if gpus else None)
+    by_key = {t.key: t for t in trials}
+    threads = {t.key: torch_threads(t.cfg, t.job) for t in trials}
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, cfg=cfg, jobs={j.name: j for j in jobs},
-                             cpus={k: b[0]["CPU"] for k, b in bundles.items()}),
+        tune.with_parameters(run_trial, trials=by_key, threads=threads),
         # Ray rejects zero-valued resources in a bundle.
         lambda params: tune.PlacementGroupFactory(
             [{k: v for k, v in b.items() if v > 0} for b in bundles[params["job"]]]),
     )
+    runs: dict[str, tuple[Config, list[Job]]] = {}
+    for t in trials:
+        runs.setdefault(t.cfg.name, (t.cfg, []))[1].append(t.job)
     callbacks = [JsonLoggerCallback(), CSVLoggerCallback()]
-    callbacks += [TrialTable(cfg, jobs)] if cfg.logging.progress else []
+    if progress:
+        callbacks.append(TrialTable.of_runs(runs, title))
+    max_failures = max(t.cfg.resources.max_failures for t in trials)
     tuner = tune.Tuner(
         trainable,
-        param_space={"job": tune.grid_search([j.name for j in jobs])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=len(jobs), reuse_actors=False),
+        param_space={"job": tune.grid_search(list(by_key))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=len(trials), reuse_actors=False),
         run_config=tune.RunConfig(
             name=time.strftime("train_%Y%m%d-%H%M%S"),
-            storage_path=str(cfg.layout.ray),
-            failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
+            storage_path=str(storage_path),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=callbacks,
             verbose=0,
@@ -212,7 +297,22 @@ def train_with_ray(cfg: Config) -> list[dict[str, Any]]:
     if failed:
         names = ", ".join(f"{r.config['job']} ({type(r.error).__name__}: {r.error})" for r in failed)
         raise RuntimeError(
-            f"trials failed more than resources.max_failures={cfg.resources.max_failures} times: {names}. "
-            f"Their checkpoints are kept; re-run the same command to resume. Logs: {cfg.layout.ray}"
+            f"trials failed more than resources.max_failures={max_failures} times: {names}. "
+            f"Their checkpoints are kept; re-run the same command to resume. Logs: {storage_path}"
         )
-    return [{"job": r.config["job"], "wall_s": r.metrics.get("time_total_s", 0.0)} for r in results]
+    return {r.config["job"]: {"job": by_key[r.config["job"]].job.name, "wall_s": r.metrics.get("time_total_s", 0.0),
+                              "node": r.metrics.get("node", ""), "gpu_ids": r.metrics.get("gpu_ids", "")}
+            for r in results}
+
+
+def train_with_ray(cfg: Config) -> list[dict[str, Any]]:
+    """Train every unfinished job of the run as a Tune trial (Tune's state in ``runs/<name>/ray/``);
+    returns each trained job's name and wall time (``train_trials``)."""
+    cfg = replace(cfg, runs_dir=str(Path(cfg.runs_dir).resolve()))  # trials may run elsewhere
+    jobs = pending_jobs(cfg)
+    if not jobs:
+        return []
+    init_ray(cfg.ray_address)
+    trained = train_trials([Trial(cfg, j) for j in jobs], cfg.layout.ray,
+                           f"{cfg.name}: {len(jobs)} trials on Ray", cfg.logging.progress)
+    return list(trained.values())

@@ -11,19 +11,45 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from core.checkpoint import checkpoint_steps, load_latest, remove_stale_temporaries
-from core.config import Config, ConfigError, incompatible_changes, load_config, save_config
+from core.config import Config, ConfigError, incompatible_changes, load_config, save_config, validate
 from core.run_layout import RunLayout
 from core.runtime import Runtime
 from launch.jobs import job_agents, pending_jobs, plan, train_job
+from launch.placement import torch_threads
 from launch.side_by_side import train_side_by_side
+
+log = logging.getLogger("expgen")
+
+
+def load_training_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """``load_config`` for train.py. A run's own ``config.yaml`` (the file inside a folder that
+    train.py has trained, ``RunLayout.has_run``) trains that folder, wherever it now lives: the
+    file's ``runs_dir`` and ``name`` say where the run was trained, not where it is, and following
+    them would start a fresh run there and leave the moved one untouched. An override of ``name``
+    or ``runs_dir`` names a run explicitly and wins (e.g. ``name=maze_s1 seed=1``: a new run with
+    this run's settings). Raises ``ConfigError`` as ``load_config`` does."""
+    cfg = load_config(path, overrides)
+    here = Path(path).parent
+    run = RunLayout(here if here.name == here.resolve().name else here.resolve())  # "." or "..": its real name
+    named = {o.split("=", 1)[0].strip() for o in overrides} & {"name", "runs_dir"}
+    if run.config.name != Path(path).name or not run.has_run() or named:
+        return cfg
+    if cfg.layout.root.resolve() != run.root.resolve():
+        log.info("%s is the config of the run in %s: training that run (the file names %s, where it was "
+                 "trained; set name=... for a new run with these settings)", path, run.root, cfg.layout.root)
+        cfg.runs_dir, cfg.name = str(run.root.parent), run.name
+        validate(cfg)
+    return cfg
 
 
 def has_checkpoints(cfg: Config) -> bool:
@@ -38,7 +64,16 @@ def train_without_ray(cfg: Config) -> list[dict[str, Any]]:
         return train_side_by_side(cfg, jobs)
     runtime = Runtime.from_config(cfg)
     torch.manual_seed(cfg.seed)
-    return [train_job(cfg, job, runtime, cfg.logging.progress) for job in jobs]
+    trained, threads = [], torch.get_num_threads()
+    try:
+        for job in jobs:
+            # The job's own torch threads, as under Ray or side by side: intra-op threads change the
+            # order of float sums, so the same run would otherwise train other weights here.
+            torch.set_num_threads(torch_threads(cfg, job))
+            trained.append(train_job(cfg, job, runtime, cfg.logging.progress))
+    finally:
+        torch.set_num_threads(threads)  # what runs next in this process (a sweep's evaluation) keeps its own
+    return trained
 
 
 def run_summary(cfg: Config, trained: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
@@ -97,12 +132,12 @@ def check_unchanged(cfg: Config) -> None:
         )
 
 
-def train_run(cfg: Config, require_resume: bool = False) -> dict[str, Any]:
-    """Train (or continue) every agent of the run; returns the run summary (``run_summary``)."""
-    if require_resume and not has_checkpoints(cfg):
-        raise FileNotFoundError(
-            f"--resume: no checkpoints under {cfg.layout.root}; drop --resume to start a new run"
-        )
+@contextlib.contextmanager
+def open_run(cfg: Config) -> Iterator[None]:
+    """A run made ready to train, held until the block ends: its lock (``run_lock``), its settings
+    checked against its checkpoints (``check_unchanged``, raises ``ConfigError``), the temporaries
+    of an interrupted checkpoint write removed, and its config saved when it has something to train.
+    Used by ``train_run`` and by a sweep for each of its runs (launch/sweep.py)."""
     with run_lock(cfg.layout):
         check_unchanged(cfg)
         for job in plan(cfg):
@@ -110,6 +145,16 @@ def train_run(cfg: Config, require_resume: bool = False) -> dict[str, Any]:
                 remove_stale_temporaries(agent.checkpoints)
         if pending_jobs(cfg, quiet=True):  # a re-run that trains nothing leaves config.yaml alone
             save_config(cfg, cfg.layout.config)
+        yield
+
+
+def train_run(cfg: Config, require_resume: bool = False) -> dict[str, Any]:
+    """Train (or continue) every agent of the run; returns the run summary (``run_summary``)."""
+    if require_resume and not has_checkpoints(cfg):
+        raise FileNotFoundError(
+            f"--resume: no checkpoints under {cfg.layout.root}; drop --resume to start a new run"
+        )
+    with open_run(cfg):
         start = time.perf_counter()
         if cfg.ray:
             from launch.ray_trials import train_with_ray  # Ray is imported only when it is used

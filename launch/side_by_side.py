@@ -1,7 +1,9 @@
 """``ray: false`` with ``resources.side_by_side``: the pending jobs train at the same time, one
 child process per job, on this machine's device. On one GPU, the member population and the
 explorer then share it as they would under Ray, without Ray (which a workstation, or the GPU
-machines this project is measured on, may not have).
+machines this project is measured on, may not have). With several GPUs (``device`` auto or cuda),
+the children take them in turn, the explorer first (``launch.placement.gpu_round_robin``): each
+child sees its one GPU as ``cuda:0`` (CUDA_VISIBLE_DEVICES); ``device=cuda:N`` keeps every job on N.
 
 Each child trains its job exactly as the in-process path does (``train_job``: resume from the
 newest checkpoints, the same run directory, TensorBoard files and checkpoints), with the job's
@@ -35,7 +37,10 @@ import torch
 from core.config import Config
 from core.runtime import Runtime
 from launch.jobs import USER_ERRORS, Job, report_metrics, train_job
+from launch.placement import gpu_round_robin
 from launch.trial_table import JobTable
+
+log = logging.getLogger("expgen")
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -61,9 +66,22 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _child(cfg: Config, job: Job, reports: Any, parent: int) -> None:
+def visible_gpus(cfg: Config) -> list[str]:
+    """The GPUs the jobs may spread over: the ids CUDA_VISIBLE_DEVICES lists (or every GPU's index
+    when it is unset) when ``device`` is auto or cuda; none for cpu or one named device (cuda:N)."""
+    if cfg.device not in ("auto", "cuda"):
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _child(cfg: Config, job: Job, reports: Any, parent: int, gpu: str | None) -> None:
     os.setpgrp()  # Ctrl-C at the terminal reaches the parent only, which forwards one SIGINT
     _exit_with_parent(parent)
+    if gpu is not None:  # before anything here touches CUDA: the job's one GPU is its cuda:0
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # "resuming at step ..." as here
     torch.set_num_threads(max(1, int(cfg.resources.explorer_cpus if job.explorer else cfg.resources.shard_cpus)))
     torch.manual_seed(cfg.seed)
@@ -85,8 +103,12 @@ def train_side_by_side(cfg: Config, jobs: list[Job]) -> list[dict[str, Any]]:
     (``train_job``'s), in the order of ``jobs``."""
     ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA
     reports = ctx.Queue()
-    children = {j.name: ctx.Process(target=_child, args=(cfg, j, reports, os.getpid()), name=f"expgen-{j.name}")
-                for j in jobs}
+    gpus = gpu_round_robin(jobs, visible_gpus(cfg))
+    for name, gpu in gpus.items():
+        if gpu is not None:
+            log.info("%s: GPU %s", name, gpu)
+    children = {j.name: ctx.Process(target=_child, args=(cfg, j, reports, os.getpid(), gpus[j.name]),
+                                    name=f"expgen-{j.name}") for j in jobs}
     table = JobTable(cfg, jobs, f"{cfg.name}: {len(jobs)} jobs side by side") if cfg.logging.progress else None
     last: dict[str, dict[str, Any]] = {j.name: {} for j in jobs}
     states = {j.name: "STARTING" for j in jobs}

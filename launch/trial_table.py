@@ -19,7 +19,7 @@ from rich.table import Table
 
 from core.config import Config
 from launch.jobs import Job
-from launch.progress import LINE_INTERVAL_S
+from launch.progress import LINE_INTERVAL_S, duration
 
 
 def heldout_splits(cfg: Config) -> list[str]:
@@ -77,10 +77,14 @@ class JobTable:
             self.last_draw = now
         elif self.live is None and now - self.last_draw >= LINE_INTERVAL_S:
             self.last_draw, self.printed = now, rows
-            for name, state, steps, sps, ret, *heldout, restarts in rows:
-                tests = "".join(f", {split} {value}" for split, value in zip(self.splits, heldout))
-                print(f"{name}: {state}, {steps} steps, {sps} steps/s, return {ret}{tests}, "
-                      f"restarts {restarts}", file=sys.stderr, flush=True)
+            for row in rows:
+                print(self.line(row), file=sys.stderr, flush=True)
+
+    def line(self, row: tuple[str, ...]) -> str:
+        """A row as one line of text (off a terminal)."""
+        name, state, steps, sps, ret, *heldout, restarts = row
+        tests = "".join(f", {split} {value}" for split, value in zip(self.splits, heldout))
+        return f"{name}: {state}, {steps} steps, {sps} steps/s, return {ret}{tests}, restarts {restarts}"
 
     def stop(self, rows: list[tuple[str, ...]]) -> None:
         """The final table; off a terminal, every job's final line."""
@@ -92,3 +96,80 @@ class JobTable:
         if rows != self.printed:
             self.last_draw = float("-inf")
             self.show(rows)
+
+
+def _states(states: list[str]) -> str:
+    """``2 running, 1 pending`` from jobs' states (Tune's RUNNING, PENDING, TERMINATED, ERROR...)."""
+    words = {"TERMINATED": "done"}
+    counts: dict[str, int] = {}
+    for state in states:
+        word = words.get(state, state.lower())
+        counts[word] = counts.get(word, 0) + 1
+    return ", ".join(f"{n} {word}" for word, n in counts.items())
+
+
+class RunTable(JobTable):
+    """A sweep's table: one row per run (its jobs' states, its agents' steps done of their budgets,
+    its steps/s, its restarts), and a last row for all runs with the time so far and the time left
+    at the rate so far. A single run gets ``JobTable``'s row per job instead."""
+
+    def __init__(self, runs: dict[str, tuple[Config, list[Job]]], title: str, refresh_s: float = 1.0) -> None:
+        self.runs = runs
+        first, jobs = next(iter(runs.values()))
+        super().__init__(first, jobs, title, refresh_s)
+        if len(runs) > 1:
+            self.columns = ("run", "state", "trained", "SPS", "restarts")
+            # Progress in agent-steps: a job of 10 members at step s has done 10 s of its 10 x budget.
+            self.agents = {f"{name}/{j.name}": 1 if j.explorer else len(j.members)
+                           for name, (_, jobs) in runs.items() for j in jobs}
+            self.budgets = {f"{name}/{j.name}": cfg.final_step(j.explorer) * self.agents[f"{name}/{j.name}"]
+                            for name, (cfg, jobs) in runs.items() for j in jobs}
+            self.started = time.monotonic()
+            self.first_progress: float | None = None  # the work done when the first report came
+
+    def rows_of(self, jobs: dict[str, tuple[str, dict[str, Any], int]]) -> list[tuple[str, ...]]:
+        """Rows from each job's (state, last report, restarts), keyed ``<run>/<job>``."""
+        if len(self.runs) == 1:
+            return [self.row(key.rpartition("/")[2], *jobs[key]) for key in sorted(jobs)]
+        rows, done_all = [], 0.0
+        for name in self.runs:
+            keys = [k for k in jobs if k.rpartition("/")[0] == name]
+            done = sum(jobs[k][1].get("steps", 0) * self.agents[k] for k in keys)
+            done_all += done
+            rows.append(self.run_row(name, [jobs[k] for k in keys], done, sum(self.budgets[k] for k in keys)))
+        total = sum(self.budgets[k] for k in jobs)
+        everything = self.run_row(f"all {len(self.runs)} runs", list(jobs.values()), done_all, total)
+        rows.append(everything + (self.eta(done_all / total),))
+        return rows
+
+    def run_row(self, name: str, jobs: list[tuple[str, dict[str, Any], int]], done: float, total: float) -> tuple[str, ...]:
+        sps = sum(result.get("sps") or 0.0 for state, result, _ in jobs if state == "RUNNING")
+        return (name, _states([state for state, _, _ in jobs]), f"{100 * done / max(total, 1):.0f}%",
+                f"{sps:,.0f}", str(sum(restarts for _, _, restarts in jobs)))
+
+    def eta(self, fraction: float) -> str:
+        """Elapsed time, and the time left if the work goes on at its rate since the first report."""
+        elapsed = time.monotonic() - self.started
+        if self.first_progress is None and fraction > 0:
+            self.first_progress, self.first_at = fraction, elapsed
+        if self.first_progress is None or fraction <= self.first_progress:
+            return f"{duration(elapsed)} so far"
+        rate = (fraction - self.first_progress) / (elapsed - self.first_at)
+        return f"{duration(elapsed)} so far, {duration((1 - fraction) / rate)} left at this rate"
+
+    def render(self, rows: list[tuple[str, ...]]) -> Table:
+        if len(self.runs) == 1:
+            return super().render(rows)
+        table = Table(title=self.title)
+        for col in (*self.columns, "time"):
+            table.add_column(col, justify="left" if col in ("run", "state", "time") else "right", no_wrap=True)
+        for row in rows:
+            table.add_row(*row, *([""] if len(row) == len(self.columns) else []))
+        return table
+
+    def line(self, row: tuple[str, ...]) -> str:
+        if len(self.runs) == 1:
+            return super().line(row)
+        name, state, progress, sps, restarts, *when = row
+        return f"{name}: {state}, {progress} trained, {sps} steps/s, restarts {restarts}" + "".join(
+            f", {w}" for w in when)

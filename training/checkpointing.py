@@ -34,6 +34,13 @@ def restore(learner: Learner) -> bool:
 def check_network(learner: Learner, ckpt: dict[str, Any]) -> None:
     expected = learner.spec.to_dict()
     if ckpt["network"] != expected:
+        saved = ckpt["network"]
+        if saved.get("kind") == "impala" and "trunk" not in saved and expected.get("trunk") == "idaac":
+            # No config key selects the trunk, so "restore the settings" would be no advice at all.
+            raise CheckpointError(
+                "this IDAAC/DAAC checkpoint predates IDAAC's reference trunk (residual blocks that add "
+                "relu(x) on the skip connection, docs/expgen.md) and cannot continue training under it; "
+                "evaluate it with eval.py as it is, or train again under a new run name")
         raise CheckpointError(
             f"checkpoint network {ckpt['network']} differs from the config's {expected}; "
             "use a new run name or restore the original network settings"

@@ -8,7 +8,10 @@ an intrinsic reward, through the same PPO data path as the reward agents. What d
 
 Acting syncs with the host once per step and slice, reading the actions (``NativeLearner.act``):
 the GRU's acting step resets its state on the device (``networks.gru_sequence``), and a step's
-episode ends reach the device as its frames do, from a pinned host buffer without blocking.
+episode ends reach the device as its frames do, from a pinned host buffer without blocking. The
+kNN reward never reads the host either; with ``network.acting`` captured it replays as one CUDA
+graph of its own, as the acting step does (it cannot ride in that step's graph: the rollout's last
+reward comes after its last acting step).
 """
 from __future__ import annotations
 
@@ -18,10 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.algorithm import PPOAlgorithm
+from agents.acting import CapturedStep
 from agents.knn_reward import EpisodicKNNReward, embed_frames, embedding_dim, embedding_scale
-from agents.minibatches import Minibatch, SequenceMinibatches
+from agents.minibatches import MINIBATCH_SALT, Minibatch, SequenceMinibatches
 from agents.networks import NetworkSpec, PolicyOutput
+from agents.ppo import PPOAlgorithm
 from agents.sampling import make_generators
 from core.config import Config
 from core.runtime import Runtime
@@ -35,13 +39,15 @@ from training.native_learner import NativeLearner
 class ExplorerLearner(NativeLearner):
     def __init__(self, cfg: Config, runtime: Runtime) -> None:
         ex, n = cfg.explorer, cfg.env.num_envs
-        # The explorer is always PPO (docs/expgen.md, "Explorer"), whatever member.algo says.
-        self.minibatches = SequenceMinibatches(make_generators([ex.seed], "cpu", salt=2))
-        algorithm = PPOAlgorithm(cfg, NetworkSpec.from_config(cfg.network, recurrent=True), [ex.seed], "loop",
-                                 runtime.bf16, runtime.device, self.minibatches)
+        # The explorer is always PPO (docs/expgen.md, "Explorer"), whatever member.algo says, with
+        # its own settings (explorer.ppo) and minibatches of whole sequences for its GRU.
+        minibatches = SequenceMinibatches(make_generators([ex.seed], "cpu", salt=MINIBATCH_SALT))
+        algorithm = PPOAlgorithm(ex.ppo, NetworkSpec.from_config(cfg.network, recurrent=True), [ex.seed], "loop",
+                                 runtime.bf16, runtime.device, minibatches, cfg.network.init)
         super().__init__(cfg, algorithm, [ex.seed], runtime, cfg.num_updates(explorer=True))
         self.agents = [cfg.layout.explorer]
-        self.gamma = cfg.explorer_gamma
+        self.gamma, self.gae_lambda = cfg.explorer_gamma, ex.gae_lambda
+        self.settings_section = "explorer.ppo"
         parts = len(self.slices)
         self.envs = FullViewPair(functools.partial(make_env, cfg.env, split="train", rand_seed=ex.seed), n, parts)
         self.env_workers = parts
@@ -60,12 +66,14 @@ class ExplorerLearner(NativeLearner):
         self.next_obs[0] = torch.from_numpy(obs).to(self.device)
         self.knn.reset(embed_frames(torch.from_numpy(full).to(self.device), ex.pool))
         self.ep_intrinsic = torch.zeros(n, device=self.device)
+        # Intrinsic returns of the episodes that end, by step (NaN elsewhere): every row rewritten
+        # each rollout and read once at its end instead of a host sync at every episode end.
+        self.ended_intrinsic = torch.empty((self.ro.steps, n), device=self.device)
+        mutated = (self.knn.buffer, self.knn.counts, self.knn.positions, self.ep_intrinsic)
+        self.reward_step = CapturedStep(self._reward, self.device, mutated) if runtime.cudagraphs else self._reward
 
     def begin_rollout(self) -> None:
         self.start_state = self.actor.state.clone()  # sequences are replayed from here in `forward`
-        # Intrinsic returns of the episodes that end, by step (NaN elsewhere): read once at the end
-        # of the rollout instead of a host sync at every episode end.
-        self.ended_intrinsic = torch.full((self.ro.steps, self.cfg.env.num_envs), float("nan"), device=self.device)
 
     def collect(self) -> EpisodeLog:
         episodes = super().collect()
@@ -106,12 +114,18 @@ class ExplorerLearner(NativeLearner):
     def reward(self, t: int) -> None:
         """The intrinsic reward of step t, for all envs at once (one batched kNN)."""
         with self.clock("reward"):
-            done = self.next_episode_starts[0].bool()
-            reward = self.knn.step(embed_frames(self.full, self.cfg.explorer.pool), done)
-            self.ro.rewards[0, t] = reward
-            self.ep_intrinsic += reward
-            self.ended_intrinsic[t] = torch.where(done, self.ep_intrinsic, self.ended_intrinsic[t])
-            self.ep_intrinsic.masked_fill_(done, 0.0)
+            self.ro.rewards[0, t], self.ended_intrinsic[t] = self.reward_step()
+
+    def _reward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kNN reward (N,) of the step whose frames and episode ends the learner holds, and the
+        intrinsic returns (N,) of the episodes it ends (NaN elsewhere). Reads and writes only
+        tensors that live as long as the learner, in place: ``reward_step`` may replay it as a graph."""
+        done = self.next_episode_starts[0].bool()
+        reward = self.knn.step(embed_frames(self.full, self.cfg.explorer.pool), done)
+        self.ep_intrinsic += reward
+        ended = torch.where(done, self.ep_intrinsic, float("nan"))
+        self.ep_intrinsic.masked_fill_(done, 0.0)
+        return reward, ended
 
     def forward(self, mb: Minibatch) -> PolicyOutput:
         """Replay each minibatch sequence through the GRU from its env's state at rollout start."""
@@ -145,7 +159,7 @@ class ExplorerLearner(NativeLearner):
         self.actor.state[0] = ckpt["recurrent_state"].to(self.device)
         self.actor.episode_starts[0] = self.next_episode_starts[0]
         self.knn.load_state_dict({k: v.to(self.device) for k, v in ckpt["knn"].items()})
-        self.ep_intrinsic = ckpt["episode_intrinsic"].to(self.device)
+        self.ep_intrinsic.copy_(ckpt["episode_intrinsic"])  # in place: ``reward_step`` reads this tensor
 
     def close(self) -> None:
         super().close()

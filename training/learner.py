@@ -62,8 +62,8 @@ class NonFiniteError(RuntimeError):
         kept = f"its newest checkpoint (step {steps[0]}) is kept" if steps else "it has no checkpoint yet"
         return cls(f"{agent.name}: non-finite {what} in update {u} of {learner.num_updates} (steps "
                    f"{(u - 1) * learner.steps_per_update} to {u * learner.steps_per_update}); training "
-                   f"stopped before saving it and {kept}. Try a lower ppo.lr or ppo.max_grad_norm; "
-                   "re-running resumes from the newest checkpoint")
+                   f"stopped before saving it and {kept}. Try a lower lr or max_grad_norm in the "
+                   f"config's {learner.settings_section} section; re-running resumes from the newest checkpoint")
 
 
 class Learner(ABC):
@@ -75,6 +75,7 @@ class Learner(ABC):
     num_updates: int
     update: int = 0  # iterations done; ``iterate`` advances it, ``load_state`` restores it
     lr_schedule: LRSchedule  # the learning rate by update; checkpoints carry it (budgets may change)
+    settings_section: str = "ppo"  # the config section of its optimisers (ppo, explorer.ppo, idaac)
 
     @property
     def global_step(self) -> int:

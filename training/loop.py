@@ -3,8 +3,9 @@ progress and the trial reporter.
 
 One iteration, read top to bottom in ``train``: the learner collects and updates
 (``iterate``) -> metrics to TensorBoard -> held-out evaluation every ``logging.eval_interval``
-updates -> checkpoint every ``logging.checkpoint_interval`` -> progress and report. The same loop
-trains native populations, the explorer and the SB3 and RLlib engines.
+updates -> checkpoint every ``logging.checkpoint_interval`` -> progress and report -> the
+callbacks installed in ``training.callbacks.after_update``. The same loop trains native
+populations, the explorer and the SB3 and RLlib engines.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 from core.config import Config
 from core.runtime import Runtime
 from core.sections import LoggingConfig
-from training import checkpointing, faults
+from training import callbacks, checkpointing
 from training.heldout import Heldout, evaluate_heldout
 from training.interrupt import DeferredInterrupt
 from training.learner import IterationResult, Learner, NonFiniteError
@@ -40,7 +41,8 @@ def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = 
     flight, then raises ``KeyboardInterrupt`` (``DeferredInterrupt``).
 
     ``on_iteration`` receives, after every update, the agents' steps, SPS, mean episodic return,
-    held-out returns and whether a checkpoint was written (Ray Tune reports these).
+    held-out returns and whether a checkpoint was written (Ray Tune reports these). Then every
+    callback in ``training.callbacks.after_update`` is called with ``learner``.
     """
     log = cfg.logging
     # purge_step: a run resumed from a checkpoint at step S hides the events that an interrupted
@@ -96,7 +98,8 @@ def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = 
                         flush(writers, summary)
                         checkpointing.save(learner, last_heldout)
                     raise KeyboardInterrupt
-                faults.after_update(learner)
+                for callback in callbacks.after_update:
+                    callback(learner)
     finally:
         for w in writers + ([summary] if summary else []):
             w.close()

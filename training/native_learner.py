@@ -1,7 +1,8 @@
-"""What the native learners share: a population of stacked networks trained by the one PPO data
-path (agents/ppo.py), and the rollout loop that fills it. ``PopulationLearner`` (reward agents) and
-``ExplorerLearner`` differ only in how their envs step and what a step stores, the discount, the
-minibatch strategy and the forward over a minibatch.
+"""What the native learners share: a population of stacked networks trained by a member algorithm
+(agents/algorithm.py: PPO for the explorer, ``member.algo`` for the reward agents), and the rollout
+loop that fills it. ``PopulationLearner`` (reward agents) and ``ExplorerLearner`` differ only in how
+their envs step and what a step stores (what the algorithm asks for), the discount and GAE, and the
+forward over a minibatch.
 
 The rollout pipeline (``env.pipeline``). Each env batch is held as one or two slices of its envs
 (envs/split_batch.py). At every step, each slice in turn is taken back from the CPU (its frames
@@ -56,24 +57,27 @@ class NativeLearner(Learner):
     ``send``/``receive`` (one slice's env step), ``forward`` and ``next_value``."""
 
     gamma: float
-    minibatches: MinibatchStrategy  # its generators are checkpointed with each member
+    gae_lambda: float
     env_workers: int  # slices in flight at once x env batches per slice; 1 = step inline
 
     def __init__(self, cfg: Config, algorithm: MemberAlgorithm, seeds: list[int], runtime: Runtime,
                  num_updates: int) -> None:
         """``algorithm`` (built on ``runtime.device`` from ``seeds``) owns the networks, the
-        optimisers and the update; this learner collects its rollouts and computes GAE."""
+        optimisers and the update; this learner collects its rollouts (``ppo.num_steps`` steps of
+        ``env.num_envs`` envs) and computes GAE."""
         tune_allocator()
         self.cfg, self.seeds, self.runtime = cfg, list(seeds), runtime
         self.algorithm, self.spec = algorithm, algorithm.pop.spec
+        self.settings_section = algorithm.section
+        self.minibatches: MinibatchStrategy = algorithm.minibatches  # its generators are checkpointed
         self.device = runtime.device
-        p, n = cfg.ppo, cfg.env.num_envs
+        n = cfg.env.num_envs
         self.pop = algorithm.pop
         self.actor = PopulationActor(self.pop, n, ActionPicker(self.seeds, self.device, salt=SAMPLE_SALT), self.device)
-        self.ro = Rollout.allocate(len(self.seeds), p.num_steps, n, self.device, algorithm.needs_frame_labels)
+        self.ro = Rollout.allocate(len(self.seeds), cfg.ppo.num_steps, n, self.device, algorithm.needs_frame_labels)
         self.steps_per_update = cfg.steps_per_update
         self.num_updates = num_updates
-        self.lr_schedule = LRSchedule.from_config(p, num_updates)
+        self.lr_schedule = LRSchedule(algorithm.lr, algorithm.anneal_lr, num_updates)
         parts = rollout_slices(cfg.env)
         self.slices = [slice(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
         self.next_obs = torch.zeros((len(self.seeds), n) + OBS_SHAPE, dtype=torch.uint8, device=self.device)
@@ -211,7 +215,7 @@ class NativeLearner(Learner):
             next_value = self.next_value()
         adv, ret = compute_gae(rewards=ro.rewards, values=ro.values, episode_starts=ro.episode_starts,
                                next_value=next_value, next_episode_starts=self.next_episode_starts,
-                               gamma=self.gamma, gae_lambda=self.cfg.ppo.gae_lambda)
+                               gamma=self.gamma, gae_lambda=self.gae_lambda)
         batch = Batch(obs=ro.obs, actions=ro.actions, logprobs=ro.logprobs, values=ro.values, advantages=adv,
                       returns=ret, episode_starts=ro.episode_starts)
         metrics = self.algorithm.update(self.update_input(batch))

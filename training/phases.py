@@ -39,6 +39,3 @@ class PhaseClock:
             self._sync()
             self.seconds[phase] += time.perf_counter() - start
             self._open = None
-
-    def reset(self) -> None:
-        self.seconds.clear()

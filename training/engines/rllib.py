@@ -52,15 +52,12 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
 from agents.networks import ActorCritic, NetworkSpec, run_trunk
 from agents.population import seeded_network
-from core.config import Config, rllib_runner_layout
+from core.config import RUNNER_SEED_STRIDE, Config, rllib_runner_layout
 from core.runtime import Runtime, apply_cuda_policy, resolve_bf16
 from envs.rllib_env import register_rllib_env, rllib_env_config
 from training.learner import EpisodeLog, IterationResult, MemberLearner, network_payload
 
 log = logging.getLogger("expgen")
-# RLlib seeds runner r of an algorithm with ``config.seed + r``: spacing members' seeds this far
-# apart keeps every (member, runner) pair on its own procgen level stream.
-RUNNER_SEED_STRIDE = 1000
 EPISODE_RETURNS = "expgen_episode_return"
 EPISODE_LENGTHS = "expgen_episode_length"
 # What a SAME_STEP reset frame's info keeps: the finished episode's entries belong to that episode.
