@@ -25,6 +25,22 @@ spread evenly over its training. The breakdown times one more iteration of each 
 synchronised at every phase boundary (training/phases.py): env stepping (the time spent waiting
 for procgen), inference, host-device transfers, the explorer's kNN reward, the PPO update, and
 the rest (Python bookkeeping, episode statistics). Overrides (``key=value``) change the config.
+
+**On N GPUs** (``--gpus N``): the wall time of one run and of a sweep (the config, each
+``--sweep-config`` as another variant, the axes of comma-separated overrides and ``--seeds``
+replicates, as sweep.py expands them) on a cluster of N GPUs, ``--gpus-per-node`` per node with
+``--node-cpus`` CPUs each. Every job gets the request the launcher would make
+(``launch.placement.place`` over all the sweep's jobs, ``--gpu-memory`` GiB per GPU), and an event
+simulation places them as Ray would (first fit, explorers first, a waiting job starting as soon as
+one that fits ends) and runs each at its alone speed, or, beside n - 1 other jobs on its GPU, at
+``shared x 2 / n`` of it (``shared``: the speed beside one other job, measured here as together /
+alone, or ``--shared``; beyond two jobs a GPU is assumed to give no more in all than with two).
+``--sps [CONFIG:]members=S`` and ``--sps explorer=S`` give measured speeds (all agents' steps/s of
+a job as the config plans it, alone on a GPU) instead of measuring here::
+
+    python benchmarks/full_run.py --config configs/paper.yaml --sweep-config configs/maze_idaac.yaml \\
+        env.game=maze,heist,jumper --seeds 3 --gpus 8 --node-cpus 16 --gpu-memory 139.8 \\
+        --sps members=13786 --sps explorer=5225 --sps maze_idaac:members=4528
 """
 from __future__ import annotations
 
@@ -35,6 +51,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +62,9 @@ import torch  # noqa: E402
 from core.config import Config, load_config  # noqa: E402
 from core.runtime import Runtime, resolve_device  # noqa: E402
 from launch.jobs import Job, build_learner, plan  # noqa: E402
+from launch.placement import place  # noqa: E402
 from launch.progress import duration  # noqa: E402
+from launch.sweep import expand  # noqa: E402
 from training.heldout import evaluate_heldout  # noqa: E402
 from training.native_learner import rollout_slices  # noqa: E402
 from training.phases import PHASES  # noqa: E402
@@ -189,6 +208,140 @@ def machine(cfg: Config) -> str:
     return f"{gpu}{cpu} ({'AVX512-BF16' if bf16 else 'no AVX512-BF16'}), {multiprocessing.cpu_count()} cores"
 
 
+# ---- projection onto N GPUs ---------------------------------------------------------------------
+
+SHARED = {"members": 0.88, "explorer": 0.78}  # one H200, population of 10 beside the explorer (README)
+
+
+@dataclass
+class SimJob:
+    """One job of the projection: its run, kind (members | explorer), work (agent-steps), speed
+    alone (agent-steps/s), speed beside one other job (a fraction of alone) and its request."""
+
+    run: str
+    name: str
+    kind: str
+    work: float
+    sps: float
+    shared: float
+    gpus: float
+    cpus: float
+
+
+def simulate(jobs: list[SimJob], nodes: int, gpus_per_node: int, node_cpus: float) -> dict[str, float]:
+    """Each job's finish time in seconds (keyed ``run/name``) when ``jobs``, in order, are placed
+    first-fit on ``nodes`` nodes of ``gpus_per_node`` GPUs and ``node_cpus`` CPUs, a waiting job
+    starting as soon as one that fits ends; a job on a GPU with n jobs runs at ``sps`` alone, else at
+    ``sps x shared x 2 / n``. Raises ValueError when some job fits no node at all."""
+    free_gpu = [[1.0] * gpus_per_node for _ in range(nodes)]
+    free_cpu = [node_cpus] * nodes
+    left = {f"{j.run}/{j.name}": j.work for j in jobs}
+    by_key = {f"{j.run}/{j.name}": j for j in jobs}
+    where: dict[str, tuple[int, int]] = {}
+    pending, finish, clock = list(by_key), {}, 0.0
+
+    def start() -> None:
+        for key in list(pending):
+            j = by_key[key]
+            for n in range(nodes):
+                g = next((g for g in range(gpus_per_node) if free_gpu[n][g] >= j.gpus - 1e-9), None) if j.gpus else 0
+                if g is not None and free_cpu[n] >= j.cpus - 1e-9:
+                    where[key] = (n, g)
+                    free_cpu[n] -= j.cpus
+                    if j.gpus:
+                        free_gpu[n][g] -= j.gpus
+                    pending.remove(key)
+                    break
+
+    start()
+    while where:
+        sharing = {}
+        for key, place_ in where.items():
+            sharing[place_] = sharing.get(place_, 0) + (1 if by_key[key].gpus else 0)
+        rate = {}
+        for key, place_ in where.items():
+            j, n = by_key[key], sharing[place_]
+            rate[key] = j.sps if n <= 1 else j.sps * j.shared * 2 / n
+        dt = min(left[k] / rate[k] for k in where)
+        clock += dt
+        for key in list(where):
+            left[key] -= rate[key] * dt
+            if left[key] <= 1e-6 * by_key[key].work:
+                n, g = where.pop(key)
+                free_cpu[n] += by_key[key].cpus
+                free_gpu[n][g] += by_key[key].gpus
+                finish[key] = clock
+        start()
+    if pending:
+        raise ValueError(f"{pending[0]} fits no node of {node_cpus:g} CPUs and {gpus_per_node} GPU(s)")
+    return finish
+
+
+def parse_figures(entries: list[str]) -> dict[tuple[str, str], float]:
+    """``--sps`` entries: ``[CONFIG:]members=S`` or ``explorer=S`` -> {(config stem or "", kind): S}."""
+    out = {}
+    for entry in entries:
+        key, _, value = entry.partition("=")
+        stem, _, kind = key.rpartition(":")
+        if kind not in ("members", "explorer") or not value:
+            raise SystemExit(f"error: --sps {entry!r}: expected [CONFIG:]members=S or [CONFIG:]explorer=S")
+        out[(stem, kind)] = float(value)
+    return out
+
+
+def project_on_gpus(args: argparse.Namespace, measured: dict[tuple[str, str], float],
+                    shared: dict[str, float]) -> dict[str, Any]:
+    """The wall time of each run alone and of the whole sweep on ``args.gpus`` GPUs (module
+    docstring); printed, and returned for ``--json``."""
+    sweep = expand([args.config, *args.sweep_config], [*args.overrides, "logging.progress=false"], args.seeds)
+    if args.gpu_memory is None and torch.cuda.is_available():  # here, after the measurements' processes
+        args.gpu_memory = torch.cuda.get_device_properties(0).total_memory / 2**30
+    figures = {**measured, **parse_figures(args.sps)}
+    nodes = -(-args.gpus // args.gpus_per_node)
+
+    def sim_jobs(runs: list) -> list[SimJob]:
+        """The runs' jobs with the requests the launcher makes for them together, explorers first."""
+        jobs = [(r, j) for r in runs for j in plan(r.cfg)]
+        requests = place([(r.cfg, j) for r, j in jobs], args.gpus, args.gpu_memory, args.node_cpus)
+        out = []
+        for (run, job), req in zip(jobs, requests):
+            stem, kind = run.variant.split(" ")[0], "explorer" if job.explorer else "members"
+            sps = figures.get((stem, kind), figures.get(("", kind)))
+            if sps is None:
+                raise SystemExit(f"error: no steps/s for {stem}'s {kind} job: measure it (--config {stem}), "
+                                 f"or give --sps {stem}:{kind}=S")
+            out.append(SimJob(run.cfg.name, job.name, kind, float(job_budget(run.cfg, job)), sps, shared[kind],
+                              req.gpus, req.cpus))
+        return sorted(out, key=lambda j: j.kind != "explorer")
+
+    every = sim_jobs(sweep.runs)
+    requests: dict[tuple[str, str, float, float], int] = {}
+    for j in every:
+        what = (j.run, j.name) if len(sweep.runs) == 1 else (j.kind,)
+        key = (" ".join(what), j.cpus, j.gpus)
+        requests[key] = requests.get(key, 0) + 1
+    print(f"\nprojection on {args.gpus} GPU(s): {nodes} node(s) x {args.gpus_per_node} GPU(s), "
+          f"{args.node_cpus:g} CPUs each" + (f", GPUs of {args.gpu_memory:g} GiB" if args.gpu_memory else ""))
+    print("requests (launch/placement.py): " + "; ".join(f"{n} x {what}: {c:g} CPUs, {g:g} GPU"
+                                                         for (what, c, g), n in requests.items()))
+    print("speeds alone: " + ", ".join(f"{stem or 'every config'} {kind} {v:,.0f} steps/s"
+                                       for (stem, kind), v in figures.items())
+          + f"; beside one other job on a GPU: {', '.join(f'{k} {v:.2f}x' for k, v in shared.items())}")
+    runs_alone = {r.cfg.name: max(simulate(sim_jobs([r]), nodes, args.gpus_per_node, args.node_cpus).values())
+                  for r in sweep.runs}
+    finish = simulate(every, nodes, args.gpus_per_node, args.node_cpus)
+    wall, serial = max(finish.values()), sum(runs_alone.values())
+    for variant, runs in sweep.variants().items():
+        longest = max(runs_alone[r.cfg.name] for r in runs)
+        print(f"one run of {variant} alone on the {args.gpus} GPU(s): {duration(longest)} ({longest / 3600:.1f} h)")
+    print(f"the sweep, {len(sweep.runs)} runs ({len(every)} jobs) as one experiment: {duration(wall)} "
+          f"({wall / 3600:.1f} h); one run after another, each alone on the {args.gpus} GPU(s): "
+          f"{duration(serial)} ({serial / 3600:.1f} h)")
+    return {"gpus": args.gpus, "runs_alone_s": runs_alone, "sweep_s": wall, "serial_s": serial,
+            "jobs": {f"{j.run}/{j.name}": {"gpus": j.gpus, "cpus": j.cpus, "finish_s": finish[f"{j.run}/{j.name}"]}
+                     for j in every}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
@@ -196,8 +349,29 @@ def main() -> None:
     parser.add_argument("--json", help="also write the measurements to this file")
     parser.add_argument("--no-heldout", action="store_true",
                         help="leave held-out evaluation out (not measured, not projected)")
+    parser.add_argument("--gpus", type=int, default=0, help="also project a run and a sweep onto this many GPUs")
+    parser.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per node of that cluster")
+    parser.add_argument("--node-cpus", type=float, default=float(multiprocessing.cpu_count()),
+                        help="CPUs per node of that cluster (default: this machine's)")
+    parser.add_argument("--gpu-memory", type=float,
+                        help="GiB per GPU of that cluster (default: this machine's GPU's; none: not checked)")
+    parser.add_argument("--sweep-config", action="append", default=[], help="another variant of the sweep")
+    parser.add_argument("--seeds", type=int, default=0, help="replicates of every point of the sweep (sweep.py)")
+    parser.add_argument("--sps", action="append", default=[],
+                        help="[CONFIG:]members=S or explorer=S: a job's steps/s alone, measured elsewhere "
+                             "(with --gpus: nothing is measured here when given)")
+    parser.add_argument("--shared", default="",
+                        help="members=F,explorer=F: a job's speed beside one other on its GPU, as a fraction "
+                             f"of alone (default: measured here, or {', '.join(f'{k} {v}' for k, v in SHARED.items())} "
+                             "with --sps: one H200)")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
+    shared = {**SHARED, **{k: float(v) for k, _, v in (e.partition("=") for e in args.shared.split(",") if e)}}
+    if args.gpus and args.sps:
+        projected = project_on_gpus(args, {}, shared)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"projection": projected}, indent=2))
+        return
     # The config's logging.eval_* settings stay: they say how often and how much a run evaluates.
     cfg = load_config(args.config, [*args.overrides, "logging.progress=false"], name="full_run_benchmark")
     heldout = not args.no_heldout and cfg.logging.eval_interval > 0
@@ -251,13 +425,21 @@ def main() -> None:
         if b:
             print(f"{name:<14}" + "".join(f"{b[p]:>9.3f} ({100 * b[p] / b['total']:>3.0f}%)"
                                           for p in (*PHASES, "other")) + f"{b['total']:>17.3f}")
+    projected = None
+    if args.gpus:
+        stem = Path(args.config).stem
+        measured = {(stem, "explorer" if j.explorer else "members"): alone_sps[j.name] for j in reversed(jobs)}
+        if len(jobs) > 1 and not args.shared:
+            shared = {"explorer" if j.explorer else "members": together_sps[j.name] / alone_sps[j.name] for j in jobs}
+        projected = project_on_gpus(args, measured, shared)
     if args.json:
         extra = {"heldout": costs, "projected_wall_with_heldout_s": with_heldout,
                  "one_by_one_wall_with_heldout_s": one_by_one_heldout} if heldout else {"heldout": None}
         Path(args.json).write_text(json.dumps({"machine": machine(cfg), "config": args.config,
                                                "overrides": args.overrides, "alone": solo,
                                                "together": both, "projected_wall_s": wall,
-                                               "one_by_one_wall_s": one_by_one, **extra}, indent=2))
+                                               "one_by_one_wall_s": one_by_one, "projection": projected,
+                                               **extra}, indent=2))
 
 
 if __name__ == "__main__":

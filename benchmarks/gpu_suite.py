@@ -1,21 +1,26 @@
-"""The suite of ``benchmarks/gpu_suite.sh``: one short call on a lent GPU machine that runs the stages
-of benchmarks/gpu_stages.py within a fixed budget (8 minutes by default, wheel installs included).
+"""The runner of ``benchmarks/gpu_suite.sh``, the GPU check and benchmark: runs the stages of
+benchmarks/gpu_stages.py in order, each in a fresh process, optionally within a time budget for
+the whole run (``--budget-s``, wheel installs included).
 
-    bash benchmarks/gpu_suite.sh [--dry-run] [--out DIR] [--budget S] [--seconds S] [--only A,B]
-                                 [--limit NAME=S] [--wheels DIR] [--site DIR] [--exec-stages]
+    bash benchmarks/gpu_suite.sh [--out DIR] [--budget-s S] [--dry-run] [--seconds S] [--only A,B]
+                                 [--limit NAME=S] [--precision tf32|bf16] [--wheels DIR] [--site DIR]
+                                 [--exec-stages]
 
-``suite`` (what gpu_suite.sh runs) installs the wheels of ``--wheels`` (``.whl/``) into ``--site``
-(``pip --no-index --no-deps --target``; the GPU machines have no registry and no Ray), then runs
-``STAGES`` in order, each in a fresh process in its own session with its own time limit: forked
-from the suite after it imported torch and the project but before anything started CUDA, so each
-stage starts its own CUDA context without paying torch's import again (``--exec-stages``, or if a
-forked process cannot start CUDA: a new interpreter per stage, ``gpu_suite.py stage NAME``). A
-stage runs only if its estimate fits in what is left of the budget (else it is skipped, saying
-why), and is stopped at ``min(its limit, what is left)``.
+``suite`` (what gpu_suite.sh runs) first installs the wheels of ``--wheels``, if given, into
+``--site`` (``pip --no-index --no-deps --target``: for a node without internet access,
+docs/offline-gpu.md), then runs ``STAGES`` in order, each in a fresh process (its own process
+group) with its own time limit: forked from the suite after it imported torch and the project but
+before anything started CUDA, so each stage starts its own CUDA context without paying torch's
+import again (``--exec-stages``, or if a forked process cannot start CUDA: a new interpreter per
+stage, ``gpu_suite.py stage NAME``). With ``--budget-s``, a stage runs only if its estimate fits in
+what is left of the budget (else it is skipped, saying why), and is stopped at
+``min(its limit, what is left)``.
 After every stage, ``DIR/gpu_suite.json`` is rewritten (atomically) and the stage's output is
-appended to ``DIR/gpu_suite.log``: a call killed from outside still returns what it measured. A
+appended to ``DIR/gpu_suite.log``: a run killed from outside still leaves what it measured. A
 stage also saves its partial results as it goes, so a stage stopped at its limit keeps its
-finished measurements. Exit status: 0 when no stage failed or timed out (skipped ones are fine).
+finished measurements. The JSON ends with ``projection``: the projected wall time of
+configs/maze.yaml on this GPU, held-out evaluation included, and the measured speeds against the
+project's targets. Exit status: 0 when no stage failed or timed out (skipped ones are fine).
 """
 from __future__ import annotations
 
@@ -115,12 +120,10 @@ def fork_cannot_use_cuda() -> str | None:
 
 
 def install_wheels(wheels: Path, site: Path, env: dict[str, str]) -> dict[str, Any]:
-    """pip-install every wheel of ``wheels`` into ``site`` (no index, no dependencies), as the GPU
-    machines need; this process and the stages then import from there first."""
-    found = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
+    """pip-install every wheel of ``wheels`` into ``site`` (no index, no dependencies: a node without
+    internet access); this process and the stages then import from there first."""
+    found = sorted(wheels.glob("*.whl"))  # main() refused a folder without any
     info: dict[str, Any] = {"folder": str(wheels), "wheels": [w.name for w in found], "target": str(site)}
-    if not found:
-        return {**info, "status": "none", "reason": f"no wheels in {wheels}"}
     began = time.monotonic()
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
            "--no-cache-dir", "--upgrade", "--disable-pip-version-check", "--target", str(site), *map(str, found)]
@@ -139,12 +142,12 @@ def install_wheels(wheels: Path, site: Path, env: dict[str, str]) -> dict[str, A
 class Suite:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args, self.dry = args, args.dry_run
-        self.out = Path(args.out)
+        self.out = Path(args.out).resolve()  # run() changes into the repository
         self.out.mkdir(parents=True, exist_ok=True)
         self.json, self.log = self.out / JSON_NAME, self.out / LOG_NAME
         self.scratch = Path(tempfile.mkdtemp(prefix="gpu_suite_"))
         self.started = args.started or time.time()
-        self.deadline = self.started + args.budget
+        self.deadline = self.started + (args.budget_s if args.budget_s is not None else float("inf"))
         self.limits = dict(parse_limit(x) for x in args.limit)
         self.only = [s for s in args.only.split(",") if s] if args.only else []
         unknown = [s for s in [*self.only, *self.limits] if s not in BY_NAME]
@@ -159,7 +162,8 @@ class Suite:
         self.data: dict[str, Any] = {
             "suite": "benchmarks/gpu_suite.sh", "dry_run": self.dry, "out": str(self.out),
             "started_at": datetime.datetime.fromtimestamp(self.started).isoformat(timespec="seconds"),
-            "budget_s": args.budget, "seconds_per_measurement": args.seconds, "config": str(CONFIG.relative_to(ROOT)),
+            "budget_s": args.budget_s, "seconds_per_measurement": args.seconds, "config": str(CONFIG.relative_to(ROOT)),
+            "learning_precision": args.precision,
             "commit": git_commit(), "python": sys.executable, "done": False, "elapsed_s": 0.0, "machine": None,
             "install": None, "preload": None, "summary": {},
             "stages": [{"name": s.name, "what": s.what, "status": "pending", "estimate_s": s.estimate(self.dry),
@@ -172,6 +176,9 @@ class Suite:
         for s in self.data["stages"]:
             summary.update((s.get("result") or {}).get("summary") or {})
         self.data["summary"] = summary
+        # The JSON ends with the projection stage's result: configs/maze.yaml's wall time on this GPU.
+        self.data.pop("projection", None)
+        self.data["projection"] = next((s.get("result") for s in self.data["stages"] if s["name"] == "projection"), None)
         write_json(self.json, self.data)
 
     def say(self, line: str) -> None:
@@ -181,11 +188,14 @@ class Suite:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.on_signal)
         os.chdir(ROOT)
-        site = Path(self.args.site) if self.args.site else (self.scratch / "site" if self.dry else Path("/tmp/site"))
-        wheels = Path(self.args.wheels) if self.args.wheels else ROOT / ".whl"
         self.write()
-        self.data["install"] = install_wheels(wheels, site, self.env)
-        self.say(f"wheels: {self.data['install']['status']} ({len(self.data['install']['wheels'])} in {wheels})")
+        if self.args.wheels:
+            wheels = Path(self.args.wheels)  # absolute: main() resolved them before run() changed folder
+            site = Path(self.args.site) if self.args.site else self.scratch / "site"
+            self.data["install"] = install_wheels(wheels, site, self.env)
+            self.say(f"wheels: {self.data['install']['status']} ({len(self.data['install']['wheels'])} in {wheels})")
+        else:
+            self.data["install"] = {"status": "none", "reason": "no --wheels given"}
         self.write()
         with self.log.open("w") as log:
             log.write(f"gpu_suite {'dry run ' if self.dry else ''}started {self.data['started_at']}\n"
@@ -224,13 +234,14 @@ class Suite:
         status = {s["name"]: s["status"] for s in self.data["stages"]}
         estimate = min(stage.estimate(self.dry), entry["limit_s"])
         blocked = [n for n in stage.needs if status.get(n) in ("failed", "timeout")]
+        blocked += [n for n in stage.requires if status.get(n) != "ok" and n not in blocked]
         if self.only and stage.name not in self.only:
             return f"not selected (--only {','.join(self.only)})"
         if blocked:
             return f"needs {', '.join(blocked)}, which did not pass"
         if left < estimate:
             return (f"would overrun: takes about {estimate:.0f} s, {max(left, 0.0):.0f} s of the "
-                    f"{self.args.budget:.0f} s budget left")
+                    f"{self.args.budget_s:.0f} s budget left (--budget-s)")
         return None
 
     def run_stage(self, stage: Stage, entry: dict[str, Any]) -> None:
@@ -269,7 +280,8 @@ class Suite:
                  + (f" ({entry['reason']})" if entry.get("reason") else ""))
 
     def fork_stage(self, stage: Stage, log: Path, limit: float) -> int | None:
-        """The stage in a forked child, its own session; its exit status, None if stopped at ``limit``."""
+        """The stage in a forked child that leads its own process group (``os.setsid``); its exit
+        status, None if stopped at ``limit``."""
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -339,7 +351,7 @@ def kill_group(pid: int) -> None:
 
 
 def stop_group(pid: int) -> None:
-    """End a stage's process group (its session): SIGTERM, SIGKILL after 5 s; reap the stage."""
+    """End a stage's process group: SIGTERM, SIGKILL after 5 s; reap the stage."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pid, sig)
@@ -381,13 +393,17 @@ def main(argv: list[str] | None = None) -> int:
     suite = sub.add_parser("suite", help="run every stage (what gpu_suite.sh does)")
     suite.add_argument("--out", required=True, help="where gpu_suite.json and gpu_suite.log go")
     suite.add_argument("--dry-run", action="store_true", help="every stage on the CPU at tiny sizes")
-    suite.add_argument("--budget", type=float, default=480.0, help="seconds for the whole call, installs included")
-    suite.add_argument("--started", type=float, help="when the call began (epoch seconds; gpu_suite.sh passes it)")
+    suite.add_argument("--budget-s", type=float, help="seconds for the whole run, installs included: a stage "
+                       "that would not fit in what is left is skipped (default: no limit but each stage's own)")
+    suite.add_argument("--started", type=float, help="when the run began (epoch seconds; gpu_suite.sh passes it)")
     suite.add_argument("--seconds", type=float, help="timed window per measurement (10 on the GPU, 0.05 dry)")
     suite.add_argument("--only", help="comma-separated stages to run; the others are skipped")
+    suite.add_argument("--precision", choices=("tf32", "bf16"),
+                       help="what the learning check trains against fp32 (default: the one of the two whose "
+                            "members' update was faster in members_update; bf16 if that stage did not run)")
     suite.add_argument("--limit", action="append", default=[], help="NAME=SECONDS: another time limit for a stage")
-    suite.add_argument("--wheels", help="folder of wheels to install first (default: .whl/)")
-    suite.add_argument("--site", help="where they are installed (default: /tmp/site; a scratch folder when dry)")
+    suite.add_argument("--wheels", help="folder of wheels to install first, without an index (default: none)")
+    suite.add_argument("--site", help="where they are installed (default: a temporary folder)")
     suite.add_argument("--exec-stages", action="store_true", help="each stage a new interpreter instead of a fork")
     one = sub.add_parser("stage", help="run one stage in this process (the suite's --exec-stages calls this)")
     one.add_argument("name", choices=list(BY_NAME))
@@ -396,6 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--seconds", type=float, default=10.0)
     one.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "suite":
+        if args.budget_s is not None and not args.budget_s > 0:
+            parser.error(f"--budget-s must be a positive number of seconds, got {args.budget_s}")
+        if args.site and not args.wheels:
+            parser.error("--site names where --wheels are installed; give --wheels DIR too")
+        if args.wheels and not any(Path(args.wheels).glob("*.whl")):
+            parser.error(f"--wheels {args.wheels}: no .whl files there")
+        args.wheels, args.site = (str(Path(p).resolve()) if p else None for p in (args.wheels, args.site))
     sys.path.insert(0, str(ROOT))
     if args.command == "stage":
         return run_stage_here(args.name, Path(args.scratch), Path(args.suite_json), args.dry_run, args.seconds)

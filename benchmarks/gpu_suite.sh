@@ -1,44 +1,65 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (no Ray, no registry): install the wheels of .whl/ when present,
-# check imports, run tests/test_device.py on CUDA, then measure in priority order (members fp32
-# alone, population of 10 and 1; the explorer alone; both side by side and the projected time of
-# configs/maze.yaml; bf16; pipeline serial vs overlap; captured vs eager acting), each stage in a fresh process with its own
-# time limit, skipped if it would overrun the budget (8 minutes, installs included). DIR/gpu_suite.json
-# is rewritten after every stage, DIR/gpu_suite.log collects the stages' output.
+# The GPU check and benchmark of this project, for any CUDA machine: check the imports, run the
+# CUDA tests (tests/test_device.py and the other files with CUDA cases), then measure
+# configs/maze.yaml's jobs with ray=false, most telling first (members in fp32 alone, a population
+# of 10 and one member; the explorer alone with its iteration's breakdown; both side by side with
+# one held-out evaluation per job; the members' update per forward mode x precision with its
+# TFLOP/s; one GRU replay of the explorer's update at T=512; a learning check of the chosen
+# precision against fp32; bf16; the other env.pipeline schedule; eager against captured acting),
+# and last the projected wall time of configs/maze.yaml, held-out evaluation included, against the
+# targets. Each stage is a fresh process with its own time limit. DIR/gpu_suite.json is rewritten
+# after every stage and DIR/gpu_suite.log collects the stages' output, so a run stopped early keeps
+# what it measured. docs/performance.md explains the results.
 #
-#   bash benchmarks/gpu_suite.sh [--dry-run] [--out DIR] [--budget SECONDS] [--seconds S]
-#                                [--only STAGE,...] [--limit STAGE=SECONDS] [--wheels DIR] [--site DIR]
-#                                [--exec-stages] [--debs DIR]
+#   bash benchmarks/gpu_suite.sh [--out DIR] [--budget-s SECONDS] [--dry-run] [--seconds S]
+#                                [--only STAGE,...] [--limit STAGE=SECONDS] [--precision tf32|bf16]
+#                                [--wheels DIR] [--site DIR] [--debs DIR] [--exec-stages]
 #
-# --debs DIR (default .gl/): Debian packages of the shared libraries procgen's prebuilt libenv.so
-# links (libGL, GLX, glib, X11; README Status says which): a headless GPU image may lack them. They
-# are unpacked into a temporary folder, and the libraries this machine lacks go on LD_LIBRARY_PATH
-# (the machine's own are never shadowed).
-# DIR: --out, else $OUT when set, else a new temporary folder. --dry-run runs every stage on the
-# CPU at tiny sizes (tests/test_gpu_suite.py does). The Python that runs it: $PYTHON, else
-# .venv/bin/python when there is one, else python3. Stages: benchmarks/gpu_stages.py; options: benchmarks/gpu_suite.py.
+# --out DIR        where the results go (default: a new folder under $TMPDIR or /tmp, printed).
+# --budget-s S     a time limit for the whole run, installs included: a stage that would not fit
+#                  in what is left is skipped, saying why (default: none; every stage still stops
+#                  at its own limit; the stages' estimates in benchmarks/gpu_stages.py add up to
+#                  about 17 minutes on one H200 (16-core Intel Xeon), 7 of them reckoned, not
+#                  yet measured).
+# --precision P    what the learning check trains against fp32: tf32 or bf16 (default: the one
+#                  whose members' update was faster in this run).
+# --dry-run        every stage on the CPU at tiny sizes (tests/test_gpu_suite.py runs it).
+# --wheels DIR     install this folder's wheels first, without an index or dependencies, into
+#                  --site (default: a temporary folder), for a node without internet access
+#                  (docs/offline-gpu.md).
+# --debs DIR       Debian packages of the shared libraries procgen's prebuilt libenv.so links
+#                  (libGL, GLX, glib, X11), for an image that lacks them (docs/offline-gpu.md):
+#                  they are unpacked into a temporary folder, and only the libraries this machine
+#                  lacks go on LD_LIBRARY_PATH (the machine's own are never shadowed).
+# The Python that runs it: $PYTHON, else .venv/bin/python when there is one, else python3.
+# Stages: benchmarks/gpu_stages.py; the runner and the other options: benchmarks/gpu_suite.py.
 set -uo pipefail
 started=$(date +%s.%N)
-cd "$(dirname "$0")/.." || exit 2
 
-out=""
-debs=.gl
+absolute() { [[ $1 == /* ]] && echo "$1" || echo "$PWD/$1"; }  # folders as the caller named them
+results=""
+debs=""
 args=()
 while (($#)); do
     case "$1" in
-        --out) out=${2:?--out needs a folder}; shift 2 ;;
-        --out=*) out=${1#--out=}; shift ;;
-        --debs) debs=${2:?--debs needs a folder}; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --out) results=$(absolute "${2:?--out needs a folder}"); shift 2 ;;
+        --debs) debs=$(absolute "${2:?--debs needs a folder}"); shift 2 ;;
+        --wheels|--site) args+=("$1" "$(absolute "${2:?$1 needs a folder}")"); shift 2 ;;
+        -h|--help) sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;  # this header
         *) args+=("$1"); shift ;;
     esac
 done
-if [[ -z $out ]]; then
-    out=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/gpu_suite.XXXXXX")}
+if [[ -n $debs ]] && ! compgen -G "$debs/*.deb" >/dev/null; then
+    echo "gpu_suite: --debs $debs: no .deb files there" >&2
+    exit 2
 fi
-mkdir -p "$out" || exit 2
+cd "$(dirname "$0")/.." || exit 2
+if [[ -z $results ]]; then
+    results=$(mktemp -d "${TMPDIR:-/tmp}/gpu_suite.XXXXXX") || exit 2
+fi
+mkdir -p "$results" || exit 2
 
-if compgen -G "$debs/*.deb" >/dev/null; then
+if [[ -n $debs ]]; then
     unpacked=$(mktemp -d "${TMPDIR:-/tmp}/gpu_suite_libs.XXXXXX")
     mkdir -p "$unpacked/lib"
     for deb in "$debs"/*.deb; do dpkg -x "$deb" "$unpacked/root" || exit 2; done
@@ -58,5 +79,5 @@ python=${PYTHON:-}
 if [[ -z $python ]]; then
     if [[ -x .venv/bin/python ]]; then python=.venv/bin/python; else python=python3; fi
 fi
-echo "gpu_suite: $python, results in $out"
-exec "$python" benchmarks/gpu_suite.py suite --out "$out" --started "$started" ${args[@]+"${args[@]}"}
+echo "gpu_suite: $python, results in $results"
+exec "$python" benchmarks/gpu_suite.py suite --out "$results" --started "$started" ${args[@]+"${args[@]}"}

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.checkpoint import checkpoint_steps  # noqa: E402
 from core.config import load_config  # noqa: E402
-from training import faults  # noqa: E402
+from tests import processes  # noqa: E402
 
 SETTINGS = ["ray=false", "device=cpu", "logging.progress=false", "network.kind=small", "env.num_envs=8",
             "ppo.num_steps=32", "ppo.num_minibatches=4", "ppo.epochs=1", "ensemble.size=2",
@@ -82,7 +82,7 @@ def main() -> int:
             proc.kill()
             proc.wait()
             # Its jobs die with it (launch/side_by_side.py); the next run starts once they are gone.
-            left = faults.wait_gone(faults.session(proc.pid), timeout_s=120)
+            left = processes.wait_gone(processes.session(proc.pid), timeout_s=120)
             if left:
                 print(f"FAIL run {i + 1}: processes {sorted(left)} outlived the killed run")
                 return 1

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from core.checkpoint import load_latest  # noqa: E402
 from launch.run import train_run  # noqa: E402
-from tests.conftest import make_small_cfg  # noqa: E402
+from tests.helpers import make_small_cfg  # noqa: E402
 
 RUNS = [("samples", ["ppo.minibatch=samples"]), ("sequences", ["ppo.minibatch=sequences"]),
         ("explorer", ["explorer.enabled=true", "explorer.total_steps=64", "ensemble.size=1"]),

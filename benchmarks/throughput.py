@@ -4,7 +4,7 @@
     python benchmarks/throughput.py --members 1,2,4,10    # population of M vs M single-agent runs
     python benchmarks/throughput.py --engines native,sb3,rllib   # the same agent under each engine
     python benchmarks/throughput.py network.kind=small    # any config override
-    python benchmarks/throughput.py member.algo=idaac ppo.minibatch=samples   # IDAAC members
+    python benchmarks/throughput.py member.algo=idaac                        # IDAAC members
 
 Training steps/s counts env steps of every member per second of wall time, rollout and update
 included, after one warm-up iteration (allocator warm-up, cuDNN autotuning). Each measurement
