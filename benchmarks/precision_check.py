@@ -17,7 +17,7 @@ For each precision it writes, through ``compare.py``, the runs' final returns on
 (``--split train``) and on unseen levels (``test-full``), IQM and mean with 95% stratified-bootstrap
 CIs and P(precision > fp32), under ``runs/comparisons/<prefix>_<split>/``; the held-out curves of
 training (``eval/train_return``, ``eval/test-full_return`` in each run's TensorBoard) are printed side by
-side and written to ``runs/comparisons/<prefix>_curves.md``.
+side and written to ``runs/comparisons/<prefix>_curves/curves.md``.
 """
 from __future__ import annotations
 
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         run([py, "compare.py", *runs["fp32"], *vs, "--name", split, "--labels", ",".join(["fp32", *others]),
              "--out", f"runs/comparisons/{args.prefix}_{split}"])
     table = curves_table(runs, ("train", "test-full"))
-    out = ROOT / "runs" / "comparisons" / f"{args.prefix}_curves.md"
+    out = ROOT / "runs" / "comparisons" / f"{args.prefix}_curves" / "curves.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     print(table + f"wrote {out}")
     return 0

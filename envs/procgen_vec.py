@@ -161,6 +161,11 @@ class ProcgenVecEnv(gym.vector.VectorEnv):
         if self._env is not None:
             self._env.close()
         self._env = _import_procgen()(num=self.num_envs, rand_seed=int(rand_seed), **self._options)
+        # gym3 looks up libenv_close through cffi's lazy library on first use, under cffi's
+        # non-reentrant lock. If that first use is gymnasium's __del__, run by the garbage collector
+        # while this thread holds the lock in another lookup (making a new env), the process hangs:
+        # resolve it now, so closing never takes the lock.
+        getattr(self._env._c_lib, "libenv_close")
         self._fresh_seed: int | None = int(rand_seed)  # the seed of a batch not stepped yet
         self._ep_return = np.zeros(self.num_envs, np.float32)
         self._ep_length = np.zeros(self.num_envs, np.int64)

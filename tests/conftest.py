@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny, fast configurations that write only under pytest's tmp_path."""
+"""Shared fixtures: tiny, fast configurations that write only under pytest's tmp_path. Nothing
+imports this file (pytest loads it); what test modules share is in tests/helpers.py."""
 from __future__ import annotations
 
 import os
@@ -8,50 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+# The tests import the repository's packages, and tests.helpers, from whatever folder pytest runs in.
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from core.config import Config, load_config  # noqa: E402
-
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"
-
-# The quickstart's demo choices (one training level, test-full) are not what tests are about:
-# they run on the default level ranges, training [0, 200) and test [201, 401).
-DEFAULT_LEVELS = [
-    "env.start_level=0",
-    "env.num_levels=200",
-    "eval.split=test",
-    "logging.eval_splits=[train,test]",
-]
-
-# The smallest config that still exercises every part of an iteration: 4 envs x 8 steps,
-# two minibatches, one member, small CNN, no held-out evaluation, a checkpoint every update,
-# no exploration agent.
-SMALL = [
-    *DEFAULT_LEVELS,
-    "device=cpu",
-    "ray=false",
-    # Tests train in this process (they monkeypatch, count calls and need speed); child processes
-    # side by side are tested in tests/test_side_by_side.py.
-    "resources.side_by_side=false",
-    "logging.progress=false",
-    "env.num_envs=4",
-    "ppo.num_steps=8",
-    "ppo.num_minibatches=2",
-    "ppo.epochs=1",
-    "ppo.total_steps=64",
-    "network.kind=small",
-    "ensemble.size=1",
-    "logging.eval_interval=0",
-    "logging.checkpoint_interval=1",
-    "explorer.enabled=false",
-]
-
-
-def make_small_cfg(runs_dir: Path, *overrides: str, name: str = "t") -> Config:
-    """quickstart.yaml shrunk to ``SMALL``, then ``overrides`` (later ones win)."""
-    return load_config(QUICKSTART, [f"runs_dir={runs_dir}", *SMALL, *overrides], name=name)
+from core.config import Config  # noqa: E402
+from tests.helpers import QUICKSTART, SMALL, make_small_cfg  # noqa: E402
 
 
 @pytest.fixture

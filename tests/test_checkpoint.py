@@ -22,6 +22,8 @@ from training import population_learner as learner_module
 from training.loop import train as train_loop
 from training.population_learner import PopulationLearner
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny batches on a shared 2-core CPU
+
 
 def make_learner(cfg) -> PopulationLearner:
     return PopulationLearner(cfg, [0, 1], Runtime.resolve(cfg.device, cfg.network.precision))
@@ -47,7 +49,7 @@ def assert_same_training_state(a: PopulationLearner, b: PopulationLearner) -> No
     for p, q in zip(a.params, b.params):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     for p, q in zip(a.params, b.params):
-        sa, sb = a.algorithm.opt.state[p], b.algorithm.opt.state[q]
+        sa, sb = a.algorithm.optimizers["actor_critic"].state[p], b.algorithm.optimizers["actor_critic"].state[q]
         assert set(sa) == set(sb) and sa, "Adam state must be restored"
         for k in sa:
             torch.testing.assert_close(torch.as_tensor(sa[k]), torch.as_tensor(sb[k]), rtol=0, atol=0)
@@ -182,6 +184,7 @@ def test_cli_resume_without_checkpoints_exits_2(small_cli_args, tmp_path, capsys
     assert not list(tmp_path.rglob("ckpt_*.pt"))
 
 
+@pytest.mark.slow  # trains three runs
 def test_cli_rerun_with_larger_budget_continues(small_cli_args, small_cfg, monkeypatch, caplog, capsys):
     calls = []
     original = learner_module.PopulationLearner.collect

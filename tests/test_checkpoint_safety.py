@@ -93,6 +93,7 @@ def planted_run(tmp_path: Path, small_cli_args):
     return layout, planted, marker
 
 
+@pytest.mark.slow  # trains a run, then eval.py on it
 def test_eval_uses_the_previous_checkpoint(planted_run) -> None:
     layout, planted, marker = planted_run
     with pytest.warns(UserWarning, match="skipping unreadable checkpoint") as record:
@@ -105,6 +106,7 @@ def test_eval_uses_the_previous_checkpoint(planted_run) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.slow  # trains a run, then resumes it
 def test_resumed_training_skips_the_planted_checkpoint(planted_run, small_cli_args, caplog) -> None:
     layout, planted, marker = planted_run
     caplog.set_level(logging.INFO, logger="expgen")

@@ -2,18 +2,29 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 import train
 from agents.controller import ExpGenController
 from agents.idaac import idaac_settings
-from core.config import Config, load_config
-from core.sections import ConfigError, EvalConfig, ExpGenConfig, NetworkConfig, PPOConfig, check_section
-from envs.games import GAMES, get_game
-from tests.conftest import QUICKSTART
+from core.config import Config, incompatible_changes, load_config, save_config
+from core.sections import (
+    FOLLOWS_PPO,
+    ConfigError,
+    EvalConfig,
+    ExpGenConfig,
+    ExplorerConfig,
+    NetworkConfig,
+    PPOConfig,
+    check_section,
+)
+from envs.games import GAMES, IDAACSettings, get_game
+from tests.helpers import QUICKSTART
 
 
 def error_of(*overrides: str, path: Path | None = QUICKSTART) -> str:
@@ -96,9 +107,15 @@ def test_help_lists_every_key_with_its_allowed_values_from_the_schema(capsys):
                  "  eval.unseen = structure  (exact | structure | none)", "  ppo.lr = 0.0005  (float)"):
         assert line in lines
     listed = {m.group(1) for line in lines if (m := re.match(r"  ([a-z0-9_.]+) = ", line))}
-    schema = OmegaConf.to_container(OmegaConf.structured(Config))
-    keys = {f"{k}.{sub}" for k, v in schema.items() if isinstance(v, dict) for sub in v}
-    assert listed == keys | {k for k, v in schema.items() if not isinstance(v, dict)}
+
+    def keys(tree: dict, prefix: str = "") -> set[str]:
+        return {k for name, v in tree.items()
+                for k in (keys(v, f"{prefix}{name}.") if isinstance(v, dict) else {prefix + name})}
+
+    assert listed == keys(OmegaConf.to_container(OmegaConf.structured(Config)))
+    # A key that takes ppo's value unless set shows that key instead of a default.
+    assert "  explorer.ppo.lr = <ppo.lr>  (float)" in lines
+    assert "  idaac.value.max_grad_norm = <ppo.max_grad_norm>  (float)" in lines
 
 
 @pytest.mark.parametrize("section, name, field, value, allowed", [
@@ -112,9 +129,16 @@ def test_a_section_built_in_code_is_checked_against_the_same_choices(section, na
 
 
 def test_a_section_rule_is_checked_for_a_section_built_in_code():
-    with pytest.raises(ConfigError, match="ppo.gamma and ppo.gae_lambda must lie in"):
+    with pytest.raises(ConfigError, match=r"ppo.gamma must lie in \[0, 1\], got 1.5"):
         check_section("ppo", PPOConfig(gamma=1.5))
     check_section("ppo", PPOConfig())  # the defaults pass
+    explorer = ExplorerConfig()
+    explorer.ppo.norm_adv = "sometimes"  # a subsection's choices and rules, named by their path
+    with pytest.raises(ConfigError, match="explorer.ppo.norm_adv='sometimes' is not allowed"):
+        check_section("explorer", explorer)
+    explorer.ppo.norm_adv, explorer.ppo.lr = "none", 0.0
+    with pytest.raises(ConfigError, match="explorer.ppo.lr must be > 0"):
+        check_section("explorer", explorer)
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -123,6 +147,8 @@ def test_a_section_rule_is_checked_for_a_section_built_in_code():
     (["ppo.epochs=-1"], "ppo.epochs"),
     (["ensemble.seeds=[1,2,3]", "ensemble.size=2"], "ensemble.seeds"),
     (["ppo.gamma=1.5"], "ppo.gamma"),
+    (["explorer.gae_lambda=2"], "explorer.gae_lambda"),
+    (["idaac.value.max_grad_norm=0"], "idaac.value.max_grad_norm"),
     (["device=tpu"], "device"),
 ])
 def test_bad_values_name_the_key(overrides, key):
@@ -210,7 +236,8 @@ def test_every_game_runs_from_the_paper_base_with_its_own_facts(game):
     assert controller.threshold == g.vote_threshold  # 10 members: the table's k as it is
     assert controller.four_classes == g.four_direction_classes
     idaac = load_config(CONFIGS / "maze_idaac.yaml", [f"env.game={game}"])
-    assert idaac_settings(idaac) == g.idaac
+    tuned = idaac_settings(idaac.idaac, game)
+    assert IDAACSettings(**{f.name: getattr(tuned, f.name) for f in fields(IDAACSettings)}) == g.idaac
 
 
 @pytest.mark.parametrize("game", ["maze", "heist", "jumper"])
@@ -231,3 +258,83 @@ def test_base_errors_name_the_file(tmp_path):
     (tmp_path / "d.yaml").write_text(f"base: {CONFIGS / 'paper.yaml'}\nenv:\n  game: heist\n  num_envs: 16\n")
     cfg = load_config(tmp_path / "d.yaml")  # the file's own values on top of its base's
     assert (cfg.env.game, cfg.env.num_envs, cfg.ppo.num_steps, cfg.name) == ("heist", 16, 512, "d")
+
+
+# ---- each role's own optimiser settings, and the configs written before they existed --------------
+# What a run's config.yaml held before the explorer and IDAAC's phases had their own keys: every
+# PPO setting under ppo, nothing under explorer.ppo, explorer.gae_lambda or idaac's new keys.
+OLD_RUN_CONFIG = """
+name: old
+env: {game: maze, num_envs: 8, num_levels: 200}
+network: {kind: small}
+ppo: {total_steps: 64, num_steps: 8, epochs: 2, num_minibatches: 4, lr: 0.001, adam_eps: 1.0e-06,
+      anneal_lr: true, gamma: 0.99, gae_lambda: 0.9, clip_coef: 0.1, clip_vloss: false, vf_coef: 0.4,
+      ent_coef: 0.02, max_grad_norm: 0.3, norm_adv: minibatch, minibatch: sequences}
+member: {algo: idaac}
+idaac: {epochs: 1, value_epoch: 9, value_freq: 1, adv_loss_coef: 0.25, order_loss_coef: 0.001,
+        nonlinear_discriminator: false, discriminator_hidden: 4, use_best_hps: false, adv_eps: 1.0e-05,
+        pair_labels: reference, reward_scaling: true}
+explorer: {enabled: true, total_steps: 64, gamma: -1.0, k: 3, buffer_size: 500, pool: 3, seed: 1000}
+"""
+
+
+def test_a_config_without_the_roles_keys_gives_them_ppos_values(tmp_path):
+    """Every role that learned with ppo's settings before it had its own keys still does, where a
+    file (an old run's config.yaml) or an override does not set them."""
+    path = tmp_path / "config.yaml"
+    path.write_text(OLD_RUN_CONFIG)
+    cfg = load_config(path)
+    for key, source in FOLLOWS_PPO.items():
+        assert OmegaConf.select(OmegaConf.structured(cfg), key) == OmegaConf.select(OmegaConf.structured(cfg), source), key
+    assert (cfg.explorer.ppo.lr, cfg.explorer.ppo.norm_adv, cfg.explorer.gae_lambda) == (0.001, "minibatch", 0.9)
+    assert (cfg.idaac.value.lr, cfg.idaac.discriminator.max_grad_norm, cfg.idaac.num_minibatches) == (0.001, 0.3, 4)
+    # A role's own key, from a file or an override, is its own: ppo's does not reach it.
+    own = load_config(path, ["explorer.ppo.epochs=5", "idaac.value.lr=2e-4", "ppo.lr=5e-4"])
+    assert (own.explorer.ppo.epochs, own.idaac.value.lr, own.idaac.policy.lr, own.explorer.ppo.lr) == (5, 2e-4, 5e-4, 5e-4)
+    (tmp_path / "new.yaml").write_text("base: config.yaml\nexplorer:\n  ppo:\n    lr: 3.0e-4\n")
+    assert load_config(tmp_path / "new.yaml", ["ppo.lr=1e-4"]).explorer.ppo.lr == 3e-4
+    # A run saved now writes every key out, and reads back equal: nothing left to follow.
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml", ["ppo.lr=1e-4"]).explorer.ppo.lr == 0.001
+    assert load_config(tmp_path / "saved.yaml") == cfg
+    assert incompatible_changes(cfg, load_config(tmp_path / "saved.yaml")) == []
+    assert incompatible_changes(cfg, load_config(path, ["explorer.ppo.lr=2e-3"])) == ["explorer.ppo.lr: 0.001 -> 0.002"]
+
+
+def test_each_role_checks_its_own_minibatches():
+    """The explorer's whole-sequence minibatches and IDAAC's are checked with their own keys."""
+    msg = error_of("env.num_envs=6", "ppo.num_steps=8", "ppo.num_minibatches=3", "explorer.enabled=true",
+                   "explorer.ppo.num_minibatches=4")
+    assert "explorer.ppo.num_minibatches=4" in msg and "env.num_envs=6" in msg
+    load_config(QUICKSTART, ["env.num_envs=6", "ppo.num_steps=8", "ppo.num_minibatches=4", "explorer.enabled=true",
+                             "explorer.ppo.num_minibatches=3"])
+    assert "idaac.num_minibatches = 5" in error_of("member.algo=daac", "idaac.num_minibatches=5")
+    load_config(QUICKSTART, ["idaac.num_minibatches=5"])  # PPO members do not read it
+
+
+@pytest.mark.slow  # trains three runs to compare them
+@pytest.mark.usefixtures("one_thread")
+def test_a_run_whose_config_predates_the_roles_keys_resumes_to_the_same_numbers(small_cfg):
+    """A run's config.yaml from before the explorer and IDAAC's phases had their own keys (the
+    saved file with those keys removed) resumes exactly as the run trained straight on."""
+    from core.checkpoint import load_latest
+    from launch.run import load_training_config, train_run
+
+    settings = ("member.algo=idaac", "explorer.enabled=true", "ppo.lr=1e-3", "ppo.epochs=2", "ppo.ent_coef=0.02",
+                "ppo.max_grad_norm=0.3", "ppo.gae_lambda=0.9", "explorer.total_steps=64")
+    straight = small_cfg(*settings, name="straight")
+    train_run(straight)
+    cut = small_cfg(*settings, "ppo.total_steps=32", "explorer.total_steps=32", name="cut")
+    train_run(cut)
+    saved = OmegaConf.load(cut.layout.config)
+    for key in [k for k in FOLLOWS_PPO if not k.startswith("explorer.ppo.")] + ["explorer.ppo"]:
+        parent, _, leaf = key.rpartition(".")
+        OmegaConf.select(saved, parent).pop(leaf, None)
+    OmegaConf.save(saved, cut.layout.config)
+    assert "ppo" not in OmegaConf.load(cut.layout.config).explorer
+    train_run(load_training_config(cut.layout.config, ["ppo.total_steps=64", "explorer.total_steps=64"]))
+    for a, b in [(straight.layout.member(0), cut.layout.member(0)), (straight.layout.explorer, cut.layout.explorer)]:
+        x, y = load_latest(a.checkpoints), load_latest(b.checkpoints)
+        assert x["step"] == y["step"] == 64
+        for k in x["model"]:
+            assert torch.equal(x["model"][k], y["model"][k]), (a.name, k)

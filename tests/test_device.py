@@ -3,8 +3,8 @@
 Every test takes ``device`` ("cpu", and "cuda" where there is a GPU; skipped otherwise) and runs the
 CPU tests' own bodies and helpers with that device patched in, so each check is written once:
 
-- the fused GRU against the GRUCell loop over the explorer's 512-step sequences, with gradients
-  (tests/test_recurrent.py; cuDNN's fused kernels on CUDA);
+- the GRU over the explorer's 512-step sequences against the GRUCell loop, with gradients
+  (tests/test_recurrent.py), and replayed as one CUDA graph (CUDA only);
 - the population's vmap forward against its loop, with gradients (tests/test_population.py);
 - the kNN buffer's uint16 state round trip (tests/test_knn_reward.py);
 - the rollout pipeline with delayed device copies, bit for bit (below: the one new check);
@@ -45,7 +45,7 @@ from tests import test_pipeline as pipeline_tests  # noqa: E402
 from tests import test_population as population_tests  # noqa: E402
 from tests import test_recurrent as recurrent_tests  # noqa: E402
 from tests import test_side_by_side as side_by_side_tests  # noqa: E402
-from tests.conftest import make_small_cfg  # noqa: E402
+from tests.helpers import make_small_cfg  # noqa: E402
 from tests.test_checkpoint import trained  # noqa: E402,F401  (the fixture, on ``device`` via small_cfg)
 from training.explorer_learner import ExplorerLearner  # noqa: E402
 from training.population_learner import PopulationLearner  # noqa: E402
@@ -109,12 +109,11 @@ def small_cfg(tmp_path: Path, device: str):
 # ---- the CPU tests' bodies, on the device ---------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["middle", "first_step", "every_step", "none"])
-def test_fused_gru_equals_the_step_loop_over_512_steps(device, kind) -> None:
-    """The explorer's sequences (ppo.num_steps=512): ``gru_sequence`` (cuDNN's fused GRU on CUDA)
-    against tests/test_recurrent.py's GRUCell loop, with that file's resets, in outputs and in the
-    gradients of every input and weight. Over 512 steps a weight's gradient sums 2,560 terms to
-    about 70, so gradients are compared relative to their largest entry (the CPU file's absolute
-    1e-4 is sized for 40 steps; the CPU measured 8e-7 of the largest entry here)."""
+def test_gru_sequence_equals_the_step_loop_over_512_steps(device, kind) -> None:
+    """The explorer's sequences (ppo.num_steps=512): ``gru_sequence`` against tests/test_recurrent.py's
+    GRUCell loop, with that file's resets, in outputs and in the gradients of every input and
+    weight. Over 512 steps a weight's gradient sums 2,560 terms to about 70, so gradients are
+    compared relative to their largest entry (the CPU file's absolute 1e-4 is sized for 40 steps)."""
     with torch.device(device):  # the GRUCell and every tensor live there
         torch.manual_seed(0)
         cell = nn.GRUCell(recurrent_tests.H, recurrent_tests.H)
@@ -124,16 +123,36 @@ def test_fused_gru_equals_the_step_loop_over_512_steps(device, kind) -> None:
         weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
         probe = torch.randn(512, 5, recurrent_tests.H)
         results = {}
-        for name, run in (("fused", lambda: gru_sequence(x, state, first, weights, training=True)),
+        for name, run in (("sequence", lambda: gru_sequence(x, state, first, weights)),
                           ("loop", lambda: recurrent_tests.step_loop(cell, x, state, first))):
             out, final = run()
             results[name] = (out, final, torch.autograd.grad((out * probe).sum() + final.sum(), [x, state, *weights]))
-    (out, final, grads), (ref_out, ref_final, ref_grads) = results["fused"], results["loop"]
+    (out, final, grads), (ref_out, ref_final, ref_grads) = results["sequence"], results["loop"]
     assert out.device.type == device
     torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-5)
     torch.testing.assert_close(final, ref_final, rtol=0, atol=1e-5)
     for name, g, r in zip(["x", "state", "w_ih", "w_hh", "b_ih", "b_hh"], grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=0, atol=1e-5 * r.abs().max().item(), msg=f"gradient of {name}")
+
+
+def test_gru_sequence_replays_as_a_cuda_graph(device) -> None:
+    """The explorer's 512-step replay, resets included, captured whole as one CUDA graph (it reads
+    nothing on the host, so capture cannot fail): replays equal eager calls bit for bit, also after
+    new inputs and new resets are copied into the captured tensors."""
+    cuda_only(device, "tests/test_recurrent.py::test_gru_sequence_compiles_whole_with_no_graph_break")
+    with torch.device(device), torch.no_grad():
+        torch.manual_seed(1)
+        cell = nn.GRUCell(recurrent_tests.H, recurrent_tests.H)
+        weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+        x, state = torch.randn(512, 5, recurrent_tests.H), torch.randn(5, recurrent_tests.H)
+        starts = recurrent_tests.resets("middle", 512, 5)
+        graph = CapturedStep(lambda: gru_sequence(x, state, starts, weights), torch.device(device))
+        for kind in ("first_step", "every_step"):
+            got, want = graph(), gru_sequence(x, state, starts, weights)
+            assert all(torch.equal(a, b) for a, b in zip(got, want))
+            x.copy_(torch.randn_like(x))
+            starts.copy_(recurrent_tests.resets(kind, 512, 5))
+    assert graph.graph is not None and got[0].device.type == device
 
 
 @pytest.mark.parametrize("kind", ["small", "impala"])
@@ -175,6 +194,7 @@ def test_explorer_resumes_with_identical_actions_on_the_device(device, small_cfg
     explorer_tests.test_explorer_resume_gives_identical_next_actions(small_cfg)
 
 
+@pytest.mark.slow  # child processes
 def test_side_by_side_children_train_on_the_device(device, torch_defaults, small_cfg, monkeypatch) -> None:
     """Both jobs train in child processes on the device (each child's checkpoint says where its
     sampling ran) and end where the same jobs trained in this process end, with the same torch
@@ -341,6 +361,8 @@ def test_captured_acting_equals_eager_acting(device, kind, pipeline, precision, 
         records = [{k: v.cpu() for k, v in r.items()} for r in pipeline_tests.rollouts(cfg, make)]
         graphs = [s for s in made[0]._acting.values() if isinstance(s, CapturedStep)]
         assert len(graphs) == (len(made[0].slices) if captured else 0)
+        if kind == "explorer":  # its kNN reward: one graph of its own
+            assert isinstance(made[0].reward_step, CapturedStep) == captured
         return records
 
     eager, captured = run(False), run(True)

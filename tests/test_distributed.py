@@ -1,7 +1,8 @@
 """Training through Ray Tune (launch/ray_trials.py): placement, restarts, resuming a killed driver.
 
-A local Ray (2 CPUs) is started once for the module; trials ask for half a CPU each so that all of
-them run at once on this 2-core machine.
+A local Ray (2 CPUs) is started once for the module; a trial of one member or the explorer asks for
+one CPU (its one env batch; torch gets half a CPU's worth: one thread), so two run at once on this
+2-core machine. Placement on several nodes and a node's death: tests/test_cluster.py.
 """
 from __future__ import annotations
 
@@ -13,17 +14,18 @@ import time
 from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+import torch
 
-from core.checkpoint import checkpoint_steps, list_checkpoints, load_checkpoint, save_checkpoint
+from core.checkpoint import checkpoint_steps, list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 from core.config import ConfigError
 from core.run_layout import AgentDir
 from launch.jobs import plan
-from launch.ray_trials import check_fits, check_workers_fit, trial_bundles, trial_resources
+from launch.placement import Request, place
+from launch.ray_trials import Trial, check_fits, check_workers_fit, trial_bundles
 from launch.run import train_run
-from tests.conftest import QUICKSTART, SMALL, make_small_cfg
-from training import faults
-from training.faults import Fault
+from tests import faults, processes
+from tests.faults import Fault
+from tests.helpers import QUICKSTART, SMALL, logged_steps, make_small_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP = 8 * 16  # env steps per update below
@@ -33,12 +35,13 @@ RAY = ["ray=true", "env.num_envs=8", "ppo.num_steps=16", "ppo.num_minibatches=2"
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
-    """Ray for the module. Its workers inherit this process's environment when Ray starts: the
-    fault spec they read (training/faults.py) is a file that each test arms (``fault``)."""
+    """Ray for the module. Its workers inherit this process's environment when Ray starts: they
+    install the test faults (tests/faults.py) and read a spec file that each test arms (``fault``)."""
     ray = pytest.importorskip("ray")
     spec = tmp_path_factory.mktemp("faults") / "fault.json"
-    saved = {k: os.environ.get(k) for k in ("RAY_CHDIR_TO_TRIAL_DIR", faults.ENV)}
-    os.environ.update({"RAY_CHDIR_TO_TRIAL_DIR": "0", faults.ENV: str(spec)})
+    armed = faults.environment(spec)
+    saved = {k: os.environ.get(k) for k in ("RAY_CHDIR_TO_TRIAL_DIR", *armed)}
+    os.environ.update({"RAY_CHDIR_TO_TRIAL_DIR": "0", **armed})
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield spec
     ray.shutdown()
@@ -56,17 +59,11 @@ def fault(local_ray):
     local_ray.unlink(missing_ok=True)
 
 
-def logged_steps(agent: AgentDir, tag: str = "charts/SPS") -> list[int]:
-    """Steps of ``tag`` as TensorBoard shows them (events purged by a restart are dropped)."""
-    acc = EventAccumulator(str(agent.tb))
-    acc.Reload()
-    return [e.step for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
-
-
 def assert_complete_curve(agent: AgentDir, total: int) -> None:
     assert logged_steps(agent) == list(range(STEP, total + 1, STEP)), "gap or repeated step"
 
 
+@pytest.mark.slow  # Ray
 def test_ray_trains_members_and_explorer(local_ray, tmp_path):
     cfg = make_small_cfg(tmp_path, *RAY, "ensemble.size=2", "population.size=1", "ppo.total_steps=512",
                          "logging.eval_interval=2", "logging.eval_episodes=4")
@@ -83,6 +80,7 @@ def test_ray_trains_members_and_explorer(local_ray, tmp_path):
     assert len(experiments) == 1 and len(list(experiments[0].glob("run_trial_*"))) == 3
 
 
+@pytest.mark.slow  # Ray
 def test_crashed_trial_is_restarted_from_its_checkpoint(fault, tmp_path):
     """Every agent crashes once after update 3 (checkpoints at 2 and 4): Tune restarts it, it
     resumes at update 2, and its curve has every step once."""
@@ -97,6 +95,7 @@ def test_crashed_trial_is_restarted_from_its_checkpoint(fault, tmp_path):
         assert len(list(d.tb.glob("events.*"))) == 2  # the first attempt and the restarted one
 
 
+@pytest.mark.slow  # Ray
 def test_trial_failing_too_often_is_an_error_and_keeps_checkpoints(fault, tmp_path):
     cfg = make_small_cfg(tmp_path, *RAY, "explorer.enabled=false", "ppo.total_steps=512",
                          "logging.checkpoint_interval=2", "resources.max_failures=0")
@@ -109,6 +108,7 @@ def test_trial_failing_too_often_is_an_error_and_keeps_checkpoints(fault, tmp_pa
     assert_complete_curve(cfg.layout.member(0), 512)
 
 
+@pytest.mark.slow  # a driver process and Ray
 def test_killed_driver_resumes_without_redoing_finished_agents(tmp_path):
     """SIGKILL the driver once the member is done and the explorer is held after its update 2
     (a test fault: it cannot finish, however slow or fast the machine); once every process of the
@@ -120,7 +120,7 @@ def test_killed_driver_resumes_without_redoing_finished_agents(tmp_path):
     member, explorer = cfg.layout.member(0), cfg.layout.explorer
     spec = faults.arm(tmp_path / "fault.json", Fault("hold", after_update=2, agents=("explorer",)))
     env = {k: v for k, v in os.environ.items() if k != faults.ENV}
-    driver = subprocess.Popen(args, cwd=ROOT, env={**env, faults.ENV: str(spec)},
+    driver = subprocess.Popen(args, cwd=ROOT, env={**env, **faults.environment(spec)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         # The deadline only bounds a failure: the member finishes and the explorer holds at last.
@@ -132,14 +132,14 @@ def test_killed_driver_resumes_without_redoing_finished_agents(tmp_path):
             assert driver.poll() is None, "driver ended before the kill"
             assert time.monotonic() < deadline, "the member did not finish, or the explorer did not hold"
             time.sleep(0.2)
-        trials = faults.processes(faults.recorded_pids(spec))  # the workers that trained (if still running)
+        trials = processes.processes(faults.recorded_pids(spec))  # the workers that trained (if still running)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
     assert int(faults.held_file(spec, "explorer").read_text()) in trials
     # Ray ends the orphaned trial workers (its agents, which write nothing here, linger for a
     # minute): wait for that, however long it takes.
-    assert not faults.wait_gone(trials, timeout_s=300), "trial workers of the killed run still running"
+    assert not processes.wait_gone(trials, timeout_s=300), "trial workers of the killed run still running"
     assert checkpoint_steps(explorer.checkpoints) == [2 * STEP]
     member_files = {p: p.stat().st_mtime_ns for p in member.path.rglob("*") if p.is_file()}
 
@@ -153,33 +153,53 @@ def test_killed_driver_resumes_without_redoing_finished_agents(tmp_path):
 
 def test_resources_auto_share_the_gpus(tmp_path):
     cfg = make_small_cfg(tmp_path, "ensemble.size=4", "population.size=2", "explorer.enabled=true")
-    jobs = plan(cfg)
-    assert [j.name for j in jobs] == ["members_0-1", "members_2-3", "explorer"]
-    assert trial_resources(cfg, jobs[0], len(jobs), cluster_gpus=0) == {"CPU": 1.0, "GPU": 0.0}
-    assert trial_resources(cfg, jobs[0], len(jobs), cluster_gpus=1)["GPU"] == pytest.approx(1 / 3)
-    assert trial_resources(cfg, jobs[2], len(jobs), cluster_gpus=8)["GPU"] == 1.0
+    jobs = [(cfg, j) for j in plan(cfg)]
+    assert [j.name for _, j in jobs] == ["members_0-1", "members_2-3", "explorer"]
+    assert place(jobs, gpus=0)[0] == Request(cpus=2, gpus=0.0, threads=1)  # 2 members' env batches
+    assert [r.gpus for r in place(jobs, gpus=1)] == [0.3333] * 3
+    assert [r.gpus for r in place(jobs, gpus=2)] == [0.5, 0.5, 1.0]  # the explorer alone, all at once
+    assert [r.gpus for r in place(jobs, gpus=8)] == [1.0] * 3
     cfg.resources.shard_gpus = 0.25
-    assert trial_resources(cfg, jobs[0], len(jobs), cluster_gpus=1)["GPU"] == 0.25
+    assert [r.gpus for r in place(jobs, gpus=1)] == [0.25, 0.25, 0.3333]
+
+
+@pytest.mark.slow  # child processes
+def test_jobs_trained_one_after_another_here_use_their_own_torch_threads(small_cfg, one_thread):
+    """``resources.*_cpus`` are a job's torch threads whichever way it trains: here, one after
+    another in this process (which runs one thread), the weights equal those of the same jobs
+    trained side by side in child processes of two threads each. The thread count changes the
+    order in which a CPU sums, so with this process's one thread they would differ."""
+    both = ["explorer.enabled=true", "explorer.total_steps=64", "resources.shard_cpus=2", "resources.explorer_cpus=2"]
+    children = small_cfg(*both, "resources.side_by_side=true", name="children")
+    here = small_cfg(*both, "resources.side_by_side=false", name="here")
+    train_run(children)
+    train_run(here)
+    for agent in ("member_0", "explorer"):
+        got, want = (load_latest(run.layout.root / agent / "checkpoints") for run in (here, children))
+        assert got["step"] == want["step"] == 64
+        assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"]), agent
 
 
 def test_rllib_trials_reserve_their_env_runners_and_learners(tmp_path):
     cfg = make_small_cfg(tmp_path, "engine=rllib", "rllib.num_env_runners=2", "rllib.num_learners=1",
                          "rllib.num_gpus_per_learner=0.5", "explorer.enabled=true")
     member, explorer = plan(cfg)
-    assert trial_bundles(cfg, member, 2, cluster_gpus=0) == [
+    request = Request(cpus=1.0, gpus=0.0, threads=1)
+    assert trial_bundles(cfg, member, request) == [
         {"CPU": 1.0, "GPU": 0.0}, {"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 1.0, "GPU": 0.5}]
-    assert trial_bundles(cfg, explorer, 2, cluster_gpus=0) == [{"CPU": 1.0, "GPU": 0.0}]
+    assert trial_bundles(cfg, explorer, request) == [{"CPU": 1.0, "GPU": 0.0}]
 
 
 def test_requests_that_no_node_can_hold_fail_before_training(tmp_path):
     cfg = make_small_cfg(tmp_path, "resources.shard_cpus=4")
+    trial = Trial(cfg, plan(cfg)[0])
     node = {"CPU": 2.0, "GPU": 0.0}
-    with pytest.raises(ConfigError, match=r"member_0 asks for 4 CPUs.*resources.shard_cpus"):
-        check_fits(cfg, {"member_0": {"CPU": 4.0, "GPU": 0.0}}, [node])
-    check_fits(cfg, {"member_0": {"CPU": 2.0, "GPU": 0.0}}, [node])
+    with pytest.raises(ConfigError, match=r"t/member_0 asks for 4 CPUs.*resources.shard_cpus"):
+        check_fits(trial, {"CPU": 4.0, "GPU": 0.0}, [node])
+    check_fits(trial, {"CPU": 2.0, "GPU": 0.0}, [node])
     cfg.device = "cuda"
     with pytest.raises(ConfigError, match="gets no GPU"):
-        check_fits(cfg, {"member_0": {"CPU": 1.0, "GPU": 0.0}}, [node])
+        check_fits(trial, {"CPU": 1.0, "GPU": 0.0}, [node])
 
 
 def test_rllib_workers_that_the_cluster_cannot_hold_fail_before_training(tmp_path):
@@ -187,10 +207,10 @@ def test_rllib_workers_that_the_cluster_cannot_hold_fail_before_training(tmp_pat
     group, which Tune would wait for forever."""
     cfg = make_small_cfg(tmp_path, "engine=rllib", "rllib.num_env_runners=2")
     member = plan(cfg)[0]
-    bundles = {member.name: trial_bundles(cfg, member, 1, cluster_gpus=0)}
-    with pytest.raises(ConfigError, match=r"member_0 with its 2 RLlib env runner\(s\).*needs 3 CPUs.*has 2"):
-        check_workers_fit(cfg, bundles, [{"CPU": 2.0, "GPU": 0.0}])
-    check_workers_fit(cfg, bundles, [{"CPU": 2.0}, {"CPU": 1.0}])  # two nodes hold it together
+    bundles = trial_bundles(cfg, member, place([(cfg, member)], gpus=0)[0])
+    with pytest.raises(ConfigError, match=r"t/member_0 with its 2 RLlib env runner\(s\).*needs 3 CPUs.*has 2"):
+        check_workers_fit(Trial(cfg, member), bundles, [{"CPU": 2.0, "GPU": 0.0}])
+    check_workers_fit(Trial(cfg, member), bundles, [{"CPU": 2.0}, {"CPU": 1.0}])  # two nodes hold it together
 
 
 def test_trial_table_rows_and_off_terminal_lines(tmp_path, capsys, monkeypatch):
@@ -216,6 +236,7 @@ def test_trial_table_rows_and_off_terminal_lines(tmp_path, capsys, monkeypatch):
     assert "member_1: RUNNING, 32 / 64 steps, 1,234 steps/s, return 5.00, test -, restarts 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # Ray
 def test_checkpoint_error_inside_a_trial_is_not_retried(local_ray, tmp_path):
     """A trial whose checkpoint holds another network fails the same way on every attempt: it ends
     at once with the error as its result (a ConfigError naming it), not after max_failures crashes."""

@@ -379,11 +379,13 @@ def _python_stderr(code: str, *flags: str) -> str:
     return run.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_gym_prints_its_banner_when_imported_alone():
     """The control: the installed gym does print the banner, so the tests below can see it."""
     assert GYM_BANNER in _python_stderr("import gym")
 
 
+@pytest.mark.slow  # a fresh interpreter
 @pytest.mark.parametrize("code", [
     # a batch (the native and RLlib engines, evaluation): procgen imports gym
     "from envs.procgen_vec import ProcgenVecEnv; from envs.levels import LevelRange;"
@@ -397,6 +399,7 @@ def test_no_gym_banner_on_our_import_paths(code):
     assert GYM_BANNER not in _python_stderr(code)
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_other_output_of_the_procgen_import_still_shows():
     """Only the banner goes: a warning and a line written to stderr while procgen imports gym (sent
     here by an audit hook) still reach stderr, as does procgen's own ResourceWarning where enabled."""

@@ -18,7 +18,7 @@ from agents.networks import NetworkSpec
 from agents.population import Population
 from envs.make import make_env
 from evaluation.episodes import episode_slots, quotas, run_episodes
-from tests.conftest import make_small_cfg
+from tests.helpers import make_small_cfg
 from training.heldout import evaluate_heldout
 
 pytestmark = pytest.mark.usefixtures("one_thread")

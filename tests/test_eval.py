@@ -8,6 +8,7 @@ need no environment.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -16,13 +17,14 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import compare as compare_cli
 import eval as eval_cli
 from agents.acting import ActionPicker, PopulationActor
 from agents.networks import NetworkSpec
 from agents.population import Population
-from core.checkpoint import save_checkpoint
+from core.checkpoint import load_latest, save_checkpoint
 from core.config import load_config
 from core.run_layout import RunLayout
 from evaluation.episodes import episode_slots
@@ -31,9 +33,9 @@ from evaluation.policies import ExpGenTally
 from evaluation.records import COLUMNS, EPISODES_CSV, read_episode_table
 from evaluation.report import markdown_table, write_report
 from evaluation.runs import compare_runs
-from evaluation.statistics import bootstrap_ci, iqm, paired_difference
+from evaluation.statistics import iqm, paired_difference
 from launch.run import train_run
-from tests.conftest import DEFAULT_LEVELS
+from tests.helpers import DEFAULT_LEVELS
 from training.learner import network_payload
 
 EPISODES = 8
@@ -43,6 +45,8 @@ MODES = ("member", "vote", "explorer", "expgen")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+# The tests on the trained run (``run_dir``: a training run, then eval.py and compare.py on it) are
+# marked slow; the unit tests, which need no run, are not.
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +82,7 @@ def cli_results(run_dir: Path) -> dict:
 # ---- end to end ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_writes_every_output(run_dir: Path, cli_results: dict) -> None:
     out = run_dir / "eval"
     for name in ("results.json", "results.md", "results.png"):
@@ -87,7 +92,7 @@ def test_cli_writes_every_output(run_dir: Path, cli_results: dict) -> None:
     assert cli_results["skipped"] == {}
     assert cli_results["split"] == "test" and cli_results["levels"] == "levels [201, 401)"
     assert cli_results["episodes"] == EPISODES and cli_results["game"] == "bigfish"
-    assert cli_results["checkpoints"] == {"members": [64, 64, 64], "explorer": 5}
+    assert cli_results["checkpoints"] == {"members": [64, 64, 64], "explorer": 5, "step": 64}
     md = (out / "results.md").read_text()
     assert "levels [201, 401)" in md
     assert all(f"| {m} |" in md for m in ("member 2", "members (IQM)", "best member", "vote", "explorer", "expgen"))
@@ -104,6 +109,7 @@ def check_summary(r: dict, episodes: int) -> None:
     assert r["episodes"] == episodes and r["length"] >= 1
 
 
+@pytest.mark.slow
 def test_numbers_are_in_range(cli_results: dict) -> None:
     modes = cli_results["modes"]
     for mode in ("vote", "explorer", "expgen"):
@@ -120,6 +126,7 @@ def test_numbers_are_in_range(cli_results: dict) -> None:
     assert modes["vote"]["normalised"] == pytest.approx((modes["vote"]["return"] - 1) / 39)
 
 
+@pytest.mark.slow
 def test_expgen_statistics(cli_results: dict) -> None:
     r = cli_results["modes"]["expgen"]
     hist = np.array(r["vote_histogram"])
@@ -131,6 +138,7 @@ def test_expgen_statistics(cli_results: dict) -> None:
     assert r["explore_fraction"] >= (hist[:3].sum() / hist.sum()) - 1e-9
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(run_dir: Path, cli_results: dict) -> None:
     """Each mode is seeded on its own: re-running two modes reproduces their numbers exactly."""
     again = evaluate_run(run_dir, [f"eval.episodes={EPISODES}", "eval.num_envs=8", f"device={DEVICE}",
@@ -140,20 +148,135 @@ def test_same_seed_same_numbers(run_dir: Path, cli_results: dict) -> None:
         assert again["modes"][mode] == cli_results["modes"][mode]
 
 
+@pytest.mark.slow
 def test_missing_explorer_skips_its_modes(run_dir: Path, tmp_path: Path) -> None:
     bare = copy_run(run_dir, tmp_path, explorer=False)
-    results = evaluate_run(bare, ["eval.modes=[explorer,expgen]", f"device={DEVICE}"])
-    assert results["modes"] == {} and set(results["skipped"]) == {"explorer", "expgen"}
+    results = evaluate_run(bare, ["eval.modes=[vote,explorer,expgen]", "eval.episodes=2", "eval.num_envs=2",
+                                  f"device={DEVICE}"])
+    assert list(results["modes"]) == ["vote"] and set(results["skipped"]) == {"explorer", "expgen"}
     assert "no explorer checkpoint" in results["skipped"]["explorer"]
     assert "Skipped `explorer`" in markdown_table(results)
-    write_report(results, RunLayout(bare))  # nothing to plot, but the rest is written
-    assert (bare / "eval" / "results.json").is_file()
     # The random-explorer ablation needs no explorer.
     results = evaluate_run(bare, ["eval.modes=[explorer,expgen]", "expgen.random_explorer=true",
                                   "eval.episodes=2", "eval.num_envs=2", f"device={DEVICE}"])
     assert list(results["modes"]) == ["expgen"] and list(results["skipped"]) == ["explorer"]
 
 
+def eval_folder(run: Path) -> dict[str, bytes]:
+    """Every file under ``run``/eval, with its bytes."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted((run / "eval").rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_request_that_can_evaluate_nothing_is_refused(run_dir: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """--modes expgen on a run trained without an explorer: exit 2 naming what is missing and what
+    the run can evaluate, and the earlier evaluation's files untouched."""
+    bare = copy_run(run_dir, tmp_path, explorer=False)
+    write_report(fake_results(64, 1.0), RunLayout(bare))  # an earlier evaluation
+    before = eval_folder(bare)
+    assert eval_cli.main([str(bare), "--modes", "expgen", "--device", DEVICE]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to evaluate" in err and "'expgen' needs the explorer: no explorer checkpoint" in err
+    assert "This run can evaluate: member, vote, expgen with expgen.random_explorer=true" in err
+    assert eval_folder(bare) == before
+
+
+@pytest.mark.slow
+def test_another_split_without_a_name_gets_its_own_folder(run_dir: Path, tmp_path: Path) -> None:
+    """--split train without --name: eval/train/, its results beside the test split's (which eval/
+    keeps), compared with compare.py --name train."""
+    run = copy_run(run_dir, tmp_path)
+    write_report(fake_results(64, 1.0), RunLayout(run))  # the test split's evaluation
+    before = eval_folder(run)
+    assert eval_cli.main([str(run), "--split", "train", "--modes", "vote", "--episodes", "2", "--device", DEVICE,
+                          "eval.num_envs=2"]) == 0
+    assert {k: v for k, v in eval_folder(run).items() if not k.startswith("eval/train/")} == before
+    train = json.loads((run / "eval" / "train" / "results.json").read_text())
+    assert train["split"] == "train" and train["name"] == "train" and train["levels"] == "levels [0, 200)"
+    assert tb_points(run / "eval" / "train" / "tb" / "train", "eval/vote_return") == [
+        (64, pytest.approx(train["modes"]["vote"]["return"]))]
+    comp = compare_runs({"x": [run]}, name="train", reps=100)
+    assert comp["algorithms"][0]["mean"] == pytest.approx(train["modes"]["vote"]["return"])
+
+
+@pytest.mark.slow
+def test_results_of_another_split_are_never_replaced(run_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """A folder that holds another split's results.json (an --split test-full evaluation written into
+    eval/ before it had its own folder, or a --name reused): refused before any work, files kept."""
+    run = copy_run(run_dir, tmp_path)
+    write_report(fake_results(64, 1.0, split="test-full"), RunLayout(run))
+    before = eval_folder(run)
+    assert eval_cli.main([str(run), "--modes", "vote", "--device", DEVICE]) == 2
+    err = capsys.readouterr().err
+    assert "holds an evaluation on split 'test-full'" in err and "--name test" in err
+    assert eval_folder(run) == before
+
+
+def with_member_checkpoint(run: Path, member: int, step: int, drop: int | None = None) -> None:
+    """Give ``member`` a checkpoint at ``step`` whose policy always picks action 0 (so evaluating it
+    changes the numbers), and delete its checkpoint at ``drop``: a member further trained."""
+    folder = RunLayout(run).member(member).checkpoints
+    ckpt = load_latest(folder)
+    bias = torch.full_like(ckpt["model"]["actor.bias"], -50.0)
+    bias[0] = 50.0
+    ckpt["model"]["actor.bias"] = bias
+    save_checkpoint(folder, step, {k: v for k, v in ckpt.items() if k not in ("format", "step")})
+    if drop is not None:
+        (folder / f"ckpt_{drop:012d}.pt").unlink()
+
+
+@pytest.mark.slow
+def test_members_are_evaluated_at_the_newest_step_they_all_have(run_dir: Path, cli_results: dict,
+                                                                tmp_path: Path) -> None:
+    """A member trained further (a run still training): every member at step 64, as if the newer
+    checkpoint were not there, and results.json names the one passed over."""
+    run = copy_run(run_dir, tmp_path)
+    with_member_checkpoint(run, 0, 128)
+    assert eval_cli.main([str(run), *EVAL_ARGS, "--modes", "member,vote"]) == 0
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["checkpoints"] == {"members": [64, 64, 64], "explorer": 5, "step": 64, "newer": {"member_0": 128}}
+    for mode in ("member", "vote"):
+        assert results["modes"][mode] == cli_results["modes"][mode]  # the step-64 numbers
+
+
+@pytest.mark.slow
+def test_members_without_a_common_step_are_said_to_be_mixed(run_dir: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    run = copy_run(run_dir, tmp_path)
+    with_member_checkpoint(run, 0, 128, drop=64)  # more than the kept checkpoints ahead
+    assert eval_cli.main([str(run), "--modes", "vote", "--episodes", "2", "--device", DEVICE, "eval.num_envs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the members are at different checkpoint steps (member 0 at 128, member 1 at 64, member 2 at 64)" in out
+    ckpts = json.loads((run / "eval" / "results.json").read_text())["checkpoints"]
+    assert ckpts["members"] == [128, 64, 64] and ckpts["step"] is None
+    assert "different checkpoint steps" in ckpts["warning"] and "TensorBoard point is at the newest step, 128" in ckpts["warning"]
+    assert [step for step, _ in tb_points(run / "eval" / "tb" / "test", "eval/vote_return")] == [128]
+
+
+@pytest.mark.slow
+def test_an_unwritable_fingerprint_cache_only_warns(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """XDG_CACHE_HOME that cannot hold the level cache (here under a file, as a read-only home on a
+    cluster node): the evaluation runs, with a warning, and finds the same unseen levels."""
+    run = copy_run(run_dir, tmp_path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.delenv("EXPGEN_LEVEL_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))
+    args = [str(run), "--modes", "vote", "--episodes", "2", "--device", DEVICE, "eval.num_envs=2"]
+    with caplog.at_level(logging.WARNING, logger="expgen"):
+        assert eval_cli.main(args) == 0
+    assert f"cannot keep level fingerprints in {blocker / 'cache'}" in caplog.text and "EXPGEN_LEVEL_CACHE" in caplog.text
+    uncached = json.loads((run / "eval" / "results.json").read_text())
+    monkeypatch.undo()  # the tests' writable cache again
+    assert eval_cli.main([*args, "--name", "cached"]) == 0
+    cached = json.loads((run / "eval" / "cached" / "results.json").read_text())
+    assert uncached["unseen"] == cached["unseen"] and uncached["modes"] == cached["modes"]
+
+
+@pytest.mark.slow
 def test_video_output(run_dir: Path, tmp_path: Path) -> None:
     run = copy_run(run_dir, tmp_path)
     assert eval_cli.main([str(run), "--video", "1", "--modes", "vote,expgen", "--episodes", "2",
@@ -167,6 +290,7 @@ def test_video_output(run_dir: Path, tmp_path: Path) -> None:
     assert sorted(results["videos"]) == [str(p.relative_to(run)) for p in videos]
 
 
+@pytest.mark.slow
 def test_cli_errors(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert eval_cli.main([str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -187,17 +311,6 @@ def test_cli_errors(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 # ---- pieces --------------------------------------------------------------------------------------
-
-
-def test_bootstrap_ci() -> None:
-    assert bootstrap_ci(np.full(5, 10.0)) == (10.0, 10.0)  # no spread, no interval
-    assert bootstrap_ci(np.array([3.0])) == (3.0, 3.0)
-    x = np.random.default_rng(0).normal(5.0, 1.0, 200)
-    low, high = bootstrap_ci(x, seed=1)
-    assert low < x.mean() < high and high - low < 0.6
-    assert bootstrap_ci(x, seed=1) == (low, high)  # seeded
-    low, high = bootstrap_ci(x, iqm, seed=1)
-    assert low < float(iqm(x)) < high
 
 
 def test_tally_counts_only_counted_episodes() -> None:
@@ -226,6 +339,7 @@ def test_explorer_state_resets_at_episode_start() -> None:
     assert not torch.allclose(later[0, 1], fresh[0, 1])  # env 1 carries its state
 
 
+@pytest.mark.slow
 def test_named_evaluation_sits_beside_the_main_one(run_dir: Path, tmp_path: Path) -> None:
     """--name writes eval/<name>/ (an ablation, another split) and leaves eval/ as it was."""
     run = copy_run(run_dir, tmp_path)
@@ -253,6 +367,7 @@ def tb_points(folder: Path, tag: str = "eval/member_return") -> list[tuple[int, 
     return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["", "again"])
 def test_rerun_replaces_the_tensorboard_point(run_dir: Path, tmp_path: Path, name: str) -> None:
     """Two eval.py runs on the same checkpoints with different seeds: one point, the second's."""
@@ -333,6 +448,7 @@ def test_interrupted_write_keeps_the_old_point(tmp_path: Path, monkeypatch: pyte
 # ---- per-episode records and paired differences ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_episode_records_are_what_was_played(run_dir: Path, cli_results: dict) -> None:
     """eval/episodes.csv: one row per counted episode of every mode and agent, whose returns average
     to the table's means, in the quota layout, every agent on the same level in the same slot."""
@@ -361,6 +477,7 @@ def test_episode_records_are_what_was_played(run_dir: Path, cli_results: dict) -
     assert table[table["mode"] != "expgen"]["explore_fraction"].isna().all()
 
 
+@pytest.mark.slow
 def test_paired_differences_are_over_the_same_episodes(run_dir: Path, cli_results: dict) -> None:
     table = read_episode_table(run_dir / "eval" / EPISODES_CSV)
     returns = {agent: rows.sort_values("episode")["return"].to_numpy() for agent, rows in table.groupby("agent")}
@@ -426,6 +543,7 @@ def scores(runs: list[Path], mode: str) -> np.ndarray:
     return np.array([json.loads((r / "eval" / "results.json").read_text())["modes"][mode]["return"] for r in runs])
 
 
+@pytest.mark.slow
 def test_eval_of_several_runs_aggregates_them(seed_runs: dict, capsys: pytest.CaptureFixture) -> None:
     a = seed_runs["a"]
     assert all((r / "eval" / "results.json").is_file() and (r / "eval" / EPISODES_CSV).is_file() for r in a)
@@ -439,6 +557,7 @@ def test_eval_of_several_runs_aggregates_them(seed_runs: dict, capsys: pytest.Ca
     assert comp["games"] == ["bigfish"] and comp["metric"] == "return"
 
 
+@pytest.mark.slow
 def test_compare_two_configs(seed_runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     a, b, out = seed_runs["a"], seed_runs["b"], tmp_path / "cmp"
     capsys.readouterr()
@@ -461,6 +580,7 @@ def test_compare_two_configs(seed_runs: dict, tmp_path: Path, capsys: pytest.Cap
     assert len(comp["profile"]["curves"]["a: expgen"]["fraction"]) == len(comp["profile"]["taus"])
 
 
+@pytest.mark.slow
 def test_compare_errors_say_what_to_do(seed_runs: dict, run_dir: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture) -> None:
     a = [str(r) for r in seed_runs["a"]]
@@ -473,7 +593,10 @@ def test_compare_errors_say_what_to_do(seed_runs: dict, run_dir: Path, tmp_path:
     assert "unknown mode" in capsys.readouterr().err
     assert compare_cli.main([*a, "--labels", "x,y"]) == 2
     assert "--labels" in capsys.readouterr().err
-    other = seed_run(run_dir, tmp_path, "c_s0", 2)
-    assert eval_cli.main([str(other), *RUN_ARGS, "--split", "train", "--modes", "vote"]) == 0
+    other = seed_run(run_dir, tmp_path, "c_s0", 2)  # a config evaluated on its own split, train, in eval/
+    saved = yaml.safe_load((other / "config.yaml").read_text())
+    saved["eval"]["split"] = "train"
+    (other / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert eval_cli.main([str(other), *RUN_ARGS, "--modes", "vote"]) == 0
     assert compare_cli.main([*a, "--vs", str(other)]) == 2
     assert "different split" in (err := capsys.readouterr().err) and "--split" in err

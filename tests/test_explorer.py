@@ -42,6 +42,7 @@ def pair(game: str, agent_seed: int, full_seed: int, n: int = 8) -> FullViewPair
     return p
 
 
+@pytest.mark.slow  # 3,000 steps of both views
 def test_views_stay_in_lockstep_over_thousands_of_steps() -> None:
     p = pair("coinrun", 3, 3)
     obs, full = p.reset(seed=3)
@@ -122,6 +123,7 @@ def same(a, b) -> bool:
 
 
 # One level each whose episodes a random policy often ends within a rollout.
+@pytest.mark.slow  # trains the explorer twice to compare them
 @pytest.mark.parametrize("game,pipeline,level", [("maze", "overlap", 30), ("heist", "serial", 26)])
 def test_explorer_without_the_twin_equals_the_explorer_with_it(small_cfg, monkeypatch, game, pipeline, level) -> None:
     """maze and heist draw the whole level in the agent's view: the explorer steps no full-view twin
@@ -257,4 +259,21 @@ def test_explorer_acting_step_never_syncs_on_cuda(small_cfg, monkeypatch, game) 
     assert reads == {"NativeLearner.act": steps * parts, "ExplorerLearner.collect": 1}
     assert uploads.blocking == []
     assert trainer.envs.twin == (game == "coinrun")
+    trainer.close()
+
+
+def test_explorer_update_never_reads_the_host(small_cfg, monkeypatch) -> None:
+    """The update (GAE, every minibatch's replay through the GRU, PPO's steps) leaves its metrics on
+    the device: none of its calls reads a tensor on the host (the loop reads the metrics once, in
+    ``NativeLearner.iterate``). The GRU's resets are a mask on the device (``gru_sequence``; cutting
+    the sequences into episodes on the host was one read per minibatch)."""
+    trainer = make_explorer(small_cfg(*EXPLORER))
+    trainer.collect(), trainer.collect()  # chaser's episodes end within the second rollout
+    assert trainer.ro.episode_starts[:, 1:].sum() > 0  # resets inside the replayed sequences
+    counts = HostReads(monkeypatch)
+    metrics = trainer.learn()
+    # torch.optim's Adam reads its step count (``_get_value``), a tensor it keeps on the CPU
+    # whatever the device: no device sync. Nothing else may read.
+    assert set(counts.reads) <= {"_get_value"} and counts.uploads == {}
+    assert metrics and all(torch.is_tensor(v) for v in metrics.values())
     trainer.close()

@@ -7,6 +7,7 @@ moved into a render batch, bigfish on 100 no-op steps of levels moved into a 64-
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from envs.games import get_game
 from envs.levels import LevelRange, unseen_summary
 from envs.procgen_vec import ProcgenVecEnv, _import_procgen
 from evaluation.episodes import run_episodes
-from tests.conftest import DEFAULT_LEVELS, QUICKSTART
+from tests.helpers import DEFAULT_LEVELS, QUICKSTART
 
 TRAIN = LevelRange(0, 200)
 
@@ -204,6 +205,23 @@ def test_bad_cache_file_is_recomputed_never_trusted(own_cache, how, why):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # rewritten: reads cleanly now
         assert len(fp.read_cache(path, fp.cache_identity("maze", "easy", "structure"))) == 4
+
+
+def test_unwritable_cache_is_used_uncached_with_one_warning(tmp_path, monkeypatch, caplog):
+    """XDG_CACHE_HOME where no folder can be made (under a file; a read-only home on a cluster node
+    fails alike, and root would ignore permissions): the fingerprints come back, computed, with one
+    logged warning naming the folder and the variable that moves the cache."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.delenv(fp.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))
+    seeds = [3, 1, 4]
+    with caplog.at_level(logging.WARNING, logger="expgen"):
+        got = [level_fingerprints("maze", "easy", seeds).tolist() for _ in range(2)]
+    assert got[0] == got[1] == [_alone_digest("maze", s) for s in seeds]  # exact: the frames procgen draws
+    warned = [r.getMessage() for r in caplog.records if "cannot keep level fingerprints" in r.getMessage()]
+    assert len(warned) == 1 and str(fp.cache_dir()) in warned[0] and fp.CACHE_ENV in warned[0]
+    assert blocker.read_text() == ""
 
 
 def test_bad_seeds_and_kinds_are_refused():

@@ -47,6 +47,7 @@ def play(game: str, mode: str, n: int, steps: int) -> tuple[bool, int]:
         full.close()
 
 
+@pytest.mark.slow  # 1,500 steps of 8 envs in each view
 @pytest.mark.parametrize("mode", ["easy", "hard"])
 @pytest.mark.parametrize("game", ["maze", "heist"])
 def test_maze_and_heist_agent_view_is_the_full_view(game: str, mode: str) -> None:

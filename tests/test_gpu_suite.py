@@ -1,16 +1,19 @@
 """benchmarks/gpu_suite.sh on the CPU: its dry run goes through every stage's code at tiny sizes (so
 the suite cannot fail on a GPU machine for a reason this CPU could have shown), writes every
-stage's status and numbers to its JSON, skips the stages that would overrun the budget, stops a
-stage at its time limit, installs a wheels folder without an index or dependencies, and names
-what is missing when an import fails."""
+stage's status and numbers to its JSON (ending with the projection), skips the stages that would
+overrun --budget-s, stops a stage at its time limit, installs a wheels folder without an index or
+dependencies, names what is missing when an import fails, and picks the learning check's precision."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 from benchmarks import gpu_stages
 
@@ -19,13 +22,16 @@ SUITE = ROOT / "benchmarks" / "gpu_suite.sh"
 NAMES = [s.name for s in gpu_stages.STAGES]
 
 
-def run_suite(*args: str, env: dict[str, str] | None = None, out: Path | None = None):
-    """gpu_suite.sh with this interpreter; its completed process and the JSON it wrote."""
-    environ = {k: v for k, v in os.environ.items() if k != "OUT"}  # $OUT only where a test sets it
-    environ.update(PYTHON=sys.executable, **(env or {}))
+def run_suite(*args: str, env: dict[str, str] | None = None, out: Path | None = None, cwd: Path | None = None):
+    """gpu_suite.sh with this interpreter; its completed process and the JSON it wrote (in ``out``,
+    else in the folder it says it made)."""
+    environ = {**os.environ, "PYTHON": sys.executable, **(env or {})}
     argv = ["bash", str(SUITE), *args] + (["--out", str(out)] if out else [])
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=environ)
-    folder = out or Path(environ["OUT"])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=environ, cwd=cwd)
+    said = re.search(r"^gpu_suite: .*, results in (.+)$", done.stdout, re.MULTILINE)
+    assert said, done.stdout[-3000:] + done.stderr[-3000:]
+    folder = Path(said.group(1))
+    assert out is None or folder == ((cwd or Path.cwd()) / out).resolve()
     data = json.loads((folder / gpu_stages.JSON_NAME).read_text())
     return done, data
 
@@ -35,17 +41,17 @@ def stages(data: dict) -> dict[str, dict]:
     return {s["name"]: s for s in data["stages"]}
 
 
+@pytest.mark.slow
 def test_dry_run_goes_through_every_stage_and_records_its_numbers(tmp_path: Path) -> None:
-    # No wheels (a developer's .whl/ holds the GPU machine's cp312 builds, which need not install here).
-    done, data = run_suite("--dry-run", "--wheels", str(tmp_path / "no_wheels"), out=tmp_path / "out")
+    done, data = run_suite("--dry-run", out=tmp_path / "out")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     by = stages(data)
-    assert data["done"] and data["dry_run"] and data["elapsed_s"] < data["budget_s"]
+    assert data["done"] and data["dry_run"] and data["budget_s"] is None and data["elapsed_s"] > 0
     for s in by.values():
         assert s["status"] == "ok", s
         assert 0 < s["seconds"] <= s["limit_s"] and s["result"], s["name"]
     assert data["preload"]["stages"] == "forked" and not data["preload"]["errors"]
-    assert data["machine"]["cores"] >= 1 and data["install"]["status"] == "none"
+    assert data["machine"]["cores"] >= 1 and data["install"] == {"status": "none", "reason": "no --wheels given"}
 
     imports = by["imports"]["result"]
     assert imports["missing"] == [] and all(r["ok"] for r in imports["required"].values())
@@ -81,23 +87,122 @@ def test_dry_run_goes_through_every_stage_and_records_its_numbers(tmp_path: Path
     acting = by["acting"]["result"]  # a CPU has no CUDA graphs: eager acting through the same code
     assert acting["captured_before"] is False and summary["captured_vs_eager"] is None
     assert all(v > 0 for v in acting["ratios"].values())
+    check_update_replay_learning_and_projection(by, data)
     log = (tmp_path / "out" / gpu_stages.LOG_NAME).read_text()
     assert all(f"===== {name}:" in log for name in NAMES)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [gpu_stages.JSON_NAME, gpu_stages.LOG_NAME]
 
 
+def small_cnn_flop_per_frame(actions: int = 15) -> int:
+    """Forward and backward FLOP per frame of network.kind=small (agents/networks.py:small_trunk and
+    the two heads), from its layer shapes: 2 FLOP per multiply-add; the backward pass computes the
+    weight gradient of every layer and the input gradient of all but the first (the frames need none)."""
+    macs = [16 * 15 * 15 * (3 * 8 * 8),  # conv 3 -> 16, 8x8 stride 4: 64 -> 15
+            32 * 6 * 6 * (16 * 4 * 4),  # conv 16 -> 32, 4x4 stride 2: 15 -> 6
+            (32 * 6 * 6) * 256, 256 * actions, 256 * 1]  # linear to 256, actor, critic
+    return 2 * (3 * sum(macs) - macs[0])
+
+
+def check_update_replay_learning_and_projection(by: dict[str, dict], data: dict) -> None:
+    """The dry run's members_update, gru_replay, learning_check and projection (DRY's sizes: 2
+    members, small CNN, 4 envs x 16 steps, 1 epoch of 2 minibatches)."""
+    update = by["members_update"]["result"]
+    assert update["flop_per_frame"] == small_cnn_flop_per_frame()
+    assert update["flop_per_update"] == small_cnn_flop_per_frame() * 2 * (4 * 16) * 1
+    assert list(update["updates"]) == [f"{m}/{p}" for m in ("vmap", "loop") for p in ("fp32", "tf32", "bf16")]
+    for key, r in update["updates"].items():
+        assert r["update_s"] > 0 and r["updates"] == len(r["update_s_each"]) >= 1, key
+        assert r["tflops"] * 1e12 * r["update_s"] == pytest.approx(update["flop_per_update"]), key
+        assert f"population.forward_mode={r['forward_mode']}" in r["overrides"]
+        assert r["runtime"] == ("cpu (bf16 trunk)" if r["precision"] == "bf16" else "cpu (fp32)"), key  # no TF32 on a CPU
+
+    replay = by["gru_replay"]["result"]  # T = ppo.num_steps; 4 envs in 2 minibatches of whole sequences
+    assert (replay["steps"], replay["sequences"], replay["replays_per_update"]) == (16, 2, 2)
+    assert set(replay["replay_s"]) == {"gru_sequence", "torch_gru", "network"}
+    assert all(v > 0 for v in replay["replay_s"].values())
+    assert replay["gru_per_update_s"] == pytest.approx(2 * replay["replay_s"]["gru_sequence"])
+
+    learning = by["learning_check"]["result"]
+    chosen = learning["precision"]
+    assert chosen in ("tf32", "bf16") and learning["seeds"] == [0, 1] and learning["start"] == "forked"
+    assert learning["runs"] == {p: {"wall_s": learning["runs"][p]["wall_s"], "steps": [256, 256]} for p in ("fp32", chosen)}
+    for split in ("train", "test"):  # held-out at updates 0, 2 and 4 of 4 envs x 16 steps
+        rows = learning["curves"][split]
+        assert [r["step"] for r in rows] == [0, 128, 256], split
+        for r in rows:
+            for p in ("fp32", chosen):
+                assert len(r[f"{p}_members"]) == 2 and all(0 <= v <= 10 for v in r[f"{p}_members"])  # maze pays 10
+                assert r[p] == pytest.approx(sum(r[f"{p}_members"]) / 2)
+            paired = [b - a for a, b in zip(r["fp32_members"], r[f"{chosen}_members"])]
+            assert r["difference"] == pytest.approx(sum(paired) / 2)
+            assert r["difference_sd"] == pytest.approx(abs(paired[0] - paired[1]) / 2 ** 0.5)
+    assert data["summary"]["learning_check"]["final"]["test"]["step"] == 256
+
+    side, projection = by["side_by_side_fp32"]["result"], data["projection"]
+    assert list(data)[-1] == "projection" and projection == by["projection"]["result"]  # the JSON ends with it
+    assert projection["projected_wall_with_heldout_s"] == side["projected_wall_with_heldout_s"] > 0
+    assert projection["projected_wall_with_heldout_h"] == pytest.approx(side["projected_wall_with_heldout_s"] / 3600)
+    assert projection["budget"] == side["budget"] and projection["formula"].startswith("full_run.project")
+    assert set(projection["targets"]) == {"members_pop10_sps", "explorer_sps", "projected_wall_with_heldout_h"}
+    members = by["members_fp32_pop10"]["result"]["members"]["sps"]
+    assert projection["targets"]["members_pop10_sps"] == {"target": 35_000, "measured": members, "met": members >= 35_000}
+    assert projection["under_config_defaults"] is True  # configs/maze.yaml trains in fp32
+
+
+def test_the_learning_check_compares_the_faster_precision_unless_told() -> None:
+    """Which precision the learning check trains against fp32: --precision if given, else the one
+    of tf32 and bf16 with the faster members' update over the forward modes, else bf16."""
+    def choose(suite: dict) -> tuple[str, str]:
+        return gpu_stages.chosen_precision(gpu_stages.Context("learning_check", Path("."), suite, True, 0.05))
+
+    updates = {"vmap/fp32": ("fp32", 1.0), "vmap/tf32": ("tf32", 0.8), "vmap/bf16": ("bf16", 0.9),
+               "loop/fp32": ("fp32", 0.5), "loop/tf32": ("tf32", 0.85), "loop/bf16": ("bf16", 0.7)}
+    suite = {"stages": [{"name": "members_update",
+                         "result": {"updates": {k: {"precision": p, "update_s": s} for k, (p, s) in updates.items()}}}]}
+    assert choose(suite) == ("bf16", "the faster members' update in members_update (tf32 0.800 s, bf16 0.700 s)")
+    assert choose({**suite, "learning_precision": "tf32"}) == ("tf32", "--precision")
+    assert choose({"stages": []}) == ("bf16", "the default: members_update measured nothing")
+
+
+@pytest.mark.slow
 def test_stages_that_would_overrun_the_budget_are_skipped_saying_why(tmp_path: Path) -> None:
-    """No stage fits in 2 seconds: each is skipped (nothing started, nothing preloaded), and the
-    JSON goes to $OUT, the GPU machine's folder, when --out is not given."""
-    out = tmp_path / "device_out"
-    done, data = run_suite("--dry-run", "--budget", "2", env={"OUT": str(out)})
+    """No stage fits in --budget-s 2: each is skipped (nothing started, nothing preloaded), and the
+    projection, which reads what side_by_side_fp32 measured, for want of it. Without --out the
+    results go to a new folder under $TMPDIR, which the suite names."""
+    done, data = run_suite("--dry-run", "--budget-s", "2", env={"TMPDIR": str(tmp_path)})
     assert done.returncode == 0, done.stderr  # skipping is not failing
+    assert Path(data["out"]).parent == tmp_path and Path(data["out"]).name.startswith("gpu_suite.")
     for s in stages(data).values():
         assert s["status"] == "skipped" and "result" not in s, s
-        assert s["reason"].startswith("would overrun: takes about") and "of the 2 s budget left" in s["reason"]
-    assert data["done"] and data["preload"] is None
+        if s["name"] == "projection":  # it reads side_by_side_fp32's numbers: skipped for want of them
+            assert s["reason"] == "needs side_by_side_fp32, which did not pass"
+            continue
+        assert s["reason"].startswith("would overrun: takes about")
+        assert s["reason"].endswith("of the 2 s budget left (--budget-s)"), s["reason"]
+    assert data["projection"] is None
+    assert data["done"] and data["preload"] is None and data["budget_s"] == 2
 
 
+@pytest.mark.slow
+def test_folders_are_taken_relative_to_the_callers_folder_and_bad_options_refused(tmp_path: Path) -> None:
+    """--out given relative to where the suite is called from (it runs from the repository root);
+    a budget that is not positive, --site without --wheels, or a wheels folder without wheels is
+    refused before any stage."""
+    done, data = run_suite("--dry-run", "--budget-s", "2", out=Path("rel_out"), cwd=tmp_path)
+    assert done.returncode == 0 and Path(data["out"]) == tmp_path / "rel_out"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for bad, says in ((["--budget-s", "0"], "--budget-s must be a positive number of seconds, got 0.0"),
+                      (["--site", "s"], "--site names where --wheels are installed; give --wheels DIR too"),
+                      (["--wheels", str(empty)], f"--wheels {empty}: no .whl files there"),
+                      (["--precision", "fp32"], "--precision: invalid choice: 'fp32'")):
+        done = subprocess.run(["bash", str(SUITE), "--dry-run", "--out", str(tmp_path / "bad"), *bad],
+                              capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
+        assert done.returncode == 2 and says in done.stderr, done.stderr
+        assert not (tmp_path / "bad" / gpu_stages.JSON_NAME).exists()
+
+
+@pytest.mark.slow
 def test_wheels_are_installed_first_and_a_stage_is_stopped_at_its_limit(tmp_path: Path) -> None:
     """The wheels folder installs with --no-index --no-deps (this wheel names a dependency that
     exists nowhere); then the tests stage, limited to 0.3 s, is stopped and reported, and the
@@ -125,8 +230,9 @@ def test_wheels_are_installed_first_and_a_stage_is_stopped_at_its_limit(tmp_path
                for name, s in by.items() if name != "tests")
 
 
+@pytest.mark.slow
 def test_a_missing_module_is_named_and_the_stages_that_need_it_do_not_run(tmp_path: Path) -> None:
-    """gym3 (a wheel the GPU machines need) planted as broken: the imports stage fails naming it
+    """gym3 (a package procgen needs) planted as broken: the imports stage fails naming it
     and what needs it, and the later stages are skipped because imports did not pass. Stages as
     new interpreters (--exec-stages: the fallback where a forked process could not start CUDA)."""
     planted = tmp_path / "planted" / "gym3"

@@ -8,6 +8,8 @@ import train as train_cli
 from core.config import ConfigError
 from launch.run import run_lock, train_run
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny batches on a shared 2-core CPU
+
 
 def test_a_second_train_on_the_same_run_is_refused(small_cfg, capsys):
     cfg = small_cfg()
@@ -65,6 +67,7 @@ def test_progress_off_a_terminal_prints_lines(small_cli_args, capsys, monkeypatc
     assert len(lines) == 1 + 2  # the start and both updates
 
 
+@pytest.mark.slow  # trains three runs
 def test_rerun_with_an_incompatible_change_is_refused_and_config_kept(small_cfg):
     cfg = small_cfg()
     train_run(cfg)

@@ -13,6 +13,8 @@ from launch.jobs import Job, train_job
 from launch.run import train_run
 from training.population_learner import PopulationLearner
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny batches on a shared 2-core CPU
+
 ARGS = ("ppo.total_steps=128", "logging.checkpoint_interval=4")  # one member, 4 updates of 32 steps
 
 

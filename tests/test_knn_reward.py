@@ -201,3 +201,48 @@ def test_reward_on_the_pairs_full_view_equals_the_twins(game: str) -> None:
         assert ends > 0 or game != "maze"  # maze's episodes end within 200 steps: buffers restarted
     finally:
         pair.close(), forced.close()
+
+
+def unallocated_step(buffer, counts, positions, x, done, k):
+    """The reward step as it was before its working tensors were preallocated, transcribed: every
+    intermediate a new tensor, the state returned anew. (reward, buffer, counts, positions)."""
+    size = buffer.shape[1]
+    dist = torch.cdist(x.unsqueeze(1), buffer, compute_mode="donot_use_mm_for_euclid_dist").squeeze(1)
+    dist = dist.masked_fill(~(torch.arange(size) < counts.unsqueeze(1)), float("inf"))
+    kk = min(k, size)
+    smallest = torch.topk(dist, kk, dim=1, largest=False, sorted=True).values
+    reward = smallest.gather(1, counts.clamp(min=1, max=kk).sub(1).unsqueeze(1)).squeeze(1).masked_fill(done, 0.0)
+    slot = torch.where(done, torch.zeros_like(positions), positions)
+    buffer = buffer.clone()
+    buffer[torch.arange(len(x)), slot] = x
+    counts = torch.where(done, torch.ones_like(counts), (counts + 1).clamp(max=size))
+    return reward, buffer, counts, (slot + 1) % size
+
+
+@pytest.mark.parametrize("k,buffer_size", [(3, 6), (1, 4), (8, 5)])
+def test_step_equals_the_unallocated_computation_and_keeps_its_tensors(k: int, buffer_size: int) -> None:
+    """Rewards and state bit for bit equal to the step before preallocation, over wrapped buffers,
+    episode ends and fewer-than-k slots, on real frame embeddings; the state and working tensors
+    never move (what a captured CUDA graph replays on), loading a state included."""
+    rng = np.random.default_rng(k)
+    num_envs = 4
+    module = EpisodicKNNReward(num_envs, embedding_dim(), k=k, buffer_size=buffer_size, scale=embedding_scale())
+
+    def frames() -> torch.Tensor:
+        return embed_frames(torch.from_numpy(rng.integers(0, 256, (num_envs, 64, 64, 3), dtype=np.uint8)))
+
+    module.reset(frames())
+    buffer, counts, positions = module.buffer.clone(), module.counts.clone(), module.positions.clone()
+    names = ["buffer", "counts", "positions", "_empty", "_smallest", "_pick"]
+    addresses = [getattr(module, name).data_ptr() for name in names]
+    for step in range(40):
+        x, done = frames(), torch.from_numpy(rng.random(num_envs) < [0.0, 0.05, 0.2, 0.5])
+        if step == 20:  # a resumed module continues the same episodes
+            module.load_state_dict({name: t.clone() for name, t in module.state_dict().items()})
+        got = module.step(x, done)
+        want, buffer, counts, positions = unallocated_step(buffer, counts, positions, x, done, k)
+        assert torch.equal(got, want)
+        assert torch.equal(module.buffer, buffer) and torch.equal(module.counts, counts)
+        assert torch.equal(module.positions, positions)
+        assert [getattr(module, name).data_ptr() for name in names] == addresses
+    assert (counts == buffer_size).any() and (got > 0).any()  # buffers wrapped, rewards earned

@@ -9,15 +9,18 @@ seeds 0-3 training solved the level (return 9.8-10) by 70k-95k env steps; the ru
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from agents.sampling import make_generators, sample_actions
+from agents.acting import ActionPicker
 from core.runtime import Runtime
 from envs.make import make_env
 from evaluation.episodes import run_episodes
-from tests.conftest import make_small_cfg
+from tests.helpers import make_small_cfg
 from training.loop import train
 from training.population_learner import PopulationLearner
+
+pytestmark = pytest.mark.slow
 
 LEVEL = 22
 TOTAL_STEPS = 131_072  # 64 updates of 32 envs x 64 steps
@@ -52,8 +55,8 @@ def test_ppo_learns_a_maze_level(tmp_path):
     trainer = PopulationLearner(cfg, [0], runtime)
     try:
         summary = train(trainer, cfg, runtime)
-        gens = make_generators(trainer.seeds, "cpu", salt=99)
-        trained_returns = evaluate(cfg, lambda obs: sample_actions(trainer.pop(obs)[0], gens))
+        pick = ActionPicker(trainer.seeds, torch.device("cpu"), salt=99)
+        trained_returns = evaluate(cfg, lambda obs: pick(trainer.pop(obs)[0]))
     finally:
         trainer.close()
     assert summary["steps"] >= TOTAL_STEPS

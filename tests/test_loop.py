@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import train
 from core.runtime import Runtime
 from launch.run import train_run
-from tests.conftest import make_small_cfg
+from tests.helpers import make_small_cfg
 from training.heldout import evaluate_heldout
 from training.population_learner import PopulationLearner
 
@@ -29,6 +29,7 @@ EVAL_TAGS = ("eval/train_return", "eval/train_success", "eval/test_return", "eva
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+# The tests on the trained run (``run``: a run with held-out evaluations) are marked slow.
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,7 @@ def check_agent_tags(scalars, every: list[int], evals: list[int]) -> None:
         check_once_at(scalars, tag, evals)
 
 
+@pytest.mark.slow
 def test_member_tags(run) -> None:
     cfg = run
     every, evals = update_steps(cfg, MEMBER_UPDATES), eval_steps(cfg, MEMBER_UPDATES)
@@ -110,6 +112,7 @@ def test_member_tags(run) -> None:
         assert all(v > 0 for _, v in scalars["charts/SPS"])
 
 
+@pytest.mark.slow
 def test_explorer_tags(run) -> None:
     cfg = run
     every, evals = update_steps(cfg, EXPLORER_UPDATES), eval_steps(cfg, EXPLORER_UPDATES)
@@ -120,6 +123,7 @@ def test_explorer_tags(run) -> None:
     assert not [t for t in scalars if t.startswith("population/")]
 
 
+@pytest.mark.slow
 def test_population_summary_tags(run) -> None:
     cfg = run
     every = update_steps(cfg, MEMBER_UPDATES)
@@ -145,6 +149,7 @@ def expected_lr(update: int, num_updates: int) -> float:
     return LR * (1.0 - update / num_updates)
 
 
+@pytest.mark.slow
 def test_annealed_learning_rate(run) -> None:
     cfg = run
     for tb, updates in [(cfg.layout.member(0).tb, MEMBER_UPDATES), (cfg.layout.member(1).tb, MEMBER_UPDATES),
@@ -158,6 +163,7 @@ def test_annealed_learning_rate(run) -> None:
     assert cfg.num_updates() == MEMBER_UPDATES and cfg.num_updates(explorer=True) == EXPLORER_UPDATES
 
 
+@pytest.mark.slow
 def test_first_heldout_point_is_the_untrained_policy(run) -> None:
     """The step-0 point is the seeded initial policy, evaluated before any update: it equals a
     held-out evaluation of a freshly built, never trained population."""
@@ -174,6 +180,7 @@ def test_first_heldout_point_is_the_untrained_policy(run) -> None:
         assert logged[0] == pytest.approx(float(fresh["test"].returns[m].mean()), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_warns_when_heldout_evaluation_costs_more_than_training(tmp_path, capsys) -> None:
     """Whole held-out episodes after every 8-step update: evaluation dominates, and the user is told."""
     cfg = make_small_cfg(tmp_path, "env.game=maze", "ppo.total_steps=64", "logging.eval_interval=1",

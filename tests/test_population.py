@@ -4,12 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from agents.algorithm import UpdateInput
 from agents.minibatches import Batch, SampleMinibatches
 from agents.networks import NetworkSpec
 from agents.population import Population, clip_grad_norms_
-from agents.ppo import ppo_update
+from agents.ppo import PPOAlgorithm
 from agents.sampling import make_generators
 from core.sections import PPOConfig
+from tests.helpers import member_network
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny batches on a shared 2-core CPU
 
 SMALL = NetworkSpec(kind="small")
 SEEDS = [3, 7, 11]
@@ -72,7 +76,7 @@ def test_member_state_dict_round_trip():
     other = Population.from_state_dicts(SMALL, [pop.member_state_dict(m) for m in (2, 0)])
     obs = frames(3, 4, seed=2)
     torch.testing.assert_close(other(obs[[2, 0]])[0], pop(obs)[0][[2, 0]])
-    net = pop.member_network(1)
+    net = member_network(pop, 1)
     torch.testing.assert_close(net(obs[1])[0], pop(obs)[0][1])
     with pytest.raises(ValueError, match="keys"):
         pop.load_member_state_dict(0, {"trunk.0.weight": torch.zeros(1)})
@@ -106,14 +110,12 @@ def ppo_cfg(**kw) -> PPOConfig:
 
 
 def train(seeds: list[int], batches: list[Batch], cfg: PPOConfig, mode: str = "loop"):
-    """Two ppo_update calls on a fresh population; returns (population, per-update metrics)."""
-    pop = Population(SMALL, seeds, forward_mode=mode)
-    params = pop.member_params()
-    opt = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
-    minibatches = SampleMinibatches(make_generators(seeds, "cpu", salt=2))
-    forward = lambda mb: pop(mb.batch.flat().obs)
-    metrics = [ppo_update(forward, params, opt, b, cfg, minibatches) for b in batches]
-    return pop, metrics
+    """One PPO update per batch on a fresh population; returns (population, per-update metrics)."""
+    algo = PPOAlgorithm(cfg, SMALL, seeds, mode, False, torch.device("cpu"),
+                        SampleMinibatches(make_generators(seeds, "cpu", salt=2)))
+    forward = lambda mb: algo.pop(mb.batch.flat().obs)
+    metrics = [algo.update(UpdateInput(b, forward, u)) for u, b in enumerate(batches)]
+    return algo.pop, metrics
 
 
 @pytest.mark.parametrize("mode, norm_adv", [("loop", "batch"), ("loop", "minibatch"), ("vmap", "batch")])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agents.minibatches import Batch
-from agents.ppo import explained_variance, normalise, ppo_loss
+from agents.ppo import explained_variance, normalise, policy_loss, ppo_loss, value_loss
 from agents.rollout import compute_gae
 from core.sections import PPOConfig
 
@@ -153,9 +153,25 @@ def test_ppo_loss_minibatch_advantage_normalisation():
     a = np.array(ADV)
     normed = (a - a.mean()) / (a.std(ddof=1) + 1e-8)
     assert terms["policy_loss"].item() == pytest.approx(pg_ref(normed.tolist()), abs=1e-5)
-    # "batch" normalisation happens in ppo_update, not in the loss: the loss sees raw advantages
+    # "batch" normalisation happens in PPOAlgorithm.update, not in the loss: the loss sees raw advantages
     _, raw = ppo_loss(logits, values, mb, cfg(norm_adv="batch"))
     assert raw["policy_loss"].item() == pytest.approx(pg_ref(ADV), abs=1e-5)
+
+
+def test_policy_and_value_terms_alone_by_hand():
+    """The terms other algorithms reuse (IDAAC): the advantages as given, the value clip optional."""
+    logits, values, mb = hand_batch()
+    doubled = torch.tensor([[2 * a for a in ADV]])
+    pi = policy_loss(logits, mb, doubled, clip_coef=0.05)
+    assert pi.loss.item() == pytest.approx(pg_ref([2 * a for a in ADV], clip=0.05), abs=1e-5)
+    assert pi.entropy.item() == pytest.approx(entropy_ref(), abs=1e-5)
+    assert pi.clipfrac.item() == pytest.approx(1.0)  # every |r - 1| > 0.05
+    # clipped at 0.05: the stored values move at most 0.05 towards the new ones
+    clipped = [o + max(-0.05, min(0.05, n - o)) for o, n in zip(OLD_VALUES, NEW_VALUES)]
+    expected = 0.5 * np.mean([max((n - r) ** 2, (c - r) ** 2) for n, c, r in zip(NEW_VALUES, clipped, RETURNS)])
+    assert value_loss(values, mb, 0.05).item() == pytest.approx(expected, abs=1e-5)
+    assert value_loss(values, mb, None).item() == pytest.approx(
+        0.5 * np.mean([(n - r) ** 2 for n, r in zip(NEW_VALUES, RETURNS)]), abs=1e-5)
 
 
 def test_ppo_loss_gradient_matches_hand_derivative():

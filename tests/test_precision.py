@@ -187,8 +187,8 @@ def test_resolving_cuda_applies_the_policy_on_a_gpu(restore_backend_flags, tf32)
 
 
 @CUDA
-def test_true_fp32_on_cuda_keeps_the_fused_gru_and_the_trunk_exact(restore_backend_flags):
-    """Under the default policy (tf32=false) the cuDNN GRU equals stepping a GRUCell, and vmap equals
+def test_true_fp32_on_cuda_keeps_the_gru_and_the_trunk_exact(restore_backend_flags):
+    """Under the default policy (tf32=false) the GRU equals stepping a GRUCell, and vmap equals
     loop, at the exactness tests' 1e-5 (PyTorch's default, TF32 for cuDNN, misses by ~1e-3)."""
     Runtime.resolve("cuda", "fp32")
     torch.manual_seed(0)
@@ -196,7 +196,7 @@ def test_true_fp32_on_cuda_keeps_the_fused_gru_and_the_trunk_exact(restore_backe
     x, h0 = torch.randn(16, 8, 256, device="cuda"), torch.randn(8, 256, device="cuda")
     first = torch.zeros(16, 8, device="cuda")
     with torch.no_grad():
-        out, _ = gru_sequence(x, h0, first, [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh], False)
+        out, _ = gru_sequence(x, h0, first, [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh])
         h, steps = h0, []
         for t in range(16):
             h = cell(x[t], h)

@@ -16,6 +16,9 @@ from agents.ppo import ppo_loss
 from agents.sampling import make_generators
 from core.sections import ConfigError, ExpGenConfig, PPOConfig
 from envs.levels import LevelRange, get_split
+from tests.helpers import member_network
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny batches on a shared 2-core CPU
 
 
 def _batch(m: int, t: int, n: int, seed: int = 0) -> Batch:
@@ -60,8 +63,8 @@ def test_each_member_draws_its_own_sequence_order():
 
 def test_reference_init_statistics():
     spec = NetworkSpec(kind="impala", recurrent=True)
-    net = Population(spec, [3], init="reference").member_network(0)
-    default = Population(spec, [3]).member_network(0)
+    net = member_network(Population(spec, [3], init="reference"), 0)
+    default = member_network(Population(spec, [3]), 0)
     for layer in net.trunk.modules():
         if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
             assert torch.count_nonzero(layer.bias) == 0

@@ -13,12 +13,14 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import eval as eval_cli
+import train
 from agents.ppo import LRSchedule
 from core.checkpoint import checkpoint_steps, list_checkpoints, load_checkpoint, load_latest, save_checkpoint
-from core.run_layout import AgentDir
+from core.config import load_config, save_config
+from core.run_layout import AgentDir, RunLayout
 from core.sections import PPOConfig
 from launch.jobs import plan
-from launch.run import train_run
+from launch.run import load_training_config, train_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,6 +52,7 @@ def reference(small_cfg):
     return [final_model(cfg.layout.member(m)) for m in (0, 1)]
 
 
+@pytest.mark.slow  # trains several runs to compare them
 def test_growing_the_ensemble_leaves_the_finished_member_alone(small_cfg, reference):
     """ensemble.size 1 -> 2: member_0 keeps its files (checkpoints, one event file); member_1
     trains from step 0 alone and ends where it ends when trained beside member_0 from the start."""
@@ -68,6 +71,7 @@ def test_growing_the_ensemble_leaves_the_finished_member_alone(small_cfg, refere
     assert_same_model(final_model(grown.layout.member(1)), reference[1])
 
 
+@pytest.mark.slow  # trains several runs to compare them
 def test_population_size_change_resumes_each_member_from_its_own_step(small_cfg, reference, caplog):
     """population.size 1 -> 0 after member_0 finished and member_1 stopped at step 64."""
     cfg = small_cfg("ensemble.size=2", "population.size=1", *BUDGET)
@@ -87,6 +91,7 @@ def test_population_size_change_resumes_each_member_from_its_own_step(small_cfg,
         assert_same_model(final_model(cfg.layout.member(m)), reference[m])
 
 
+@pytest.mark.slow  # trains several runs to compare them
 def test_one_members_corrupt_newest_checkpoint_costs_only_that_member(small_cfg, reference, caplog):
     """Two finished members of one job; member_1's final checkpoint is corrupt: member_1 alone
     re-trains its last update (replaying it exactly), member_0 is not touched."""
@@ -116,6 +121,7 @@ def test_members_split_by_progress_train_together_per_step(small_cfg):
     assert cfg.layout.population_tb([0, 2]).parent.name == "population_0,2"
 
 
+@pytest.mark.slow  # trains, resumes, then eval.py
 def test_resume_on_another_device_type_continues_with_a_new_sampling_stream(small_cfg, caplog):
     """A checkpoint whose sampling generator state has CUDA's form (16 bytes: Philox seed and
     offset) resumes on the CPU; eval.py evaluates the run too."""
@@ -138,12 +144,48 @@ def test_resume_on_another_device_type_continues_with_a_new_sampling_stream(smal
                           "device=cpu"]) == 0
 
 
+def test_a_moved_runs_own_config_trains_that_run_where_it_now_is(small_cfg, small_cli_args, tmp_path, caplog):
+    """runs/t trained to step 64, moved to archive/t2; train.py --config archive/t2/config.yaml with a
+    larger budget resumes archive/t2 at step 64 (not a fresh run from step 0 back in runs/t)."""
+    cfg = small_cfg(f"ppo.total_steps={2 * STEPS}")
+    train_run(cfg)
+    moved = tmp_path / "archive" / "t2"
+    moved.parent.mkdir()
+    cfg.layout.root.rename(moved)
+    with caplog.at_level(logging.INFO, logger="expgen"):
+        assert train.main(["--config", str(moved / "config.yaml"), f"ppo.total_steps={3 * STEPS}"]) == 0
+    assert f"is the config of the run in {moved}" in caplog.text and "member_0: resuming at step 64" in caplog.text
+    assert checkpoint_steps(RunLayout(moved).member(0).checkpoints) == [96, 64, 32]
+    assert not cfg.layout.root.exists()
+    saved = load_config(moved / "config.yaml")  # the file now says where the run is
+    assert (Path(saved.runs_dir), saved.name) == (moved.parent, "t2")
+
+
+def test_which_run_a_config_file_trains(small_cfg, tmp_path):
+    """Only a run's own config.yaml (in a folder train.py worked in) follows its folder; a name or
+    runs_dir override names a new run from its settings; any other file trains where it says."""
+    cfg = small_cfg()
+    save_config(cfg, cfg.layout.config)
+    moved = tmp_path / "archive" / "t2"
+    moved.mkdir(parents=True)
+    (moved / "config.yaml").write_text(cfg.layout.config.read_text())
+    assert load_training_config(moved / "config.yaml").layout.root == cfg.layout.root  # no run there yet
+    RunLayout(moved).member(0).checkpoints.mkdir(parents=True)
+    assert load_training_config(moved / "config.yaml").layout.root == moved
+    assert load_training_config(moved / "config.yaml", ["name=t3"]).layout.root == tmp_path / "t3"
+    assert load_training_config(moved / "config.yaml", ["runs_dir=elsewhere"]).layout.root == Path("elsewhere/t")
+    template = tmp_path / "archive" / "copy.yaml"  # a run's config copied out as a template
+    template.write_text(cfg.layout.config.read_text())
+    assert load_training_config(template).layout.root == cfg.layout.root
+
+
 def read_lr(tb: Path) -> list[float]:
     acc = EventAccumulator(str(tb))
     acc.Reload()
     return [e.value for e in acc.Scalars("charts/learning_rate")]
 
 
+@pytest.mark.slow  # trains several runs to compare them
 def test_extending_an_annealed_run_keeps_the_learning_rate_continuous(small_cfg):
     """4 annealed updates, then twice the budget: from the last rate used (1.25e-4 at update 3)
     linearly to 0 at update 8, instead of jumping back up to 2.5e-4."""

@@ -27,7 +27,7 @@ from envs.make import make_env
 from envs.procgen_vec import ProcgenVecEnv
 from evaluation.evaluate import evaluate_run
 from launch.run import train_run
-from tests.conftest import make_small_cfg
+from tests.helpers import make_small_cfg
 from training import checkpointing
 from training.loop import train
 
@@ -100,6 +100,7 @@ def scalars(agent: AgentDir) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_train_run_writes_checkpoints_and_cleanrl_metrics(run: Config) -> None:
     agent = run.layout.member(0)
     assert checkpoint_steps(agent.checkpoints) == [96, 64, 32]
@@ -112,6 +113,7 @@ def test_train_run_writes_checkpoints_and_cleanrl_metrics(run: Config) -> None:
     assert tags["charts/learning_rate"][0][1] == pytest.approx(run.ppo.lr)
 
 
+@pytest.mark.slow
 def test_exported_network_matches_rllib_module(run: Config, resumed: RLlibLearner) -> None:
     """The checkpoint's plain ActorCritic and RLlib's modules (learner and env runner, the latter
     after the weights sync of a resume) give the same action probabilities on real frames."""
@@ -129,6 +131,7 @@ def test_exported_network_matches_rllib_module(run: Config, resumed: RLlibLearne
         torch.testing.assert_close(torch.softmax(theirs, -1), torch.softmax(logits, -1), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_resume_continues_the_run(run: Config, resumed: RLlibLearner) -> None:
     assert resumed.update == 3 and resumed.global_step == 96
     train(resumed, resumed.cfg, resumed.runtime)
@@ -137,6 +140,7 @@ def test_resume_continues_the_run(run: Config, resumed: RLlibLearner) -> None:
     assert [s for s, _ in scalars(agent)["losses/policy_loss"]] == [32, 64, 96, 128]
 
 
+@pytest.mark.slow
 def test_eval_evaluates_rllib_run(run: Config) -> None:
     results = evaluate_run(run.layout.root, ["eval.modes=[member,vote]", "eval.episodes=4",
                                          "eval.num_envs=4", "device=cpu"])
@@ -183,6 +187,7 @@ def procgen_episodes(cfg: Config, seed: int, actions: list[np.ndarray]) -> tuple
     return finished, unfinished
 
 
+@pytest.mark.slow
 def test_every_episode_procgen_finishes_is_logged_and_trained_on(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The issue's input: jumper levels that end on their first step. RLlib's runner would take the
@@ -240,6 +245,7 @@ def test_every_episode_procgen_finishes_is_logged_and_trained_on(tmp_path: Path,
     assert Counter(key for _, done, key in sampled if not done) == unfinished
 
 
+@pytest.mark.slow
 def test_same_step_runner_refuses_next_step_envs() -> None:
     """Gymnasium's own vector envs reset on the NEXT step: the runner must not treat them as procgen."""
     config = (PPOConfig().environment("CartPole-v1")
@@ -248,6 +254,7 @@ def test_same_step_runner_refuses_next_step_envs() -> None:
         SameStepEnvRunner(config=config)
 
 
+@pytest.mark.slow
 def test_annealed_run_with_a_new_budget_warns_about_rllibs_schedule(tmp_path: Path, caplog) -> None:
     """RLlib's lr schedule runs over its env-step counter and the new budget: the user is told
     that it does not continue from the last rate as the native engines do."""

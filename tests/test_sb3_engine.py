@@ -12,7 +12,7 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor, VecVideoRecorder
+from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecMonitor, VecVideoRecorder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.networks import ActorCritic, NetworkSpec
@@ -49,6 +49,7 @@ def bigfish(num_envs: int, seed: int) -> ProcgenVecEnv:
 # ---- the engine in the shared training loop ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_run_writes_checkpoints_and_cleanrl_metrics(small_cfg) -> None:
     cfg = small_cfg(*SB3, "ppo.num_steps=32", "ppo.total_steps=384", "ppo.anneal_lr=true",
                     "logging.eval_interval=3", "logging.eval_episodes=2", "logging.eval_splits=[test]")
@@ -95,6 +96,7 @@ def test_checkpoint_is_our_actor_critic_with_sb3_probabilities(small_cfg) -> Non
     torch.testing.assert_close(values, sb3_values, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_evaluates_sb3_trained_members(small_cfg) -> None:
     cfg = small_cfg(*SB3, "ensemble.size=2", "explorer.enabled=false", "ppo.total_steps=32")
     train_run(cfg)
@@ -105,6 +107,7 @@ def test_eval_evaluates_sb3_trained_members(small_cfg) -> None:
     assert "vote" in results["modes"]
 
 
+@pytest.mark.slow
 def test_resume_continues_the_step_counter_exactly(small_cfg) -> None:
     half = small_cfg(*SB3, "ppo.total_steps=64", name="resumed")
     train_run(half)
@@ -157,19 +160,28 @@ def test_vec_env_follows_sb3_contract() -> None:
     twin.close()
 
 
-def test_sb3_wrappers_and_algorithms_run_on_the_adapter(tmp_path: Path) -> None:
-    # VecVideoRecorder needs the real moviepy of the `video` extra; the recorded MP4 itself is
-    # checked in tests/test_wrappers.py::test_sb3_video_recorder_writes_a_real_mp4.
-    venv = VecFrameStack(VecMonitor(ProcgenSB3VecEnv(bigfish(2, seed=0))), n_stack=2)
-    recorder = VecVideoRecorder(venv, str(tmp_path), lambda step: step == 0, video_length=5)
-    obs = recorder.reset()
+def frame_stacked_steps(venv: VecEnv) -> None:
+    """100 random steps of bigfish's 2 envs with 2 frames stacked: episodes end with stacked frames."""
+    obs = venv.reset()
     assert obs.shape == (2, 64, 64, 6)
     for _ in range(100):
-        _, _, dones, infos = recorder.step(np.random.randint(0, 15, 2))
+        _, _, dones, infos = venv.step(np.random.randint(0, 15, 2))
         for i in np.flatnonzero(dones):
             assert infos[i]["terminal_observation"].shape == (64, 64, 6)
-    recorder.close()
+    venv.close()
+
+
+def test_sb3_video_recorder_over_stacked_frames(tmp_path: Path) -> None:
+    # The recorded MP4 itself is checked in tests/test_wrappers.py::test_sb3_video_recorder_writes_a_real_mp4.
+    pytest.importorskip("moviepy", reason="SB3's VecVideoRecorder needs moviepy, from the video extra: "
+                        "pip install -e '.[dev,video]' (make test installs it)")
+    venv = VecFrameStack(VecMonitor(ProcgenSB3VecEnv(bigfish(2, seed=0))), n_stack=2)
+    frame_stacked_steps(VecVideoRecorder(venv, str(tmp_path), lambda step: step == 0, video_length=5))
     assert [p.name for p in tmp_path.glob("*.mp4")] == ["rl-video-step-0-to-step-5.mp4"]
+
+
+def test_sb3_wrappers_and_algorithms_run_on_the_adapter() -> None:
+    frame_stacked_steps(VecFrameStack(VecMonitor(ProcgenSB3VecEnv(bigfish(2, seed=0))), n_stack=2))
     # Any SB3 algorithm: the stock CNN policy, with SB3's own image transposing and scaling.
     model = PPO("CnnPolicy", VecMonitor(ProcgenSB3VecEnv(bigfish(2, seed=0))), n_steps=16, batch_size=16,
                 n_epochs=1, seed=0, device="cpu").learn(64)

@@ -15,8 +15,8 @@ import train as train_cli
 from core.checkpoint import checkpoint_steps, list_checkpoints, load_checkpoint, save_checkpoint
 from launch.run import train_run
 from launch.trial_table import JobTable
-from training import faults
-from training.faults import Fault
+from tests import faults
+from tests.faults import Fault
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the children use one thread each, too
 
@@ -36,6 +36,13 @@ def no_job_trains_here(monkeypatch) -> None:
     monkeypatch.setattr(launch.jobs, "build_learner", here)
 
 
+def arm_children(monkeypatch, spec) -> None:
+    """The children this process starts (they inherit its environment) apply the faults of ``spec``."""
+    for k, v in faults.environment(spec).items():
+        monkeypatch.setenv(k, v)
+
+
+@pytest.mark.slow
 def test_jobs_train_in_children_as_they_would_here(small_cfg, capfd, monkeypatch):
     no_job_trains_here(monkeypatch)
     monkeypatch.setattr("launch.trial_table.LINE_INTERVAL_S", 0.0)  # a line per job at every report
@@ -59,13 +66,14 @@ def test_jobs_train_in_children_as_they_would_here(small_cfg, capfd, monkeypatch
             assert torch.equal(ours["model"][k], theirs["model"][k]), f"{a.name}: {k}"
 
 
+@pytest.mark.slow
 def test_a_failing_job_stops_the_other_and_a_rerun_finishes_both(small_cfg, small_cli_args, capsys, monkeypatch,
                                                                  tmp_path):
     """The member crashes after its update 1; the explorer holds after its update 1 until it is
-    stopped (test faults, training/faults.py), so it is stopped before its budget whatever the
+    stopped (test faults, tests/faults.py), so it is stopped before its budget whatever the
     machine's speed: at update 2 at the latest (the iteration in flight when the SIGINT came)."""
     spec = tmp_path / "fault.json"
-    monkeypatch.setenv(faults.ENV, str(spec))  # the children inherit it
+    arm_children(monkeypatch, spec)
     faults.arm(spec, Fault("crash", after_update=1, agents=("member_0",)),
                Fault("hold", after_update=1, agents=("explorer",)))
     long = ["explorer.total_steps=128"]
@@ -97,11 +105,12 @@ def test_a_failing_job_stops_the_other_and_a_rerun_finishes_both(small_cfg, smal
     assert max(checkpoint_steps(cfg.layout.explorer.checkpoints)) <= 6 * 32  # stopped, not finished
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_every_job_then_interrupts(small_cfg, monkeypatch, tmp_path):
     """Both jobs hold after their update 1 (a test fault) until the Ctrl-C, sent once both hold:
     each trains its iteration in flight, update 2, checkpoints it and stops."""
     spec = tmp_path / "fault.json"
-    monkeypatch.setenv(faults.ENV, str(spec))
+    arm_children(monkeypatch, spec)
     faults.arm(spec, Fault("hold", after_update=1))
     sent = []
 
@@ -136,7 +145,7 @@ QUICKSTART_INFO = {"steps": 2048, "sps": 1000.0, "episodic_return": 4.0, "checkp
 
 def quickstart(tmp_path, *overrides):
     from core.config import load_config
-    from tests.conftest import QUICKSTART
+    from tests.helpers import QUICKSTART
 
     return load_config(QUICKSTART, [f"runs_dir={tmp_path}", *overrides])
 

@@ -32,7 +32,7 @@ from core.checkpoint import save_checkpoint
 from core.config import save_config
 from evaluation import evaluate as evaluate_module
 from evaluation.evaluate import evaluate_run, evaluation_context
-from tests.conftest import make_small_cfg
+from tests.helpers import make_small_cfg
 from training.learner import network_payload
 
 EPISODES = 4

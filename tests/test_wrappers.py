@@ -78,10 +78,8 @@ def test_sb3_monitor_and_frame_stack_over_episode_ends():
 def test_sb3_video_recorder_writes_a_real_mp4(tmp_path: Path):
     """SB3's VecVideoRecorder on our adapter, with the real moviepy of the ``video`` extra (no stand-in):
     the MP4 holds the recorded frames, 2 envs' 64x64 observations tiled one above the other."""
-    try:
-        import moviepy  # noqa: F401
-    except ImportError:
-        pytest.fail("moviepy is missing: install the video extra (pip install -e '.[dev,video]', as make test does)")
+    pytest.importorskip("moviepy", reason="SB3's VecVideoRecorder needs moviepy, from the video extra: "
+                        "pip install -e '.[dev,video]' (make test installs it)")
     # 10 frames: moviepy 2.2 sums 1/fps per frame and truncates, so at 15 fps many other counts
     # (6, 7, 12-15, 24-31, ...) lose their last frame in the file; 10 is written whole
     length = 9
