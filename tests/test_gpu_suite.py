@@ -146,7 +146,8 @@ def check_update_replay_learning_and_projection(by: dict[str, dict], data: dict)
     assert set(projection["targets"]) == {"members_pop10_sps", "explorer_sps", "projected_wall_with_heldout_h"}
     members = by["members_fp32_pop10"]["result"]["members"]["sps"]
     assert projection["targets"]["members_pop10_sps"] == {"target": 35_000, "measured": members, "met": members >= 35_000}
-    assert projection["under_config_defaults"] is True  # configs/maze.yaml trains in fp32
+    # measured in fp32; configs/maze.yaml trains with precision auto (a bf16 trunk): the JSON says so
+    assert projection["config_precision"] == "auto" and projection["under_config_defaults"] is False
 
 
 def test_the_learning_check_compares_the_faster_precision_unless_told() -> None:
