@@ -209,40 +209,32 @@ def summarize_stats(stats: EpisodeStats, cfg: Config, group: int | None = None) 
     levels, so their G x n episodes are n independent levels, not G x n independent episodes."""
     if group is not None:
         return summarize(stats.returns[group], stats.successes[group], stats.lengths[group], cfg)
-    game = get_game(cfg.env.game)
-    x = stats.returns.astype(np.float64)
-    won = stats.successes.astype(bool)
-    mean = float(pooled_mean(*x))
-    seed = cfg.eval.seed
-    return {
-        "return": mean,
-        "return_std": float(np.std(x)),
-        "success": float(np.mean(won)),
-        **_with_intervals(members_interval(x, won, game.success_reward, pooled_mean, seed),
-                          members_interval(won.astype(np.float64), won, 1.0, pooled_mean, seed)),
-        "normalised": game.normalised_score(mean, cfg.env.distribution_mode),
-        "episodes": int(x.size),
-        "levels": int(x.shape[1]),
-        "length": float(np.mean(stats.lengths)),
-    }
+    x = stats.returns
+    return {**_over_levels(stats, cfg, pooled_mean), "return_std": float(np.std(x.astype(np.float64))), "episodes": int(x.size),
+            "levels": int(x.shape[1]), "length": float(np.mean(stats.lengths))}
 
 
 def iqm_summary(stats: EpisodeStats, cfg: Config) -> dict[str, Any]:
     """IQM over the members (groups of ``stats``) of their mean return and success rate, with 95%
     intervals over levels, the members held fixed (``members_interval`` with ``iqm_of_means``;
     one member: its own interval). Fewer than 4 members: the IQM trims nothing, it is their mean."""
+    return {**_over_levels(stats, cfg, iqm_of_means), "members": int(stats.returns.shape[0])}
+
+
+def _over_levels(stats: EpisodeStats, cfg: Config, aggregate: Callable[..., Any]) -> dict[str, Any]:
+    """Return and success rate of ``aggregate`` over the members' per-level episodes (G, n), their
+    95% intervals over levels with the members fixed (``members_interval``) and the normalised score."""
     game = get_game(cfg.env.game)
     x = stats.returns.astype(np.float64)
     won = stats.successes.astype(bool)
-    value = float(iqm_of_means(*x))
+    value = float(aggregate(*x))
     seed = cfg.eval.seed
     return {
         "return": value,
-        "success": float(iqm_of_means(*won.astype(np.float64))),
-        **_with_intervals(members_interval(x, won, game.success_reward, iqm_of_means, seed),
-                          members_interval(won.astype(np.float64), won, 1.0, iqm_of_means, seed)),
+        "success": float(aggregate(*won.astype(np.float64))),
+        **_with_intervals(members_interval(x, won, game.success_reward, aggregate, seed),
+                          members_interval(won.astype(np.float64), won, 1.0, aggregate, seed)),
         "normalised": game.normalised_score(value, cfg.env.distribution_mode),
-        "members": int(x.shape[0]),
     }
 
 
