@@ -36,7 +36,7 @@ import torch
 from agents.minibatches import Batch, Minibatch, MinibatchStrategy
 from agents.networks import NetworkSpec, PolicyOutput
 from agents.population import MemberSpec, Population, clip_grad_norms_
-from core.sections import NetworkConfig
+from core.sections import ConfigError, NetworkConfig
 
 Forward = Callable[[Minibatch], PolicyOutput]
 
@@ -99,12 +99,20 @@ class MemberAlgorithm(ABC):
     needs_frame_labels: ClassVar[bool] = False
     # Called with a member's env count; a class (ReturnScaler) or a staticmethod, not a plain function.
     reward_transform: Callable[[int], RewardTransform] | None = None
+    # Whether ``loss`` is a function of the parameters that torch.compile can trace whole
+    # (``population.compile``); not when it steps an optimiser inside (IDAAC's discriminator).
+    loss_compiles: ClassVar[bool] = True
 
     def __init__(self, settings: Any, spec: MemberSpec, seeds: list[int], forward_mode: str, bf16: bool,
-                 device: torch.device, minibatches: MinibatchStrategy, init: str = "torch") -> None:
+                 device: torch.device, minibatches: MinibatchStrategy, init: str = "torch",
+                 compile_loss: bool = False) -> None:
         """``settings``: the algorithm's config section (``configure``d); ``spec``: its members'
         networks, initialised from ``seeds`` (``init``: ``network.init``, for a ``NetworkSpec``);
-        ``minibatches``: how its update cuts a rollout (its generators are checkpointed)."""
+        ``minibatches``: how its update cuts a rollout (its generators are checkpointed);
+        ``compile_loss`` (``population.compile``): ``minimise`` evaluates ``loss`` through
+        ``torch.compile`` (the forward, the loss and their backward as fused kernels; the first
+        update pays the compilation)."""
+        self.check_compile(compile_loss)
         self.settings, self.minibatches = settings, minibatches
         self.pop = Population(spec, seeds, forward_mode, bf16, init).to(device)
         named = dict(zip(self.pop.names, self.pop.member_params()))
@@ -115,14 +123,22 @@ class MemberAlgorithm(ABC):
             params = [p for n, p in named.items() if n.startswith(prefix)]
             if params:  # DAAC's network has no discriminator
                 self.groups[group], self.optimizer_settings[group] = params, opt
-                self.optimizers[group] = torch.optim.Adam(params, lr=opt.lr, eps=opt.adam_eps)
+                self.optimizers[group] = torch.optim.Adam(params, lr=opt.lr, eps=opt.adam_eps, **adam_kernel(device))
         self.lr = next(iter(self.optimizer_settings.values())).lr
+        self.minibatch_loss = torch.compile(self.loss) if compile_loss else self.loss
 
     @classmethod
     def configure(cls, section: Any, game: str) -> Any:
         """The settings in force for ``game`` from the algorithm's config ``section`` (IDAAC: the
         game's tuned values with ``idaac.use_best_hps``); by default the section as it is."""
         return section
+
+    @classmethod
+    def check_compile(cls, compile_loss: bool) -> None:
+        """Raise ``ConfigError`` if ``population.compile`` asks to compile a loss that cannot be."""
+        if compile_loss and not cls.loss_compiles:
+            raise ConfigError(f"population.compile=true: member.algo={cls.name}'s loss cannot be compiled "
+                              "(it steps an optimiser inside); set population.compile=false")
 
     @classmethod
     @abstractmethod
@@ -187,7 +203,7 @@ class MemberAlgorithm(ABC):
         sums: dict[str, torch.Tensor] = {}
         count = 0
         for mb in self.minibatches(batch, epochs, num_minibatches):
-            loss, terms = self.loss(data, mb)
+            loss, terms = self.minibatch_loss(data, mb)
             terms["grad_norm"] = self.step(group, loss)
             for k, v in terms.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
@@ -221,10 +237,19 @@ class MemberAlgorithm(ABC):
         """Restore ``extra_state(m)``'s output."""
 
 
+def adam_kernel(device: torch.device) -> dict[str, bool]:
+    """How Adam runs on ``device``: on CUDA its fused kernel (the whole step of every parameter in a
+    few launches, its step count kept on the device so nothing is read on the host); elsewhere
+    torch's default, so CPU runs keep the numbers they always had (fused Adam rounds differently
+    in the last bits)."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
 def adam_slice(opt: torch.optim.Optimizer, params: list[torch.Tensor], m: int) -> list[dict[str, Any]]:
-    """Member m's share of ``opt``'s state over stacked ``params``: one dict per parameter."""
-    return [{k: (v[m].clone() if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in opt.state[p].items()}
-            for p in params]
+    """Member m's share of ``opt``'s state over stacked ``params``: one dict per parameter, on the
+    CPU (a fused Adam keeps its step count on the device)."""
+    return [{k: (v[m].clone() if v.dim() > 0 else v.detach().cpu().clone()) if torch.is_tensor(v) else v
+             for k, v in opt.state[p].items()} for p in params]
 
 
 def load_adam_slice(opt: torch.optim.Optimizer, params: list[torch.Tensor], m: int,
@@ -232,10 +257,14 @@ def load_adam_slice(opt: torch.optim.Optimizer, params: list[torch.Tensor], m: i
     """Write ``adam_slice``'s output back into member m's rows (scalars such as ``step`` are shared)."""
     if len(saved) != len(params):
         raise ValueError(f"optimiser state has {len(saved)} parameters, the network {len(params)}")
+    # A fused Adam reads its step count on the parameters' device, torch's default one on the CPU.
+    on_device = any(g.get("fused") or g.get("capturable") for g in opt.param_groups)
     for p, entry in zip(params, saved):
         state = opt.state[p]
         for k, v in entry.items():
             if torch.is_tensor(v) and v.dim() > 0:
                 state.setdefault(k, torch.zeros_like(p))[m].copy_(v)
+            elif torch.is_tensor(v):
+                state[k] = v.to(p.device if on_device else "cpu", copy=True)
             else:
-                state[k] = v.clone() if torch.is_tensor(v) else v
+                state[k] = v

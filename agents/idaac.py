@@ -307,11 +307,13 @@ class IDAACAlgorithm(MemberAlgorithm):
     spec_type = IDAACSpec
     needs_frame_labels = True
     invariance = True  # DAAC: False (no discriminator, no invariance loss)
+    loss_compiles = False  # its loss takes the discriminator's step between two of its forwards
     settings: IDAACConfig
 
     def __init__(self, settings: IDAACConfig, spec: IDAACSpec, seeds: list[int], forward_mode: str, bf16: bool,
-                 device: torch.device, minibatches: MinibatchStrategy, init: str = "torch") -> None:
-        super().__init__(settings, spec, seeds, forward_mode, bf16, device, minibatches, init)
+                 device: torch.device, minibatches: MinibatchStrategy, init: str = "torch",
+                 compile_loss: bool = False) -> None:
+        super().__init__(settings, spec, seeds, forward_mode, bf16, device, minibatches, init, compile_loss)
         self.reward_transform = ReturnScaler if settings.reward_scaling else None
         self.pair_generators = make_generators(seeds, "cpu", salt=PAIR_SALT)
         self.value_loss = torch.zeros(len(seeds), device=device)  # reported when the phase is skipped
@@ -416,6 +418,7 @@ class DAACAlgorithm(IDAACAlgorithm):
     name = "daac"
     needs_frame_labels = False
     invariance = False
+    loss_compiles = True
 
     def extra_state(self, m: int) -> dict[str, torch.Tensor]:
         return {"value_loss": self.value_loss[m].cpu()}

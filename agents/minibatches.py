@@ -95,9 +95,15 @@ MINIBATCH_SALT = 2  # the minibatch-order streams (agents/sampling.py make_gener
 def _permuted_parts(generators: list[torch.Generator], units: int, parts: int, epochs: int,
                     device: torch.device) -> Iterator[torch.Tensor]:
     """Per epoch, one random permutation of ``units`` per member (its own generator), cut into
-    ``parts`` equal index sets of shape (members, units // parts)."""
+    ``parts`` equal index sets of shape (members, units // parts).
+
+    The permutations are drawn on the CPU (the generators are checkpointed there) and reach a CUDA
+    device from pinned memory without blocking: a copy from pageable memory would wait for the
+    device to finish the previous epoch's work, once per epoch."""
     size = units // parts
     for _ in range(epochs):
-        order = torch.stack([torch.randperm(units, generator=g) for g in generators]).to(device)
+        order = torch.stack([torch.randperm(units, generator=g) for g in generators])
+        if device.type == "cuda":
+            order = order.pin_memory().to(device, non_blocking=True)
         for start in range(0, units, size):
             yield order[:, start : start + size]

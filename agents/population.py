@@ -11,7 +11,12 @@ Two ways to run the stacked network (``forward_mode``):
   convolution for all members: few, large kernels, which is what a GPU wants.
 - ``loop``: one ``functional_call`` per member on a view of its parameters. On a CPU the arithmetic
   is the cost and grouped convolutions are slower than plain ones (0.65-0.95x measured on a 2-core CPU), so this is
-  the CPU default. ``auto`` picks ``vmap`` on CUDA and ``loop`` elsewhere.
+  the CPU default. Its activations stay channels-last from the frames on (``networks.preprocess``'s
+  permute is one), the layout cuDNN's and oneDNN's fast convolutions want.
+``auto`` is ``vmap`` on CUDA and ``loop`` elsewhere; a reward-member job on CUDA replaces it with the
+faster of the two on its own minibatch (``time_forward_modes``): which one wins depends on the GPU,
+the cuDNN version, the precision and the batch (grouped convolutions are a slow path of cuDNN for
+some shapes).
 A recurrent population always loops (the explorer is a population of one anyway); its GRU
 (``networks.gru_sequence``) is plain ops now, so vmap might apply, untried.
 
@@ -22,6 +27,7 @@ under ``vmap`` autocast never sees them (see there).
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any, Protocol
 
 import torch
@@ -138,6 +144,39 @@ class Population(nn.Module):
         return pop
 
 
+def time_forward_modes(pop: Population, frames: torch.Tensor, repeats: int = 3) -> dict[str, float]:
+    """Seconds per forward and backward of ``frames`` (M, b, 64, 64, 3) uint8 through ``pop`` in each
+    forward mode (``vmap``, ``loop``), each timed over ``repeats`` calls after two warm-up calls
+    (cuDNN's autotuner picks its algorithms in those). What ``population.forward_mode=auto``
+    measures on CUDA (training/population_learner.py). Gradients go to ``torch.autograd.grad``, so
+    the parameters' ``.grad`` are left as they were; ``pop.forward_mode`` is restored."""
+    device, chosen = frames.device, pop.forward_mode
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    params = pop.member_params()
+
+    def forward_backward() -> None:
+        out = pop(frames)
+        leaves = [out] if torch.is_tensor(out) else list(out)
+        total = sum(x.float().sum() for x in leaves if x.is_floating_point())
+        torch.autograd.grad(total, params, allow_unused=True)
+
+    times = {}
+    try:
+        for mode in ("vmap", "loop"):
+            pop.forward_mode = mode
+            for _ in range(2):
+                forward_backward()
+            sync()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                forward_backward()
+            sync()
+            times[mode] = (time.perf_counter() - start) / repeats
+    finally:
+        pop.forward_mode = chosen
+    return times
+
+
 def stack_outputs(outs: list[Any]) -> Any:
     """Per-member outputs -> one output with a leading member axis, of the members' output type."""
     first = outs[0]
@@ -209,15 +248,23 @@ def seeded_network(spec: MemberSpec, seed: int, init: str = "torch") -> nn.Modul
 
 
 def clip_grad_norms_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """``clip_grad_norm_`` for each member separately: returns the (M,) pre-clipping norms.
+    """``torch.nn.utils.clip_grad_norm_`` for each member separately, on stacked (M, ...) parameters:
+    returns the (M,) norms before clipping.
 
     A member's scale depends on its own gradients only, so a NaN or huge gradient in one member
-    leaves every other member's update unchanged.
+    leaves every other member's update unchanged. The arithmetic is torch's own foreach clipping
+    (``clip_grad_norm_(foreach=True)``: per-tensor norms, their norm, scale ``max_norm / (norm +
+    1e-6)`` capped at 1), applied to every member's views at once: one multi-tensor norm over the
+    M x P gradient views and one multi-tensor multiply per member, where a loop over parameters
+    would launch a few kernels per parameter (about 150 per optimiser step for IMPALA). Nothing is
+    read on the host.
     """
     grads = [p.grad for p in params if p.grad is not None]
-    sq = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0)
-    norms = sq.sqrt()
-    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
-    return norms
+    members = grads[0].shape[0]
+    views = [[g[m] for g in grads] for m in range(members)]
+    norms = torch._foreach_norm([v for member in views for v in member])  # member-major, P per member
+    totals = torch.linalg.vector_norm(torch.stack(norms).view(members, len(grads)), dim=1)
+    scale = (max_norm / (totals + 1e-6)).clamp(max=1.0)
+    for m, member in enumerate(views):
+        torch._foreach_mul_(member, scale[m])
+    return totals

@@ -45,7 +45,14 @@ def build_algorithm(cfg: Config, seeds: list[int], bf16: bool, device: torch.dev
     cls, settings = algorithm_class(cfg.member.algo), algorithm_settings(cfg)
     minibatches = STRATEGIES[cls.minibatch_kind(settings)](make_generators(seeds, "cpu", salt=MINIBATCH_SALT))
     return cls(settings, cls.member_spec(cfg.network, settings), seeds, cfg.population.forward_mode, bf16, device,
-               minibatches, cfg.network.init)
+               minibatches, cfg.network.init, compile_loss=cfg.population.compile)
+
+
+def check_options(cfg: Config) -> None:
+    """Raise ``ConfigError`` when the config asks ``member.algo`` for what it cannot do
+    (``population.compile`` of a loss that is not traceable: ``MemberAlgorithm.check_compile``,
+    which its constructor calls too); ``launch.run.open_run`` calls this before a run starts."""
+    algorithm_class(cfg.member.algo).check_compile(cfg.population.compile)
 
 
 def member_spec(cfg: Config) -> MemberSpec:

@@ -1,7 +1,7 @@
 """Whether a code change leaves training bit for bit unchanged: train short runs (two PPO members
 with sample minibatches, two with whole-sequence minibatches, one member and the explorer, two
 IDAAC members), then save every final checkpoint's weights and optimiser states, or compare them
-with a saved set (``torch.equal`` on every tensor).
+with a saved set (``torch.equal`` on every tensor; when some differ, the largest difference).
 
     git checkout <before> && python benchmarks/same_weights.py save /tmp/before   # (copy this file there if it lacks it)
     git checkout <after>  && python benchmarks/same_weights.py compare /tmp/before
@@ -67,7 +67,12 @@ def main() -> None:
         sys.exit(f"different agents: {sorted(want)} vs {sorted(got)}")
     differ = [f"{a}:{k}" for a in want for k in want[a] if k not in got[a] or not torch.equal(want[a][k], got[a][k])]
     if differ:
-        sys.exit(f"{len(differ)} tensors differ, e.g. {differ[:5]}")
+        # How far: a change that only reorders rounding moves weights by float32's last bits.
+        gaps = [(want[a][k].double() - got[a][k].double()).abs().max().item()
+                for a in want for k in want[a] if k in got[a] and want[a][k].shape == got[a][k].shape]
+        scale = max(v.abs().max().item() for a in want for v in want[a].values() if v.numel())
+        sys.exit(f"{len(differ)} tensors differ, e.g. {differ[:5]}; the largest difference is "
+                 f"{max(gaps, default=float('nan')):.3g} (the largest value {scale:.3g})")
     print(f"equal: all {sum(map(len, want.values()))} tensors of {len(want)} agents (torch.equal)")
 
 

@@ -323,7 +323,16 @@ class EnsembleConfig(Section):
 @dataclass
 class PopulationConfig(Section):
     size: int = 0  # members trained together in one process; 0 = the whole ensemble
+    # How the stacked members' networks run (agents/population.py): vmap (one grouped kernel per
+    # layer for all members) or loop (one plain kernel per member). auto: on CUDA, each job times
+    # both on one of its minibatches when it starts and keeps the faster (it prints the times);
+    # elsewhere loop (faster on CPUs: grouped convolutions are their slow path).
     forward_mode: ForwardMode = "auto"
+    # The members' minibatch loss (forward, loss, backward) through torch.compile: fused kernels,
+    # fewer launches; the first update pays the compilation (tens of seconds) and the numbers
+    # differ from eager in the last bits. docs/performance.md has its measured effect.
+    compile: bool = False
+
 
     def check(self) -> None:
         positives("population", self, non_negative=("size",))

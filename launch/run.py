@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import torch
 
+from agents.registry import check_options
 from core.checkpoint import checkpoint_steps, load_latest, remove_stale_temporaries
 from core.config import Config, ConfigError, incompatible_changes, load_config, save_config, validate
 from core.run_layout import RunLayout
@@ -138,6 +139,7 @@ def open_run(cfg: Config) -> Iterator[None]:
     checked against its checkpoints (``check_unchanged``, raises ``ConfigError``), the temporaries
     of an interrupted checkpoint write removed, and its config saved when it has something to train.
     Used by ``train_run`` and by a sweep for each of its runs (launch/sweep.py)."""
+    check_options(cfg)  # before the run directory exists
     with run_lock(cfg.layout):
         check_unchanged(cfg)
         for job in plan(cfg):

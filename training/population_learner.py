@@ -17,6 +17,7 @@ import torch
 from agents.algorithm import UpdateInput
 from agents.minibatches import Batch, Minibatch
 from agents.networks import PolicyOutput
+from agents.population import time_forward_modes
 from agents.registry import build_algorithm
 from agents.rollout import Rollout
 from core.config import Config
@@ -104,6 +105,20 @@ class PopulationLearner(NativeLearner):
         self.labels = FrameLabels([env.level_seeds() for env in self.envs],
                                   [self.host_buffer((m, size), torch.int64) for _ in self.slices],
                                   self.device) if algorithm.needs_frame_labels else None
+        self.forward_mode_times: dict[str, float] = {}
+        if cfg.population.forward_mode == "auto" and self.device.type == "cuda" and m > 1:
+            self.measure_forward_mode(cfg.ppo.num_steps * n // algorithm.settings.num_minibatches)
+
+    def measure_forward_mode(self, samples: int) -> None:
+        """``population.forward_mode=auto`` on CUDA: time both forward modes on a minibatch of
+        ``samples`` frames per member (the envs' first frames, tiled), keep the faster and say so."""
+        frames = self.next_obs.repeat(1, -(-samples // self.next_obs.shape[1]), 1, 1, 1)[:, :samples]
+        self.forward_mode_times = time_forward_modes(self.pop, frames)
+        self.pop.forward_mode = min(self.forward_mode_times, key=self.forward_mode_times.get)
+        times = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.forward_mode_times.items())
+        print(f"{self.agents[0].name}..{self.agents[-1].name}: population.forward_mode=auto on {self.device}: "
+              f"{times} per forward and backward of a minibatch ({samples} frames x {len(self.seeds)} "
+              f"members); using {self.pop.forward_mode}", flush=True)
 
     def send(self, part: int, actions: torch.Tensor) -> None:
         host = actions.numpy()
