@@ -99,6 +99,9 @@ class MemberAlgorithm(ABC):
     needs_frame_labels: ClassVar[bool] = False
     # Called with a member's env count; a class (ReturnScaler) or a staticmethod, not a plain function.
     reward_transform: Callable[[int], RewardTransform] | None = None
+    # Forward passes with gradients per training sample (IDAAC: 2, the second over its partner
+    # frame): what autograd keeps for the backward scales with it (launch/placement.py's estimate).
+    passes_per_sample: ClassVar[int] = 1
     # Whether ``loss`` is a function of the parameters that torch.compile can trace whole
     # (``population.compile``); not when it steps an optimiser inside (IDAAC's discriminator).
     loss_compiles: ClassVar[bool] = True

@@ -308,6 +308,7 @@ class IDAACAlgorithm(MemberAlgorithm):
     needs_frame_labels = True
     invariance = True  # DAAC: False (no discriminator, no invariance loss)
     loss_compiles = False  # its loss takes the discriminator's step between two of its forwards
+    passes_per_sample = 2  # the policy also runs over each sample's partner frame
     settings: IDAACConfig
 
     def __init__(self, settings: IDAACConfig, spec: IDAACSpec, seeds: list[int], forward_mode: str, bf16: bool,
@@ -419,6 +420,7 @@ class DAACAlgorithm(IDAACAlgorithm):
     needs_frame_labels = False
     invariance = False
     loss_compiles = True
+    passes_per_sample = 1
 
     def extra_state(self, m: int) -> dict[str, torch.Tensor]:
         return {"value_loss": self.value_loss[m].cpu()}

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from agents.networks import NetworkSpec
-from agents.registry import member_spec
+from agents.registry import algorithm_class, member_spec
 from core.config import Config, ConfigError
 from envs.procgen_vec import OBS_SHAPE
 from launch.jobs import Job
@@ -90,11 +90,11 @@ def job_cpus(cfg: Config, job: Job) -> float:
 
 
 @lru_cache(maxsize=None)
-def saved_bytes_per_sample(spec: object, bf16: bool, partner_pass: bool) -> float:
+def saved_bytes_per_sample(spec: object, bf16: bool, passes: int = 1) -> float:
     """Bytes autograd keeps for the backward pass per training sample of one agent whose network is
     ``spec`` (a ``NetworkSpec``, recurrent for the explorer, or an ``IDAACSpec``), measured on the
-    CPU. ``partner_pass``: IDAAC's invariance loss also runs the policy, with gradients, over a
-    partner frame for every sample (twice the policy pass)."""
+    CPU. ``passes``: forward passes with gradients per sample (``MemberAlgorithm.passes_per_sample``:
+    IDAAC's invariance loss also runs the policy over a partner frame for every sample)."""
     net = spec.build(bf16)
 
     def saved_bytes(n: int) -> int:
@@ -119,7 +119,7 @@ def saved_bytes_per_sample(spec: object, bf16: bool, partner_pass: bool) -> floa
     # The slope between two batch sizes: what grows with the minibatch (the CPU's convolutions
     # also keep a fixed copy of their weights).
     per_sample = (saved_bytes(4) - saved_bytes(2)) / 2
-    return per_sample * (2 if partner_pass else 1)
+    return per_sample * passes
 
 
 def job_memory_gib(cfg: Config, job: Job) -> float:
@@ -132,9 +132,9 @@ def job_memory_gib(cfg: Config, job: Job) -> float:
     agents = 1 if job.explorer else len(job.members)
     samples = cfg.steps_per_update // cfg.ppo.num_minibatches  # one minibatch per agent
     if job.explorer:
-        saved = saved_bytes_per_sample(NetworkSpec.from_config(cfg.network, recurrent=True), bf16, False)
+        saved = saved_bytes_per_sample(NetworkSpec.from_config(cfg.network, recurrent=True), bf16)
     else:
-        saved = saved_bytes_per_sample(member_spec(cfg), bf16, cfg.member.algo == "idaac")
+        saved = saved_bytes_per_sample(member_spec(cfg), bf16, algorithm_class(cfg.member.algo).passes_per_sample)
     frames = cfg.steps_per_update * math.prod(OBS_SHAPE)  # uint8 rollout frames per agent
     return (BACKWARD_FACTOR * saved * samples * agents + frames * agents) / GIB + FIXED_GIB
 

@@ -130,7 +130,7 @@ def impala_saved_bytes(channels=(16, 32, 32), hidden=256) -> int:
 
 def test_saved_activations_are_those_of_the_layer_shapes():
     cfg = load_config(MAZE)
-    assert saved_bytes_per_sample(NetworkSpec.from_config(cfg.network), False, False) == impala_saved_bytes()
+    assert saved_bytes_per_sample(NetworkSpec.from_config(cfg.network), False) == impala_saved_bytes()
 
 
 def test_memory_estimate_reproduces_the_h200_peaks_it_was_fitted_to():
