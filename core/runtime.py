@@ -2,7 +2,8 @@
 
 ``device=auto`` means CUDA when this process may use a GPU (inside a Ray trial: only if Ray gave the
 trial one). ``precision=auto`` runs the convolutional trunk in bf16 autocast where the device
-multiplies bf16 natively (CUDA since Ampere; CPUs with AVX512-BF16 or AMX) and fp32 elsewhere.
+multiplies bf16 natively (CUDA since Ampere; CPUs with AVX512-BF16, AMX or Arm's BF16) and fp32
+elsewhere (``native_bf16``).
 
 Precision policy on CUDA (``network.tf32``, applied process-wide by ``Runtime.resolve``, so in every
 job's own process: training, side-by-side children, Ray trials, evaluation, benchmarks):
@@ -22,18 +23,42 @@ The config's ``network.tf32`` is saved with the run; ``Runtime.describe`` says w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from core.config import Config
 from core.sections import PRECISIONS, ConfigError
 
+# CPU features with bf16 dot products: x86's AVX512-BF16 and AMX-BF16, Arm's BF16 extension (the
+# names Linux gives them in /proc/cpuinfo).
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bf16 in hardware."""
+    """Whether ``device`` multiplies bf16 in hardware.
+
+    On a CPU, from the kernel's feature flags (``cpu_has_bf16``): oneDNN's own check
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also says yes on AVX512 CPUs without
+    AVX512-BF16, where it emulates bf16: there a bf16 trunk measured 1.6-2.5x slower than fp32
+    (IMPALA forward and backward, 2-core Intel Xeon with AVX512F but no AVX512-BF16)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no way to tell without a native library; fp32 is never slow
+        return False
+    return cpu_has_bf16(cpuinfo)
+
+
+def cpu_has_bf16(cpuinfo: str) -> bool:
+    """Whether the ``flags`` (x86) or ``Features`` (Arm) lines of a /proc/cpuinfo text name a bf16
+    dot-product extension (``BF16_CPU_FLAGS``)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features") and BF16_CPU_FLAGS & set(value.split()):
+            return True
+    return False
 
 
 def resolve_device(name: str, gpu_allowed: bool = True) -> torch.device:

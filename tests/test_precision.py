@@ -6,6 +6,10 @@ CPU runs bf16 whether or not the CPU multiplies bf16 natively, so the dtype test
 """
 from __future__ import annotations
 
+import platform
+import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +20,7 @@ from agents.networks import NetworkSpec, gru_sequence
 from agents.population import Population
 from core import runtime as runtime_module
 from core.config import load_config, save_config
-from core.runtime import Runtime
+from core.runtime import Runtime, native_bf16
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -218,3 +222,28 @@ def test_tf32_is_a_config_choice_recorded_with_the_run(tmp_path):
     assert load_config(tmp_path / "config.yaml").network.tf32 is True
     runtime = Runtime.from_config(cfg)
     assert (runtime.device.type, runtime.tf32) == ("cpu", False)
+
+
+# Flag lines as Linux prints them (abridged): a Xeon with AVX512F but no AVX512-BF16 (this
+# project's CI kind), a Zen 4 EPYC with it, a Sapphire Rapids Xeon with AMX, and a Neoverse V1.
+XEON_AVX512F = "flags\t\t: fpu vme sse sse2 avx avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni"
+ZEN4 = "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni"
+SAPPHIRE_RAPIDS = "flags\t\t: avx512f avx512_vnni avx512_fp16 amx_bf16 amx_tile amx_int8"
+NEOVERSE_V1 = "Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp bf16 i8mm"
+
+
+@pytest.mark.parametrize("cpuinfo, native", [(XEON_AVX512F, False), (ZEN4, True), (SAPPHIRE_RAPIDS, True),
+                                             (NEOVERSE_V1, True), ("processor\t: 0\nmodel name\t: bf16 inside", False)])
+def test_native_bf16_is_read_from_the_cpus_feature_flags(cpuinfo, native) -> None:
+    """AVX512F alone is not bf16 hardware (oneDNN's own check says it is, and emulates it: slower
+    than fp32); AVX512-BF16, AMX-BF16 and Arm's BF16 are. Only the flags lines count."""
+    assert runtime_module.cpu_has_bf16(cpuinfo) is native
+
+
+@pytest.mark.skipif(shutil.which("lscpu") is None, reason="no lscpu")
+def test_native_bf16_on_this_cpu_agrees_with_lscpu() -> None:
+    flags = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    expected = bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+    if platform.machine() == "x86_64":
+        assert native_bf16(torch.device("cpu")) is expected
+        assert Runtime.resolve("cpu", "auto").bf16 is expected
