@@ -182,9 +182,10 @@ def test_first_heldout_point_is_the_untrained_policy(run) -> None:
 
 @pytest.mark.slow
 def test_warns_when_heldout_evaluation_costs_more_than_training(tmp_path, capsys) -> None:
-    """Whole held-out episodes after every 8-step update: evaluation dominates, and the user is told."""
+    """Whole held-out episodes after every 8-step update: evaluation dominates, and the user is told.
+    Inline (``logging.eval_overlap=false``): training waits for each evaluation whole."""
     cfg = make_small_cfg(tmp_path, "env.game=maze", "ppo.total_steps=64", "logging.eval_interval=1",
-                         "logging.eval_episodes=4", "logging.eval_splits=[test]")
+                         "logging.eval_episodes=4", "logging.eval_splits=[test]", "logging.eval_overlap=false")
     train_run(cfg)
     out = capsys.readouterr().out
     assert out.count("warning: member_0: held-out evaluation has taken") == 1

@@ -2,8 +2,10 @@
 progress and the trial reporter.
 
 One iteration, read top to bottom in ``train``: the learner collects and updates
-(``iterate``) -> metrics to TensorBoard -> held-out evaluation every ``logging.eval_interval``
-updates -> checkpoint every ``logging.checkpoint_interval`` -> progress and report -> the
+(``iterate``) -> metrics to TensorBoard -> the held-out evaluations that finished meanwhile to
+TensorBoard -> a held-out evaluation every ``logging.eval_interval`` updates, of a snapshot of
+the weights, beside training (``logging.eval_overlap``) -> checkpoint every
+``logging.checkpoint_interval``, after the evaluation in flight -> progress and report -> the
 callbacks installed in ``training.callbacks.after_update``. The same loop trains native
 populations, the explorer and the SB3 and RLlib engines.
 """
@@ -19,7 +21,7 @@ from core.config import Config
 from core.runtime import Runtime
 from core.sections import LoggingConfig
 from training import callbacks, checkpointing
-from training.heldout import Heldout, evaluate_heldout
+from training.heldout import Heldout, HeldoutEvaluator, logged_at
 from training.interrupt import DeferredInterrupt
 from training.learner import IterationResult, Learner, NonFiniteError
 
@@ -56,23 +58,38 @@ def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = 
     summary = SummaryWriter(cfg.layout.population_tb(members), purge_step=purge) if len(members) > 1 else None
     last_heldout: dict[str, list[float]] = {}
     heldout_clock = HeldoutClock()
+    evaluator = HeldoutEvaluator(cfg, runtime, log.eval_overlap)
+    job = learner.agents[0].name
+
+    def log_finished(wait: bool) -> None:
+        """Log the held-out evaluations that have finished (``wait``: and the one in flight) at
+        the steps of the updates they evaluated; raises what an evaluation raised."""
+        nonlocal last_heldout
+        for update, heldout in evaluator.finished(wait):
+            log_heldout(writers, heldout, update * learner.steps_per_update)
+            last_heldout = {split: h.returns.mean(1).tolist() for split, h in heldout.items()}
 
     def run_heldout() -> None:
-        nonlocal last_heldout
         with heldout_clock:
+            if evaluator.busy:
+                heldout_clock.warn_waiting(job, log, evaluator.in_flight, learner.update)
+            log_finished(wait=True)  # one evaluation in flight at a time
             pop, seeds = learner.acting_population()
-            heldout = evaluate_heldout(cfg, pop, seeds, learner.update, runtime.device)
-        log_heldout(writers, heldout, learner.global_step)
-        last_heldout = {split: h.returns.mean(1).tolist() for split, h in heldout.items()}
+            # A learner captures its own CUDA graphs in its first iteration, and a capture forbids
+            # other threads the device meanwhile: an evaluation before it plays inline.
+            evaluator.submit(pop, seeds, learner.update, background=iterated or not runtime.cudagraphs)
+        log_finished(wait=False)  # an inline evaluation's results
 
+    iterated = False
     try:
         with DeferredInterrupt() as interrupt:
-            if log.eval_interval and learner.update == 0:
-                run_heldout()  # the untrained policy: where every held-out curve starts
+            if log.eval_interval and (learner.update == 0 or missing_heldout(learner, log)):
+                run_heldout()  # the untrained policy (where every curve starts), or one a stop lost
             while learner.update < learner.num_updates:
                 start = time.perf_counter()
                 result = learner.iterate()
                 elapsed = time.perf_counter() - start
+                iterated = True
                 check_finite(learner, result)
                 heldout_clock.training += elapsed
                 sps = learner.steps_per_update * len(writers) / elapsed
@@ -80,14 +97,26 @@ def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = 
                 log_iteration(writers, result, sps, step)
                 if summary is not None:
                     log_population(summary, result, sps, step, len(writers))
+                log_finished(wait=False)
                 last = learner.update == learner.num_updates
-                if log.eval_interval and (learner.update % log.eval_interval == 0 or last):
-                    run_heldout()
-                    heldout_clock.warn_if_dominant(learner.agents[0].name, log)
+                heldout_due = log.eval_interval and (learner.update % log.eval_interval == 0 or last)
                 saved = learner.update % log.checkpoint_interval == 0 or last or interrupt.requested
+                # An overlapped evaluation due with a checkpoint starts after it, to run beside the
+                # next updates (started before, the checkpoint would wait for it); the next
+                # checkpoint holds it, and a run resumed from this one plays it again if it never
+                # reached TensorBoard. The last update's comes first: the final checkpoint holds it.
+                heldout_first = heldout_due and (last or not log.eval_overlap)
+                if heldout_first:
+                    run_heldout()
                 if saved:
+                    with heldout_clock:  # the checkpoint holds the evaluations of earlier updates
+                        log_finished(wait=True)
                     flush(writers, summary)  # a process killed after the save has its curves up to it
                     checkpointing.save(learner, last_heldout)
+                if heldout_due and not heldout_first:
+                    run_heldout()
+                if heldout_due:
+                    heldout_clock.warn_if_dominant(job, log)
                 mean_return = result.episodes.means("charts/episodic_return")
                 progress.advance(learner.steps_per_update, sps, mean_return)
                 if on_iteration is not None:
@@ -95,11 +124,22 @@ def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = 
                                   "heldout": last_heldout, "checkpoint": saved, "done": last})
                 if interrupt.requested:  # also a Ctrl-C that came after this iteration's save decision
                     if not saved:
+                        with heldout_clock:
+                            log_finished(wait=True)
                         flush(writers, summary)
                         checkpointing.save(learner, last_heldout)
                     raise KeyboardInterrupt
                 for callback in callbacks.after_update:
                     callback(learner)
+            log_finished(wait=True)  # one still in flight (the update-0 one of a run with no update to train)
+    except BaseException as error:
+        # Training stopped: the evaluation in flight (of an update that trained well) is still logged;
+        # an error of its own does not hide the one that stopped training.
+        try:
+            log_finished(wait=True)
+        except Exception as eval_error:  # noqa: BLE001 - reported with the error that stopped training
+            error.add_note(f"the held-out evaluation in flight failed too: {eval_error!r}")
+        raise
     finally:
         for w in writers + ([summary] if summary else []):
             w.close()
@@ -110,6 +150,16 @@ def train(learner: Learner, cfg: Config, runtime: Runtime, progress: Progress = 
 def flush(writers: list[SummaryWriter], summary: SummaryWriter | None) -> None:
     for w in writers + ([summary] if summary else []):
         w.flush()
+
+
+def missing_heldout(learner: Learner, log: LoggingConfig) -> bool:
+    """Whether a resumed job's update was due a held-out evaluation that never reached TensorBoard:
+    an overlapped evaluation starts after the checkpoint it is due with, and the process may have
+    stopped before it finished. Read from the first agent's events (every agent's are logged at once)."""
+    u = learner.update
+    if not (log.eval_splits and 0 < u < learner.num_updates and u % log.eval_interval == 0):
+        return False
+    return not logged_at(learner.agents[0].tb, f"eval/{log.eval_splits[0]}_return", learner.global_step)
 
 
 def check_finite(learner: Learner, result: IterationResult) -> None:
@@ -125,14 +175,17 @@ def check_finite(learner: Learner, result: IterationResult) -> None:
 
 
 class HeldoutClock:
-    """Wall time spent in held-out evaluation against training, to warn when curves cost more than
-    the training they describe. ``logging.eval_interval`` counts updates, so a small
-    ``ppo.num_steps`` makes evaluations frequent while each still plays whole episodes."""
+    """Wall time that training spent waiting for held-out evaluation against the time it trained,
+    to warn when curves cost more than the training they describe. ``logging.eval_interval``
+    counts updates, so a small ``ppo.num_steps`` makes evaluations frequent while each still plays
+    whole episodes. Inline evaluations count whole; overlapped ones (``logging.eval_overlap``) only
+    the snapshot and what training waits for them (the next evaluation or a checkpoint is due)."""
 
     def __init__(self) -> None:
         self.training = 0.0
         self.heldout = 0.0
         self.warned = False
+        self.warned_waiting = False
         self._start = 0.0
 
     def __enter__(self) -> "HeldoutClock":
@@ -150,6 +203,16 @@ class HeldoutClock:
               f"{self.training:.0f} s of training; evaluate less often (logging.eval_interval="
               f"{log.eval_interval} updates) or on fewer episodes (logging.eval_episodes="
               f"{log.eval_episodes})", flush=True)
+
+    def warn_waiting(self, job: str, log: LoggingConfig, running: int, due: int) -> None:
+        """Once: an overlapped evaluation outlasts the updates between two evaluations."""
+        if self.warned_waiting:
+            return
+        self.warned_waiting = True
+        print(f"warning: {job}: the held-out evaluation of update {running} is still running when "
+              f"update {due}'s is due; training waits for it (one evaluation at a time). Evaluate less "
+              f"often (logging.eval_interval={log.eval_interval} updates) or on fewer episodes "
+              f"(logging.eval_episodes={log.eval_episodes})", flush=True)
 
 
 def log_iteration(writers: list[SummaryWriter], result: IterationResult, sps: float, step: int) -> None:
