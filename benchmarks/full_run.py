@@ -99,7 +99,8 @@ def measure(cfg: Config, job: Job, seconds: float, start: Any = None, breakdown:
         steps = iterations * learner.steps_per_update * len(learner.agents)
         result = {"job": job.name, "agents": len(learner.agents), "sps": steps / elapsed,
                   "iteration_s": elapsed / iterations, "iterations": iterations,
-                  "slices": len(getattr(learner, "slices", [0])), "runtime": runtime.describe()}
+                  "slices": len(getattr(learner, "slices", [0])), "runtime": runtime.describe(),
+                  **population_settings(cfg, job, learner)}
         if breakdown and hasattr(learner, "clock"):
             learner.clock.enabled = True
             begin = time.perf_counter()
@@ -114,6 +115,17 @@ def measure(cfg: Config, job: Job, seconds: float, start: Any = None, breakdown:
         return result
     finally:
         learner.close()
+
+
+def population_settings(cfg: Config, job: Job, learner: Any) -> dict[str, Any]:
+    """How a members' job ran its population: ``population.compile``, the forward mode in force
+    (``auto`` unresolved means the device's default: loop on a CPU) and, where
+    ``population.forward_mode=auto`` measured both modes at the job's start (CUDA, several
+    members), their seconds per forward and backward of a minibatch; {} for the explorer."""
+    if job.explorer:
+        return {}
+    return {"forward_mode": learner.pop.forward_mode, "forward_mode_times": dict(learner.forward_mode_times),
+            "compile": cfg.population.compile}
 
 
 def time_heldout(cfg: Config, learner: Any, runtime: Runtime) -> dict[str, Any]:
@@ -161,6 +173,21 @@ def heldout_evaluations(cfg: Config, job: Job) -> int:
         return 0
     updates = cfg.num_updates(job.explorer)
     return 1 + updates // interval + (1 if updates % interval else 0)
+
+
+def heldout_overlapped(cfg: Config, job: Job, captured: bool) -> int:
+    """Of the job's held-out evaluations (``heldout_evaluations``), how many training runs beside
+    (``logging.eval_overlap``), as training/loop.py schedules them: each in the background after
+    its update (one due with a checkpoint starts after the checkpoint is written), except the last
+    update's, which the final checkpoint waits for. The update-0 evaluation comes before training;
+    with ``captured`` acting (``Runtime.cudagraphs``) it plays inline, before the learner captures
+    its graphs."""
+    log = cfg.logging
+    if not (log.eval_interval and log.eval_overlap):
+        return 0
+    updates = cfg.num_updates(job.explorer)
+    evaluated = sorted({0, updates, *range(log.eval_interval, updates + 1, log.eval_interval)})
+    return sum(1 for u in evaluated if u < updates and (u or not captured))
 
 
 def project(budget: dict[str, int], alone_sps: dict[str, float], together_sps: dict[str, float],

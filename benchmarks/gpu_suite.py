@@ -1,6 +1,7 @@
 """The runner of ``benchmarks/gpu_suite.sh``, the GPU check and benchmark: runs the stages of
-benchmarks/gpu_stages.py in order, each in a fresh process, optionally within a time budget for
-the whole run (``--budget-s``, wheel installs included).
+benchmarks/gpu_stages.py (``STAGES``, in priority order) one after another, each in a fresh
+process, optionally within a time budget for the whole run (``--budget-s``, wheel installs
+included).
 
     bash benchmarks/gpu_suite.sh [--out DIR] [--budget-s S] [--dry-run] [--seconds S] [--only A,B]
                                  [--limit NAME=S] [--precision tf32|bf16] [--wheels DIR] [--site DIR]
@@ -14,13 +15,16 @@ before anything started CUDA, so each stage starts its own CUDA context without 
 import again (``--exec-stages``, or if a forked process cannot start CUDA: a new interpreter per
 stage, ``gpu_suite.py stage NAME``). With ``--budget-s``, a stage runs only if its estimate fits in
 what is left of the budget (else it is skipped, saying why), and is stopped at
-``min(its limit, what is left)``.
+``min(its limit, what is left)``; the JSON's ``plan`` names, from the start, the stages the budget
+reaches if each takes its estimate (``plan``).
 After every stage, ``DIR/gpu_suite.json`` is rewritten (atomically) and the stage's output is
 appended to ``DIR/gpu_suite.log``: a run killed from outside still leaves what it measured. A
 stage also saves its partial results as it goes, so a stage stopped at its limit keeps its
-finished measurements. The JSON ends with ``projection``: the projected wall time of
-configs/maze.yaml on this GPU, held-out evaluation included, and the measured speeds against the
-project's targets. Exit status: 0 when no stage failed or timed out (skipped ones are fine).
+finished measurements. Each stage's entry carries its estimate and the basis of it
+(``estimate_basis``). The JSON ends with ``projection``: the projected wall time of
+configs/maze.yaml on this GPU under the config's defaults, held-out evaluation included, and the
+measured speeds against the project's targets, each with the precision, forward mode and compile
+it ran with. Exit status: 0 when no stage failed or timed out (skipped ones are fine).
 """
 from __future__ import annotations
 
@@ -40,20 +44,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the project's packages
 
-from benchmarks.gpu_stages import (  # noqa: E402
-    BY_NAME,
+from benchmarks.gpu_context import (  # noqa: E402
     CONFIG,
     JSON_NAME,
     LOG_NAME,
     MARGIN_S,
     ROOT,
-    STAGES,
     TAIL_CHARS,
-    Stage,
     result_path,
-    run_stage_here,
     write_json,
 )
+from benchmarks.gpu_stages import BY_NAME, STAGES, Stage, run_stage_here  # noqa: E402
 
 # ---- the suite ------------------------------------------------------------------------------------
 # Stages are forked from this process after it imported torch and the project (PRELOAD) but never
@@ -166,7 +167,9 @@ class Suite:
             "learning_precision": args.precision,
             "commit": git_commit(), "python": sys.executable, "done": False, "elapsed_s": 0.0, "machine": None,
             "install": None, "preload": None, "summary": {},
+            "plan": plan(args.budget_s, self.dry, self.limits, self.only),
             "stages": [{"name": s.name, "what": s.what, "status": "pending", "estimate_s": s.estimate(self.dry),
+                        "estimate_basis": "a dry run on a CPU" if self.dry else s.basis,
                         "limit_s": self.limits.get(s.name, s.limit(self.dry))} for s in STAGES],
         }
 
@@ -189,6 +192,10 @@ class Suite:
             signal.signal(sig, self.on_signal)
         os.chdir(ROOT)
         self.write()
+        if self.args.budget_s is not None:
+            later = [s.name for s in STAGES if s.name not in self.data["plan"] and (not self.only or s.name in self.only)]
+            self.say(f"within {self.args.budget_s:.0f} s, if each stage takes its estimate: {', '.join(self.data['plan'])}"
+                     + (f"; not expected to fit: {', '.join(later)}" if later else ""))
         if self.args.wheels:
             wheels = Path(self.args.wheels)  # absolute: main() resolved them before run() changed folder
             site = Path(self.args.site) if self.args.site else self.scratch / "site"
@@ -371,6 +378,27 @@ def stop_group(pid: int) -> None:
             time.sleep(0.1)
 
 
+# The preload (torch, the project, one procgen batch) before the first stage: 9.5 s measured on a
+# 2-core CPU; reckoned the same on a GPU node (torch's CUDA libraries are larger, its CPU faster).
+PRELOAD_ESTIMATE_S = 10.0
+
+
+def plan(budget_s: float | None, dry: bool, limits: dict[str, float], only: list[str]) -> list[str]:
+    """The stages a run within ``budget_s`` seconds reaches if the preload and every stage take
+    their estimates and pass, in order: each that fits in what is left (``MARGIN_S`` kept back),
+    as ``Suite.skip_reason`` decides, and whose ``requires`` are among them. ``limits``:
+    ``--limit``'s (a stage's estimate is at most its limit); ``only``: ``--only``'s (empty: all)."""
+    left = (float("inf") if budget_s is None else budget_s) - MARGIN_S - PRELOAD_ESTIMATE_S
+    chosen: list[str] = []
+    for stage in STAGES:
+        takes = min(stage.estimate(dry), limits.get(stage.name, stage.limit(dry)))
+        if (only and stage.name not in only) or takes > left or not set(stage.requires) <= set(chosen):
+            continue
+        chosen.append(stage.name)
+        left -= takes
+    return chosen
+
+
 def parse_limit(text: str) -> tuple[str, float]:
     name, _, seconds = text.partition("=")
     if not seconds:
@@ -396,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     suite.add_argument("--budget-s", type=float, help="seconds for the whole run, installs included: a stage "
                        "that would not fit in what is left is skipped (default: no limit but each stage's own)")
     suite.add_argument("--started", type=float, help="when the run began (epoch seconds; gpu_suite.sh passes it)")
-    suite.add_argument("--seconds", type=float, help="timed window per measurement (10 on the GPU, 0.05 dry)")
+    suite.add_argument("--seconds", type=float, help="timed window per measurement (5 on the GPU, 0.05 dry; "
+                       "the members' update and GRU replay stages time 0.4 of it)")
     suite.add_argument("--only", help="comma-separated stages to run; the others are skipped")
     suite.add_argument("--precision", choices=("tf32", "bf16"),
                        help="what the learning check trains against fp32 (default: the one of the two whose "
@@ -409,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("name", choices=list(BY_NAME))
     one.add_argument("--scratch", required=True)
     one.add_argument("--suite-json", default="")
-    one.add_argument("--seconds", type=float, default=10.0)
+    one.add_argument("--seconds", type=float, default=5.0)
     one.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "suite":
@@ -424,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stage":
         return run_stage_here(args.name, Path(args.scratch), Path(args.suite_json), args.dry_run, args.seconds)
     if args.seconds is None:
-        args.seconds = 0.05 if args.dry_run else 10.0
+        args.seconds = 0.05 if args.dry_run else 5.0
     return Suite(args).run()
 
 

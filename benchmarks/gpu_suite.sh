@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# The GPU check and benchmark of this project, for any CUDA machine: check the imports, run the
-# CUDA tests (tests/test_device.py and the other files with CUDA cases), then measure
-# configs/maze.yaml's jobs with ray=false, most telling first (members in fp32 alone, a population
-# of 10 and one member; the explorer alone with its iteration's breakdown; both side by side with
-# one held-out evaluation per job; the members' update per forward mode x precision with its
-# TFLOP/s; one GRU replay of the explorer's update at T=512; a learning check of the chosen
-# precision against fp32; bf16; the other env.pipeline schedule; eager against captured acting),
-# and last the projected wall time of configs/maze.yaml, held-out evaluation included, against the
-# targets. Each stage is a fresh process with its own time limit. DIR/gpu_suite.json is rewritten
-# after every stage and DIR/gpu_suite.log collects the stages' output, so a run stopped early keeps
-# what it measured. docs/performance.md explains the results.
+# The GPU check and benchmark of this project, for any CUDA machine, in priority order so that one
+# budgeted call delivers the most important figures first: check the imports, run the CUDA tests
+# (tests/test_device.py and the other files with CUDA cases), then measure configs/maze.yaml's
+# jobs with ray=false under the config's defaults (precision auto, TF32, forward mode auto, ...):
+# the members alone (population of 10) and the explorer alone, each with its iteration's breakdown;
+# both side by side with one held-out evaluation per job; at once the projected wall time of
+# configs/maze.yaml, held-out evaluation included, against the targets (the JSON's last key, with
+# the settings each figure ran with); the members' update per forward mode x precision with its
+# TFLOP/s and auto's choice; one GRU replay of the explorer's update at T=512; a short learning
+# check of the chosen precision against fp32. Then, if the budget leaves time: the update with
+# population.compile=true at its fastest combination, the jobs in IEEE fp32 (the before), one
+# member alone, the other env.pipeline schedule, eager acting, a bf16 trunk with IEEE fp32
+# elsewhere. Each stage is a fresh process with its own time limit. DIR/gpu_suite.json is
+# rewritten after every stage and DIR/gpu_suite.log collects the stages' output, so a run stopped
+# early keeps what it measured. docs/performance.md explains the results.
 #
 #   bash benchmarks/gpu_suite.sh [--out DIR] [--budget-s SECONDS] [--dry-run] [--seconds S]
 #                                [--only STAGE,...] [--limit STAGE=SECONDS] [--precision tf32|bf16]
@@ -18,9 +22,13 @@
 # --out DIR        where the results go (default: a new folder under $TMPDIR or /tmp, printed).
 # --budget-s S     a time limit for the whole run, installs included: a stage that would not fit
 #                  in what is left is skipped, saying why (default: none; every stage still stops
-#                  at its own limit; the stages' estimates in benchmarks/gpu_stages.py add up to
-#                  about 17 minutes on one H200 (16-core Intel Xeon), 7 of them reckoned, not
-#                  yet measured).
+#                  at its own limit). The stages' GPU estimates (benchmarks/gpu_stages.py, each
+#                  with its basis; most are reckoned from one H200's earlier times, not measured)
+#                  add up to about 8 minutes through the learning check and 14 in all, so
+#                  --budget-s 540 runs the checks, the defaults' jobs, the projection, the update
+#                  matrix, the GRU replay and the learning check.
+# --seconds S      the timed window of one measurement (default 5 on the GPU: one or two
+#                  iterations after a warm-up one; the update and replay stages time 0.4 of it).
 # --precision P    what the learning check trains against fp32: tf32 or bf16 (default: the one
 #                  whose members' update was faster in this run).
 # --dry-run        every stage on the CPU at tiny sizes (tests/test_gpu_suite.py runs it).
@@ -32,7 +40,8 @@
 #                  they are unpacked into a temporary folder, and only the libraries this machine
 #                  lacks go on LD_LIBRARY_PATH (the machine's own are never shadowed).
 # The Python that runs it: $PYTHON, else .venv/bin/python when there is one, else python3.
-# Stages: benchmarks/gpu_stages.py; the runner and the other options: benchmarks/gpu_suite.py.
+# Stages: benchmarks/gpu_stages.py (the order and estimates; the stages by concern in gpu_checks.py,
+# gpu_jobs.py and gpu_update.py); the runner and the other options: benchmarks/gpu_suite.py.
 set -uo pipefail
 started=$(date +%s.%N)
 

@@ -1,8 +1,10 @@
 """benchmarks/gpu_suite.sh on the CPU: its dry run goes through every stage's code at tiny sizes (so
-the suite cannot fail on a GPU machine for a reason this CPU could have shown), writes every
-stage's status and numbers to its JSON (ending with the projection), skips the stages that would
-overrun --budget-s, stops a stage at its time limit, installs a wheels folder without an index or
-dependencies, names what is missing when an import fails, and picks the learning check's precision."""
+the suite cannot fail on a GPU machine for a reason this CPU could have shown), measures the jobs
+under the config's defaults and says so, writes every stage's status and numbers to its JSON
+(ending with the projection), skips the stages that would overrun --budget-s, stops a stage at its
+time limit, installs a wheels folder without an index or dependencies, names what is missing when
+an import fails, picks the learning check's precision, and counts the held-out evaluations that
+run beside training as training/loop.py schedules them."""
 from __future__ import annotations
 
 import json
@@ -14,12 +16,18 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
-from benchmarks import gpu_stages
+from benchmarks import full_run, gpu_context, gpu_jobs, gpu_stages, gpu_suite, gpu_update
+from core.config import load_config
+from core.runtime import resolve_bf16
+from launch.jobs import Job
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "benchmarks" / "gpu_suite.sh"
 NAMES = [s.name for s in gpu_stages.STAGES]
+# The config's precision (auto) on this CPU: a bf16 trunk only where it multiplies bf16 natively.
+DEFAULT_RUNTIME = f"cpu ({'bf16 trunk' if resolve_bf16('auto', torch.device('cpu')) else 'fp32'})"
 
 
 def run_suite(*args: str, env: dict[str, str] | None = None, out: Path | None = None, cwd: Path | None = None):
@@ -32,7 +40,7 @@ def run_suite(*args: str, env: dict[str, str] | None = None, out: Path | None = 
     assert said, done.stdout[-3000:] + done.stderr[-3000:]
     folder = Path(said.group(1))
     assert out is None or folder == ((cwd or Path.cwd()) / out).resolve()
-    data = json.loads((folder / gpu_stages.JSON_NAME).read_text())
+    data = json.loads((folder / gpu_context.JSON_NAME).read_text())
     return done, data
 
 
@@ -62,35 +70,47 @@ def test_dry_run_goes_through_every_stage_and_records_its_numbers(tmp_path: Path
     assert tests["rc"] == 0 and tests["failed"] == [] and tests["counts"]["passed"] >= 1
     assert tests["counts"]["skipped"] >= 10 and all("cuda" in t for t in tests["outcomes"]["skipped"])
 
-    for name, key, agents in (("members_fp32_pop10", "members", 2), ("members_fp32_pop1", "members", 1),
-                              ("explorer_fp32", "explorer", 1)):
+    defaults = gpu_jobs.config_defaults()  # configs/maze.yaml's settings, as the stages measured them
+    for name, key, agents in (("members", "members", 2), ("members_pop1", "members", 1), ("explorer", "explorer", 1)):
         r = by[name]["result"][key]
-        assert r["sps"] > 0 and r["agents"] == agents and r["runtime"] == "cpu (fp32)", name
-    assert by["members_fp32_pop10"]["result"]["members"]["breakdown"]["total"] > 0
-    assert by["explorer_fp32"]["result"]["explorer"]["breakdown"]["reward"] > 0
+        assert r["sps"] > 0 and r["agents"] == agents and r["runtime"] == DEFAULT_RUNTIME, name
+        assert r["overrides"] == [] and r["settings"] == defaults, name
+    members = by["members"]["result"]["members"]
+    assert members["breakdown"]["total"] > 0 and members["compile"] is defaults["population.compile"]
+    # forward_mode=auto measures both modes on CUDA only: on a CPU it stays auto (loop), untimed
+    assert members["forward_mode"] == "auto" and members["forward_mode_times"] == {}
+    assert by["explorer"]["result"]["explorer"]["breakdown"]["reward"] > 0
+    assert "forward_mode" not in by["explorer"]["result"]["explorer"]
 
-    side = by["side_by_side_fp32"]["result"]
+    side = by["side_by_side"]["result"]
     assert {r["job"] for r in side["together"]} == {"members_0-1", "explorer"}
-    assert all(r["sps"] > 0 for r in side["together"]) and side["projected_wall_s"] > 0
+    assert all(r["sps"] > 0 and r["runtime"] == DEFAULT_RUNTIME for r in side["together"])
+    assert side["projected_wall_s"] > 0 and side["overrides"] == [] and side["settings"]["network.precision"] == "auto"
     assert side["budget"] == {"members_0-1": 2 * 25_000_000, "explorer": 100_000_000}  # configs/maze.yaml's
 
+    reference = by["fp32_reference"]["result"]  # the before: IEEE fp32 against the defaults
+    assert reference["members"]["runtime"] == reference["explorer"]["runtime"] == "cpu (fp32)"
+    assert reference["members"]["overrides"] == ["network.precision=fp32", "network.tf32=false"]
     bf16 = by["bf16"]["result"]
     assert bf16["members"]["runtime"] == bf16["explorer"]["runtime"] == "cpu (bf16 trunk)"
     pipeline = by["pipeline"]["result"]  # auto is serial on a CPU: this stage measured the overlap
     assert pipeline["measured"] == "overlap" and pipeline["members"]["slices"] == 2
 
     summary = data["summary"]
-    for key in ("members_fp32_pop10_sps", "members_fp32_pop1_sps", "population_vs_single_runs",
-                "explorer_fp32_sps", "projected_wall_h"):
+    for key in ("members_pop10_sps", "members_pop1_sps", "population_vs_single_runs", "explorer_sps",
+                "members_fp32_pop10_sps", "explorer_fp32_sps", "projected_wall_h"):
         assert summary[key] > 0, key
-    assert all(v > 0 for v in [*summary["bf16_vs_fp32"].values(), *summary["overlap_vs_serial"].values()])
+    for key in ("defaults_vs_fp32", "bf16_ieee_vs_defaults", "overlap_vs_serial"):
+        assert set(summary[key]) == {"members", "explorer"} and all(v > 0 for v in summary[key].values()), key
+    assert summary["defaults_vs_fp32"]["members"] == pytest.approx(
+        by["members"]["result"]["members"]["sps"] / reference["members"]["sps"])
     acting = by["acting"]["result"]  # a CPU has no CUDA graphs: eager acting through the same code
     assert acting["captured_before"] is False and summary["captured_vs_eager"] is None
     assert all(v > 0 for v in acting["ratios"].values())
     check_update_replay_learning_and_projection(by, data)
-    log = (tmp_path / "out" / gpu_stages.LOG_NAME).read_text()
+    log = (tmp_path / "out" / gpu_context.LOG_NAME).read_text()
     assert all(f"===== {name}:" in log for name in NAMES)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [gpu_stages.JSON_NAME, gpu_stages.LOG_NAME]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [gpu_context.JSON_NAME, gpu_context.LOG_NAME]
 
 
 def small_cnn_flop_per_frame(actions: int = 15) -> int:
@@ -104,8 +124,8 @@ def small_cnn_flop_per_frame(actions: int = 15) -> int:
 
 
 def check_update_replay_learning_and_projection(by: dict[str, dict], data: dict) -> None:
-    """The dry run's members_update, gru_replay, learning_check and projection (DRY's sizes: 2
-    members, small CNN, 4 envs x 16 steps, 1 epoch of 2 minibatches)."""
+    """The dry run's members_update, members_compile, gru_replay, learning_check and projection
+    (DRY's sizes: 2 members, small CNN, 4 envs x 16 steps, 1 epoch of 2 minibatches)."""
     update = by["members_update"]["result"]
     assert update["flop_per_frame"] == small_cnn_flop_per_frame()
     assert update["flop_per_update"] == small_cnn_flop_per_frame() * 2 * (4 * 16) * 1
@@ -115,6 +135,17 @@ def check_update_replay_learning_and_projection(by: dict[str, dict], data: dict)
         assert r["tflops"] * 1e12 * r["update_s"] == pytest.approx(update["flop_per_update"]), key
         assert f"population.forward_mode={r['forward_mode']}" in r["overrides"]
         assert r["runtime"] == ("cpu (bf16 trunk)" if r["precision"] == "bf16" else "cpu (fp32)"), key  # no TF32 on a CPU
+    # each precision's learner built with forward_mode=auto: measured on CUDA only, so here untimed
+    assert update["forward_mode_auto"] == {p: {"times": {}, "chosen": "auto"} for p in ("fp32", "tf32", "bf16")}
+    fastest = min(update["updates"], key=lambda k: update["updates"][k]["update_s"])
+    assert update["fastest"] == fastest == data["summary"]["members_update_fastest"]
+
+    compiled = by["members_compile"]["result"]  # population.compile=true at the fastest combination
+    eager = update["updates"][fastest]
+    assert compiled["combination"] == fastest and compiled["overrides"] == [*eager["overrides"], "population.compile=true"]
+    assert compiled["compile_s"] > 0 and compiled["update_s"] > 0 and compiled["graph_breaks"] == 0
+    assert compiled["eager_update_s"] == eager["update_s"]
+    assert compiled["compiled_vs_eager"] == pytest.approx(eager["update_s"] / compiled["update_s"])
 
     replay = by["gru_replay"]["result"]  # T = ppo.num_steps; 4 envs in 2 minibatches of whole sequences
     assert (replay["steps"], replay["sequences"], replay["replays_per_update"]) == (16, 2, 2)
@@ -138,23 +169,48 @@ def check_update_replay_learning_and_projection(by: dict[str, dict], data: dict)
             assert r["difference_sd"] == pytest.approx(abs(paired[0] - paired[1]) / 2 ** 0.5)
     assert data["summary"]["learning_check"]["final"]["test"]["step"] == 256
 
-    side, projection = by["side_by_side_fp32"]["result"], data["projection"]
+    side, projection = by["side_by_side"]["result"], data["projection"]
     assert list(data)[-1] == "projection" and projection == by["projection"]["result"]  # the JSON ends with it
     assert projection["projected_wall_with_heldout_s"] == side["projected_wall_with_heldout_s"] > 0
     assert projection["projected_wall_with_heldout_h"] == pytest.approx(side["projected_wall_with_heldout_s"] / 3600)
     assert projection["budget"] == side["budget"] and projection["formula"].startswith("full_run.project")
     assert set(projection["targets"]) == {"members_pop10_sps", "explorer_sps", "projected_wall_with_heldout_h"}
-    members = by["members_fp32_pop10"]["result"]["members"]["sps"]
-    assert projection["targets"]["members_pop10_sps"] == {"target": 35_000, "measured": members, "met": members >= 35_000}
-    # measured in fp32; configs/maze.yaml trains with precision auto (a bf16 trunk): the JSON says so
-    assert projection["config_precision"] == "auto" and projection["under_config_defaults"] is False
+    members = by["members"]["result"]["members"]
+    target = projection["targets"]["members_pop10_sps"]
+    assert {k: target[k] for k in ("target", "measured", "met")} == {"target": 35_000, "measured": members["sps"],
+                                                                       "met": members["sps"] >= 35_000}
+    assert target["measured_with"] == {"members": {"overrides": [], "runtime": DEFAULT_RUNTIME, "forward_mode": "auto",
+                                                   "forward_mode_times": {}, "compile": False}}
+    assert set(projection["targets"]["projected_wall_with_heldout_h"]["measured_with"]) == {
+        "members", "explorer", "together/members_0-1", "together/explorer"}
+    # every input measured under configs/maze.yaml's own settings (paper.yaml: precision auto, TF32 on)
+    assert projection["under_config_defaults"] is True and data["summary"]["under_config_defaults"] is True
+    assert projection["config_defaults"]["network.precision"] == "auto" and projection["config_defaults"]["network.tf32"]
+    # the dry run's schedule: an evaluation every 20 updates, each checkpointed (20): only update 0's beside training
+    overlap = projection["config_defaults"]["logging.eval_overlap"]
+    assert projection["heldout"]["members_0-1"]["overlapped"] == (1 if overlap else 0)
+
+
+def test_one_budgeted_gpu_call_of_540_s_reaches_the_priority_stages() -> None:
+    """By the stages' GPU estimates, a run with --budget-s 540 reaches the checks, the jobs under the
+    config's defaults, the projection, the update matrix, the GRU replay and the learning check, in
+    that order (what one budgeted call on an H100 or H200 must deliver); what runs after them only
+    fits where time remains; a stage that reads another is planned only after it."""
+    priority = ["imports", "tests", "members", "explorer", "side_by_side", "projection", "members_update",
+                "gru_replay", "learning_check"]
+    planned = gpu_suite.plan(540, dry=False, limits={}, only=[])
+    assert planned[:len(priority)] == priority and NAMES[:len(priority)] == priority
+    assert gpu_suite.plan(None, dry=False, limits={}, only=[]) == NAMES  # no budget: every stage
+    assert gpu_suite.plan(540, dry=False, limits={}, only=["members_compile"]) == []  # members_update not run
+    # a --limit caps a stage's estimate: the tests at 20 s leave the compiled update room to run
+    assert "members_compile" not in planned and "members_compile" in gpu_suite.plan(540, False, {"tests": 20}, [])
 
 
 def test_the_learning_check_compares_the_faster_precision_unless_told() -> None:
     """Which precision the learning check trains against fp32: --precision if given, else the one
     of tf32 and bf16 with the faster members' update over the forward modes, else bf16."""
     def choose(suite: dict) -> tuple[str, str]:
-        return gpu_stages.chosen_precision(gpu_stages.Context("learning_check", Path("."), suite, True, 0.05))
+        return gpu_update.chosen_precision(gpu_context.Context("learning_check", Path("."), suite, True, 0.05))
 
     updates = {"vmap/fp32": ("fp32", 1.0), "vmap/tf32": ("tf32", 0.8), "vmap/bf16": ("bf16", 0.9),
                "loop/fp32": ("fp32", 0.5), "loop/tf32": ("tf32", 0.85), "loop/bf16": ("bf16", 0.7)}
@@ -168,19 +224,20 @@ def test_the_learning_check_compares_the_faster_precision_unless_told() -> None:
 @pytest.mark.slow
 def test_stages_that_would_overrun_the_budget_are_skipped_saying_why(tmp_path: Path) -> None:
     """No stage fits in --budget-s 2: each is skipped (nothing started, nothing preloaded), and the
-    projection, which reads what side_by_side_fp32 measured, for want of it. Without --out the
-    results go to a new folder under $TMPDIR, which the suite names."""
+    projection and the compiled update, which read what side_by_side and members_update measured,
+    for want of it. Without --out the results go to a new folder under $TMPDIR, which the suite names."""
     done, data = run_suite("--dry-run", "--budget-s", "2", env={"TMPDIR": str(tmp_path)})
     assert done.returncode == 0, done.stderr  # skipping is not failing
     assert Path(data["out"]).parent == tmp_path and Path(data["out"]).name.startswith("gpu_suite.")
     for s in stages(data).values():
         assert s["status"] == "skipped" and "result" not in s, s
-        if s["name"] == "projection":  # it reads side_by_side_fp32's numbers: skipped for want of them
-            assert s["reason"] == "needs side_by_side_fp32, which did not pass"
+        reads = {"projection": "side_by_side", "members_compile": "members_update"}.get(s["name"])
+        if reads:  # skipped for want of the numbers it reads
+            assert s["reason"] == f"needs {reads}, which did not pass"
             continue
         assert s["reason"].startswith("would overrun: takes about")
         assert s["reason"].endswith("of the 2 s budget left (--budget-s)"), s["reason"]
-    assert data["projection"] is None
+    assert data["projection"] is None and data["plan"] == []  # nothing was expected to fit
     assert data["done"] and data["preload"] is None and data["budget_s"] == 2
 
 
@@ -200,7 +257,7 @@ def test_folders_are_taken_relative_to_the_callers_folder_and_bad_options_refuse
         done = subprocess.run(["bash", str(SUITE), "--dry-run", "--out", str(tmp_path / "bad"), *bad],
                               capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
         assert done.returncode == 2 and says in done.stderr, done.stderr
-        assert not (tmp_path / "bad" / gpu_stages.JSON_NAME).exists()
+        assert not (tmp_path / "bad" / gpu_context.JSON_NAME).exists()
 
 
 @pytest.mark.slow
@@ -248,3 +305,23 @@ def test_a_missing_module_is_named_and_the_stages_that_need_it_do_not_run(tmp_pa
     assert "gym3 (needed by procgen (wheel gym3)): ImportError: planted: no gym3 here" in imports["reason"]
     assert imports["result"]["required"]["gym3"]["ok"] is False
     assert by["tests"]["status"] == "skipped" and by["tests"]["reason"] == "needs imports, which did not pass"
+
+
+def test_the_projection_counts_the_evaluations_that_overlap_training() -> None:
+    """Which held-out evaluations training runs beside (logging.eval_overlap), as training/loop.py
+    schedules them: 13 updates, an evaluation at 0, 4, 8, 12 and after the last (13). One due with
+    a checkpoint starts after it, so whatever the checkpoint interval, those of 0 (before
+    training), 4, 8 and 12 overlap training and the last one is waited for at once (the final
+    checkpoint holds it); with captured acting the update-0 evaluation plays inline, before the
+    learner captures its graphs."""
+    def overlapped(*overrides: str, captured: bool = False) -> int:
+        cfg = load_config(gpu_context.CONFIG, ["ray=false", "device=cpu", *gpu_context.DRY,
+                                               f"ppo.total_steps={13 * 64}", "logging.eval_interval=4", *overrides],
+                          name="overlap")
+        assert cfg.num_updates() == 13 and full_run.heldout_evaluations(cfg, Job("members", (0,))) == 5
+        return full_run.heldout_overlapped(cfg, Job("members", (0,)), captured)
+
+    assert overlapped("logging.checkpoint_interval=6", "logging.eval_overlap=true") == 4
+    assert overlapped("logging.checkpoint_interval=6", "logging.eval_overlap=true", captured=True) == 3  # 4, 8, 12
+    assert overlapped("logging.checkpoint_interval=4", "logging.eval_overlap=true") == 4  # checkpoints do not wait
+    assert overlapped("logging.checkpoint_interval=6", "logging.eval_overlap=false") == 0  # inline: none
