@@ -333,7 +333,6 @@ class PopulationConfig(Section):
     # differ from eager in the last bits. docs/performance.md has its measured effect.
     compile: bool = False
 
-
     def check(self) -> None:
         positives("population", self, non_negative=("size",))
 
@@ -373,6 +372,13 @@ class ExplorerConfig(Section):
     buffer_size: int = 500  # frames of the current episode kept for the kNN reward
     pool: int = 3  # average-pooling of the full-view frame
     seed: int = 1000
+    # procgen's stepping threads for each of the explorer's env batches (its agent view and its
+    # full-view twin, stepped at once), in place of env.num_threads: the explorer's rollout waits for
+    # every env step. 0: a batch steps in the thread that calls it. < 0, auto: the explorer's CPUs
+    # (resources.explorer_cpus, at most the cores this process may run on) shared by its views, at
+    # most one per env of a batch, 0 where that is one (training/explorer_learner.py:env_threads).
+    # Same frames, rewards and episode ends whatever the count.
+    env_threads: int = -1
 
     def check(self) -> None:
         positives("explorer", self, strict=("total_steps", "k", "buffer_size", "pool"))

@@ -12,9 +12,16 @@ Games whose camera never follows the agent (``Game.full_view_is_agent_view``: ma
 others) draw the whole level in the agent's view already: there the twin would be a bit-identical
 copy of the agent batch, so the pair builds and steps no twin and returns the agent's frames as the
 full view. That halves the explorer's env stepping for those games and changes no number.
+
+Where there is a twin, a step runs both views at once: the twin's batch in a thread of the pair,
+the agent's in the calling thread (procgen releases the GIL while it steps), and the lockstep check
+compares them once both have finished. The two batches share nothing, so this changes no number
+either (tests/test_full_view.py checks it bit for bit against stepping the views one after the
+other).
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 import numpy as np
@@ -52,6 +59,9 @@ class FullViewPair(ResetSeeding):
         self.full = SplitBatch(lambda n: make(n, center_agent=False), num_envs, parts) if self.twin else self.agent
         self.num_envs = num_envs
         self.slices = self.agent.slices
+        # One thread per slice: slices that step at the same time (in the learner's worker threads)
+        # each have their twin stepping beside them.
+        self._twin_threads = ThreadPoolExecutor(parts, thread_name_prefix="full-view") if self.twin else None
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """-> agent-view and full-view frames of every env's new episode (seeded as ``SplitBatch.reset``)."""
@@ -65,11 +75,17 @@ class FullViewPair(ResetSeeding):
 
     def step(self, part: int, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step slice ``part`` of both views -> agent-view obs, full-view obs, reward, terminated,
-        the agent view's info (all of that slice). Without a twin the full-view obs is ``obs``."""
-        obs, reward, term, info = self.agent.step(part, actions)
+        the agent view's info (all of that slice). Without a twin the full-view obs is ``obs``; with
+        one, both views step at once (module docstring). Raises ``LockstepError`` if they diverge."""
         if not self.twin:
+            obs, reward, term, info = self.agent.step(part, actions)
             return obs, obs, reward, term, info
-        full, full_reward, full_term, full_info = self.full.step(part, actions)
+        twin_step = self._twin_threads.submit(self.full.step, part, actions)
+        try:
+            obs, reward, term, info = self.agent.step(part, actions)
+        finally:
+            wait([twin_step])  # neither view is read, nor stepped again, before both have finished
+        full, full_reward, full_term, full_info = twin_step.result()
         self._check(term, full_term, "episode ends")
         self._check(info["level_seed"], full_info["level_seed"], "level seeds")
         self._check(reward, full_reward, "rewards")
@@ -114,4 +130,5 @@ class FullViewPair(ResetSeeding):
     def close(self) -> None:
         self.agent.close()
         if self.twin:
+            self._twin_threads.shutdown()
             self.full.close()

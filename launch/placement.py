@@ -7,7 +7,9 @@ Nothing here imports Ray.
 
 **CPUs.** A job runs ``resources.shard_cpus`` (explorer: ``explorer_cpus``) torch threads, and steps
 its env batches in ``env_workers`` threads (a population steps each member's batch in its own
-thread; ``env.pipeline=overlap`` doubles that), each batch on ``env.num_threads`` procgen threads.
+thread; ``env.pipeline=overlap`` doubles that), each batch on ``env.num_threads`` procgen threads
+(the explorer: its views' batches at once, each on ``explorer.env_threads``, whose auto fits them
+into ``explorer_cpus``).
 With ``env.pipeline=serial`` (the default) env stepping and the network never run at the same time,
 so a job occupies ``max(torch threads, env cores)`` cores; with ``overlap`` they do, and it
 occupies the sum. That is its CPU request, capped at the largest node's CPUs (a job cannot run on
@@ -51,6 +53,7 @@ from agents.registry import algorithm_class, member_spec
 from core.config import Config, ConfigError
 from envs.procgen_vec import OBS_SHAPE
 from launch.jobs import Job
+from training.explorer_learner import env_threads, views
 from training.native_learner import rollout_slices
 
 GIB = 2**30
@@ -85,7 +88,10 @@ def job_cpus(cfg: Config, job: Job) -> float:
     time only with ``env.pipeline=overlap``."""
     r = cfg.resources
     torch_cpus = r.explorer_cpus if job.explorer else r.shard_cpus
-    env_cores = env_workers(cfg, job) * cfg.env.num_threads
+    if job.explorer:  # each view's batch on explorer.env_threads threads (0: the stepping thread itself)
+        env_cores = env_workers(cfg, job) * views(cfg.env) * max(1, env_threads(cfg))
+    else:
+        env_cores = env_workers(cfg, job) * cfg.env.num_threads
     return torch_cpus + env_cores if rollout_slices(cfg.env) > 1 else max(torch_cpus, env_cores)
 
 

@@ -100,9 +100,12 @@ def test_cpu_requests_count_the_env_threads(tmp_path):
     assert (job_cpus(cfg, members), job_cpus(cfg, explorer)) == (3, 1)
     cfg = make_small_cfg(tmp_path, "ensemble.size=3", "explorer.enabled=true", "env.pipeline=overlap",
                          "resources.shard_cpus=2", "env.num_threads=2")
-    assert (job_cpus(cfg, members), job_cpus(cfg, explorer)) == (2 + 3 * 2 * 2, 1 + 2 * 2)
+    # The explorer steps its batches on explorer.env_threads (auto: 0 for one CPU), not env.num_threads.
+    assert (job_cpus(cfg, members), job_cpus(cfg, explorer)) == (2 + 3 * 2 * 2, 1 + 2 * 1)
     jobs = [(cfg, members), (cfg, explorer)]
-    assert [r.cpus for r in place(jobs, 0, node_cpus=4)] == [4, 4]  # no more than the largest node has
+    assert [r.cpus for r in place(jobs, 0, node_cpus=4)] == [4, 3]  # no more than the largest node has
+    twin = make_small_cfg(tmp_path, "explorer.enabled=true", "env.game=coinrun", "explorer.env_threads=3")
+    assert job_cpus(twin, plan(twin)[-1]) == 2 * 3  # the agent view and its full-view twin at once
 
 
 def test_without_ray_children_take_the_gpus_in_turn_explorer_first():

@@ -17,8 +17,9 @@ from envs.full_view import FullViewPair, LockstepError
 from envs.levels import get_split
 from envs.procgen_vec import ProcgenVecEnv
 from envs.split_batch import SplitBatch
+from tests.test_precision import ConvolutionDtypes
 from training import checkpointing, explorer_learner
-from training.explorer_learner import ExplorerLearner
+from training.explorer_learner import ExplorerLearner, env_threads
 from training.loop import train
 from training.native_learner import NativeLearner
 
@@ -101,6 +102,50 @@ def test_explorer_resume_gives_identical_next_actions(small_cfg) -> None:
     assert torch.equal(first.ro.actions, second.ro.actions)
     torch.testing.assert_close(first.ro.rewards, second.ro.rewards)
     first.close(), second.close()
+
+
+@pytest.mark.parametrize("cores,overrides,threads", [
+    (64, [], 0),  # auto: resources.explorer_cpus (1) for two views: procgen steps in the calling thread
+    (1, ["resources.explorer_cpus=8"], 0),  # no more than the cores this process may run on
+    (64, ["resources.explorer_cpus=4"], 2),  # 4 CPUs, 2 views (coinrun has a twin)
+    (64, ["resources.explorer_cpus=32"], 4),  # at most one thread per env of a batch
+    (64, ["resources.explorer_cpus=32", "env.pipeline=overlap"], 2),  # a batch is half of env.num_envs
+    (64, ["explorer.env_threads=3"], 3),
+    (2, ["explorer.env_threads=0"], 0),
+])
+def test_explorer_env_threads(small_cfg, monkeypatch, cores, overrides, threads) -> None:
+    """``explorer.env_threads``: auto (< 0) from the explorer's CPUs and the cores this process may
+    use, or as given; the explorer's batches (both views) are built with it, whatever
+    ``env.num_threads`` says."""
+    monkeypatch.setattr(explorer_learner, "available_cores", lambda: cores)
+    cfg = small_cfg(*EXPLORER, "env.game=coinrun", "env.num_threads=1", *overrides)
+    assert env_threads(cfg) == threads
+    trainer = make_explorer(cfg)
+    batches = trainer.envs.agent.parts + trainer.envs.full.parts
+    assert len(batches) == 2 * len(trainer.slices)
+    assert {b._options["num_threads"] for b in batches} == {threads}
+    trainer.close()
+
+
+def test_explorer_rollouts_do_not_depend_on_its_env_threads(small_cfg) -> None:
+    """fruitbot (a full-view twin stepped beside the agent view; random play ends its episodes
+    within a rollout), two slices stepped by the learner's worker threads: procgen's threads per
+    batch change no action, frame, episode start or kNN reward of two rollouts."""
+    rollouts = []
+    for threads in (0, 3):
+        trainer = make_explorer(small_cfg(*EXPLORER, "env.game=fruitbot", "env.pipeline=overlap",
+                                          f"explorer.env_threads={threads}"))
+        assert trainer.envs.twin and len(trainer.slices) == 2
+        rollouts.append([])
+        for _ in range(2):
+            trainer.collect()
+            ro = trainer.ro
+            rollouts[-1].append([t.clone() for t in (ro.obs, ro.actions, ro.episode_starts, ro.rewards, trainer.full)])
+        trainer.close()
+    first, second = rollouts
+    assert sum(r[2].sum() for r in first) > 0  # episode ends: the kNN buffers restarted
+    for a, b in zip(first, second):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_explorer_needs_whole_env_minibatches(small_cfg) -> None:
@@ -276,4 +321,52 @@ def test_explorer_update_never_reads_the_host(small_cfg, monkeypatch) -> None:
     # whatever the device: no device sync. Nothing else may read.
     assert set(counts.reads) <= {"_get_value"} and counts.uploads == {}
     assert metrics and all(torch.is_tensor(v) for v in metrics.values())
+    trainer.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's sync debug mode needs a GPU")
+def test_explorer_update_never_syncs_on_cuda(small_cfg) -> None:
+    """On CUDA, with torch's sync debugging set to raise: a whole explorer update (GAE, the value
+    after the rollout, every minibatch's replay through the GRU from its start state, PPO's loss,
+    clipping and Adam) makes no synchronising call, as the members' update
+    (tests/test_members_update.py)."""
+    trainer = make_explorer(small_cfg(*EXPLORER, "device=cuda"))
+    try:
+        trainer.collect()
+        trainer.learn()  # first update: allocations, cuDNN's autotuner
+        trainer.collect()
+        assert trainer.ro.episode_starts[:, 1:].sum() > 0  # resets inside the replayed sequences
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            metrics = trainer.learn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert metrics and all(v.device.type == "cuda" for v in metrics.values())
+    finally:
+        trainer.close()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_explorer_trunk_follows_network_precision(small_cfg, precision) -> None:
+    """``network.precision`` reaches the explorer's trunk as it does the members' (the explorer's
+    runtime is theirs: ``network.tf32`` is applied process-wide where it is resolved, core/runtime.py):
+    every convolution of its acting steps and of its update (the value after the rollout, each
+    minibatch's replay, forward and backward) runs in bf16 autocast with ``bf16`` (a CPU runs it
+    whether or not it multiplies bf16 natively), in fp32 with ``fp32``; parameters, gradients, the
+    GRU's state and the rollout's values stay fp32."""
+    trainer = make_explorer(small_cfg(*EXPLORER, f"network.precision={precision}"))
+    assert trainer.pop.bf16 is (precision == "bf16")
+    record = ConvolutionDtypes()
+    with record:
+        trainer.collect()
+        acting = len(record.forward)
+        trainer.learn()
+    convolutions = 2  # network.kind=small
+    assert acting == trainer.ro.steps * len(trainer.slices) * convolutions
+    assert len(record.forward) > acting and record.backward
+    want = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert set(record.forward) == set(record.backward) == {(want, want)}
+    assert trainer.ro.values.dtype == trainer.actor.state.dtype == torch.float32
+    assert all(p.dtype == p.grad.dtype == torch.float32 for p in trainer.params)
     trainer.close()

@@ -1,8 +1,10 @@
 """Which games already draw the whole level in the agent's view (``Game.full_view_is_agent_view``),
-and the explorer's env pair (envs/full_view.py) stepping no twin batch for them."""
+the explorer's env pair (envs/full_view.py) stepping no twin batch for them, and its threaded
+stepping (procgen's threads, the twin beside the agent view) changing no number."""
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -139,3 +141,66 @@ def test_pair_checkpoints_with_and_without_the_twin_state() -> None:
             coinrun.set_state({"agent": coinrun.get_state()["agent"]})
     finally:
         coinrun.close()
+
+
+def step_slices(pair: FullViewPair, actions: np.ndarray, steppers: ThreadPoolExecutor) -> list[tuple]:
+    """One step of every slice of ``pair``, the slices at once (as the learner's worker threads
+    step them with ``env.pipeline=overlap``)."""
+    return [s.result() for s in [steppers.submit(pair.step, part, actions[envs])
+                                 for part, envs in enumerate(pair.slices)]]
+
+
+# coinrun steps a twin beside its agent view, maze none; 0 threads: procgen steps in the caller.
+@pytest.mark.parametrize("game,threads,parts", [("coinrun", 3, 1), ("coinrun", 0, 2), ("maze", 3, 2), ("maze", 0, 1)])
+def test_stepping_threads_and_the_twin_beside_the_agent_change_no_number(game: str, threads: int, parts: int) -> None:
+    """The explorer's threaded stepping (procgen's ``num_threads`` per batch, the twin stepped beside
+    the agent view, slices at once) against the two views stepped one after the other by a single
+    batch each on one procgen thread: the same frames, rewards, episode ends, infos and procgen
+    states, bit for bit, across episode ends."""
+    n, seed = 8, 11
+    make = functools.partial(ProcgenVecEnv, game, levels=TRAIN, rand_seed=seed)
+    pair = FullViewPair(functools.partial(make, num_threads=threads), n, parts)
+    ref_agent = ProcgenVecEnv(game, n, TRAIN, rand_seed=seed, num_threads=1, center_agent=True)
+    ref_full = ProcgenVecEnv(game, n, TRAIN, rand_seed=seed, num_threads=1, center_agent=False) if pair.twin else None
+    steppers = ThreadPoolExecutor(parts)
+    try:
+        assert pair.twin == (game == "coinrun")
+        obs, full = pair.reset(seed=seed)
+        want_obs = ref_agent.reset(seed=seed)[0]
+        want_full = ref_full.reset(seed=seed)[0] if pair.twin else want_obs
+        assert np.array_equal(obs, want_obs) and np.array_equal(full, want_full)
+        rng, ends = np.random.default_rng(2), 0
+        for _ in range(250):
+            actions = rng.integers(0, 15, n)
+            got = step_slices(pair, actions, steppers)
+            obs, reward, term, _, info = ref_agent.step(actions)
+            full = ref_full.step(actions)[0] if pair.twin else obs
+            for envs, (g_obs, g_full, g_reward, g_term, g_info) in zip(pair.slices, got):
+                for a, b in ((g_obs, obs), (g_full, full), (g_reward, reward), (g_term, term)):
+                    assert a.dtype == b.dtype and np.array_equal(a, b[envs])
+                # a slice reports episode statistics when one of its own envs ended
+                assert g_info.keys() == (info.keys() if term[envs].any() else {"level_seed"})
+                assert all(np.array_equal(g_info[k], info[k][envs]) for k in g_info)
+            ends += int(term.sum())
+        assert ends >= 2, ends  # level changes were crossed
+        state = pair.get_state()
+        assert state["agent"]["procgen"] == ref_agent.get_state()["procgen"]
+        if pair.twin:
+            assert state["full"]["procgen"] == ref_full.get_state()["procgen"]
+    finally:
+        steppers.shutdown()
+        pair.close(), ref_agent.close()
+        if ref_full is not None:
+            ref_full.close()
+
+
+def test_a_twin_that_fails_to_step_fails_the_pair_step() -> None:
+    """The twin steps in the pair's thread: its error reaches the caller, after the agent view's step."""
+    pair = maze_pair(game="coinrun")
+    try:
+        pair.reset(seed=3)
+        with pytest.raises(ValueError, match="twin broke"):
+            pair.full.step = lambda part, actions: (_ for _ in ()).throw(ValueError("twin broke"))
+            pair.step(0, np.zeros(4, np.int64))
+    finally:
+        pair.close()

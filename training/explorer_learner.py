@@ -12,10 +12,18 @@ episode ends reach the device as its frames do, from a pinned host buffer withou
 kNN reward never reads the host either; with ``network.acting`` captured it replays as one CUDA
 graph of its own, as the acting step does (it cannot ride in that step's graph: the rollout's last
 reward comes after its last acting step).
+
+The rollout is a chain of ``explorer.total_steps / env.num_envs`` steps, each waiting for its env
+step, so the explorer steps each of its env batches on several of procgen's C++ threads
+(``explorer.env_threads``, ``env_threads``) and the agent view and its full-view twin at once
+(envs/full_view.py). Neither changes a number: procgen steps each game on its own state,
+whichever thread runs it.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 from typing import Any
 
 import numpy as np
@@ -29,11 +37,51 @@ from agents.ppo import PPOAlgorithm
 from agents.sampling import make_generators
 from core.config import Config
 from core.runtime import Runtime
+from core.sections import EnvConfig
 from envs.full_view import FullViewPair
+from envs.games import get_game
 from envs.make import make_env
 from envs.procgen_vec import OBS_SHAPE
 from training.learner import EpisodeLog
-from training.native_learner import NativeLearner
+from training.native_learner import NativeLearner, rollout_slices
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one: taskset,
+    cgroup cpusets), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def views(env: EnvConfig) -> int:
+    """The explorer's env batches stepped at once per slice: 2 where its game needs the full-view
+    twin (envs/full_view.py: stepped beside the agent view), else 1."""
+    return 1 if get_game(env.game).full_view_is_agent_view else 2
+
+
+def env_threads(cfg: Config) -> int:
+    """procgen's stepping threads (its ``num_threads``) for each of the explorer's env batches:
+    ``explorer.env_threads`` if >= 0, else ``auto_env_threads`` of its CPUs (``resources.explorer_cpus``,
+    no more than this process may run on), shared by the views it steps at once."""
+    if cfg.explorer.env_threads >= 0:
+        return cfg.explorer.env_threads
+    cpus = min(available_cores(), max(1, int(cfg.resources.explorer_cpus)))
+    return auto_env_threads(cfg.env.num_envs // rollout_slices(cfg.env), cpus // views(cfg.env))
+
+
+def auto_env_threads(batch_envs: int, cpus: int) -> int:
+    """``explorer.env_threads=-1`` for batches of ``batch_envs`` with ``cpus`` cores each: one
+    thread per core, at most one per env (procgen hands out whole games); 0 on a single core, where
+    procgen steps the batch in the calling thread (its one worker would only add a hand-off per
+    step). Measured: benchmarks/explorer_latency.py, docs/performance.md."""
+    threads = min(max(1, cpus), batch_envs)
+    return 0 if threads == 1 else threads
+
+
+def explorer_env(cfg: Config) -> EnvConfig:
+    """``env`` as the explorer's batches are built: ``num_threads`` from ``env_threads``."""
+    return dataclasses.replace(cfg.env, num_threads=env_threads(cfg))
 
 
 class ExplorerLearner(NativeLearner):
@@ -49,7 +97,8 @@ class ExplorerLearner(NativeLearner):
         self.gamma, self.gae_lambda = cfg.explorer_gamma, ex.gae_lambda
         self.settings_section = "explorer.ppo"
         parts = len(self.slices)
-        self.envs = FullViewPair(functools.partial(make_env, cfg.env, split="train", rand_seed=ex.seed), n, parts)
+        self.envs = FullViewPair(functools.partial(make_env, explorer_env(cfg), split="train", rand_seed=ex.seed),
+                                 n, parts)
         self.env_workers = parts
         size = n // parts
         self.host_obs = [self.host_buffer((size,) + OBS_SHAPE, torch.uint8) for _ in self.slices]
