@@ -40,8 +40,8 @@ def native_bf16(device: torch.device) -> bool:
 
     On a CPU, from the kernel's feature flags (``cpu_has_bf16``): oneDNN's own check
     (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also says yes on AVX512 CPUs without
-    AVX512-BF16, where it emulates bf16: there a bf16 trunk measured 1.6-2.5x slower than fp32
-    (IMPALA forward and backward, 2-core Intel Xeon with AVX512F but no AVX512-BF16)."""
+    AVX512-BF16, where it emulates bf16: there one IMPALA member trained at 0.40x fp32's speed
+    (docs/performance.md, the 2-core Intel Xeon without AVX512-BF16)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     try:
