@@ -140,7 +140,7 @@ class TestRecorder:
 # Every test file with CUDA cases (selected by ``-k cuda``: their names or parameters say cuda).
 # None of them imports Ray or SB3, so the suite runs where neither is installed.
 DEVICE_TESTS = ["tests/test_device.py", "tests/test_precision.py", "tests/test_recurrent.py", "tests/test_explorer.py",
-                "tests/test_episodes.py", "tests/test_members_update.py"]
+                "tests/test_episodes.py", "tests/test_members_update.py", "tests/test_heldout.py"]
 
 
 def run_device_tests(ctx: Context) -> None:

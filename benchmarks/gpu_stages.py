@@ -52,7 +52,7 @@ class Stage:
         return self.dry_limit_s if dry else self.limit_s
 
 
-# Priority order, for one budgeted call (--budget-s 540 on one H100 or H200): the checks; the jobs
+# Priority order, so that a capped run (say --budget-s 540 on one H100 or H200) gets the headline: the checks; the jobs
 # under the config's defaults and at once the projection that needs nothing else (the suite's
 # headline; its result is the JSON's last key whenever it ran); the members' update matrix, the
 # GRU replay and the learning check. Their GPU estimates add up to about 470 s with the preload

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check and benchmark of this project, for any CUDA machine, in priority order so that one
-# budgeted call delivers the most important figures first: check the imports, run the CUDA tests
+# The GPU check and benchmark of this project, for any CUDA machine, in priority order so that a
+# run capped by --budget-s still delivers the most important figures: check the imports, run the CUDA tests
 # (tests/test_device.py and the other files with CUDA cases), then measure configs/maze.yaml's
 # jobs with ray=false under the config's defaults (precision auto, TF32, forward mode auto, ...):
 # the members alone (population of 10) and the explorer alone, each with its iteration's breakdown;

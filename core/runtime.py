@@ -42,8 +42,9 @@ def native_bf16(device: torch.device) -> bool:
     (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also says yes on AVX512 CPUs without
     AVX512-BF16, where it emulates bf16: there one IMPALA member trained at 0.40x fp32's speed
     (docs/performance.md, the 2-core Intel Xeon without AVX512-BF16)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # Ampere and newer; older GPUs emulate bf16 (``including_emulation``)
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: no way to tell without a native library; fp32 is never slow

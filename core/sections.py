@@ -136,7 +136,7 @@ class EnvConfig(Section):
     # env batch is split in two halves; one half steps (CPU) while the device infers the other.
     # Same actions, rewards and frames either way. auto = serial: on a CPU the two halves compete
     # for the same cores, and on an H200 overlap measured 0.80x (members) and 0.87x (explorer) of
-    # serial's steps/s (docs/architecture.md): half-batch acting calls cost nearly a whole one.
+    # serial's steps/s (docs/performance.md): half-batch acting calls cost nearly a whole one.
     pipeline: Pipeline = "auto"
 
     @property
@@ -329,7 +329,7 @@ class PopulationConfig(Section):
     # elsewhere loop (faster on CPUs: grouped convolutions are their slow path).
     forward_mode: ForwardMode = "auto"
     # The members' minibatch loss (forward, loss, backward) through torch.compile: fused kernels,
-    # fewer launches; the first update pays the compilation (tens of seconds) and the numbers
+    # fewer launches; the first update pays the compilation (about a minute on 2 CPU cores) and the numbers
     # differ from eager in the last bits. docs/performance.md has its measured effect.
     compile: bool = False
 
@@ -374,7 +374,7 @@ class ExplorerConfig(Section):
     seed: int = 1000
     # procgen's stepping threads for each of the explorer's env batches (its agent view and its
     # full-view twin, stepped at once), in place of env.num_threads: the explorer's rollout waits for
-    # every env step. 0: a batch steps in the thread that calls it. < 0, auto: the explorer's CPUs
+    # every env step. 0: a batch steps in the thread that calls it. -1, auto: the explorer's CPUs
     # (resources.explorer_cpus, at most the cores this process may run on) shared by its views, at
     # most one per env of a batch, 0 where that is one (training/explorer_learner.py:env_threads).
     # Same frames, rewards and episode ends whatever the count.
@@ -384,6 +384,8 @@ class ExplorerConfig(Section):
         positives("explorer", self, strict=("total_steps", "k", "buffer_size", "pool"))
         check_seed("explorer.seed", self.seed)
         unit("explorer.gae_lambda", self.gae_lambda)
+        if self.env_threads < -1:
+            raise ConfigError(f"explorer.env_threads must be -1 (auto), 0 or a thread count, got {self.env_threads}")
         self.ppo.check_keys("explorer.ppo")
 
 

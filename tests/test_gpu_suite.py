@@ -325,3 +325,15 @@ def test_the_projection_counts_the_evaluations_that_overlap_training() -> None:
     assert overlapped("logging.checkpoint_interval=6", "logging.eval_overlap=true", captured=True) == 3  # 4, 8, 12
     assert overlapped("logging.checkpoint_interval=4", "logging.eval_overlap=true") == 4  # checkpoints do not wait
     assert overlapped("logging.checkpoint_interval=6", "logging.eval_overlap=false") == 0  # inline: none
+
+
+def test_the_cuda_tests_the_suite_runs_are_every_test_file_with_cuda_cases() -> None:
+    """The suite's ``tests`` stage runs DEVICE_TESTS with ``-k cuda``: every test file that asks
+    whether CUDA is there has CUDA cases and must be in it (a new one left out would never run on
+    a GPU)."""
+    from benchmarks import gpu_checks
+
+    root = Path(__file__).resolve().parents[1]
+    files = [p for p in (root / "tests").glob("test_*.py") if p.name != Path(__file__).name]  # not this one's search
+    with_cuda = {f"tests/{p.name}" for p in files if "cuda.is_available" in p.read_text()}
+    assert with_cuda == set(gpu_checks.DEVICE_TESTS)

@@ -128,15 +128,16 @@ def ppo_update(device: torch.device, compile_loss: bool, mode: str = "loop") -> 
 
 
 @pytest.mark.slow
-def test_compiled_loss_trains_as_eager(device) -> None:
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_compiled_loss_trains_as_eager(device, mode) -> None:
     """``population.compile``: the update with its minibatch loss through ``torch.compile`` against
-    the eager one, two updates of three members: weights and metrics equal to float32 rounding
+    the eager one, in each forward mode, two updates of three members: weights and metrics equal to float32 rounding
     (the fused kernels sum in another order). The loss compiles as one graph: no graph break."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    compiled, compiled_metrics = ppo_update(device, compile_loss=True)
+    compiled, compiled_metrics = ppo_update(device, compile_loss=True, mode=mode)
     assert not torch._dynamo.utils.counters["graph_break"]
-    eager, eager_metrics = ppo_update(device, compile_loss=False)
+    eager, eager_metrics = ppo_update(device, compile_loss=False, mode=mode)
     for m in range(3):
         for k, v in eager.member_state_dict(m).items():
             torch.testing.assert_close(compiled.member_state_dict(m)[k], v, rtol=1e-4, atol=1e-5, msg=k)

@@ -62,7 +62,7 @@ def views(env: EnvConfig) -> int:
 
 def env_threads(cfg: Config) -> int:
     """procgen's stepping threads (its ``num_threads``) for each of the explorer's env batches:
-    ``explorer.env_threads`` if >= 0, else ``auto_env_threads`` of its CPUs (``resources.explorer_cpus``,
+    ``explorer.env_threads`` if >= 0, else (-1) ``auto_env_threads`` of its CPUs (``resources.explorer_cpus``,
     no more than this process may run on), shared by the views it steps at once."""
     if cfg.explorer.env_threads >= 0:
         return cfg.explorer.env_threads
