@@ -137,6 +137,8 @@ def train_job(cfg: Config, job: Job, runtime: Runtime, progress: bool = True,
         parts = [train_job(cfg, g, runtime, progress, on_iteration) for g in groups if not job_finished(cfg, g)]
         return {"agents": [a for p in parts for a in p["agents"]], "steps": max((p["steps"] for p in parts), default=0),
                 "heldout": {}, "job": job.name, "wall_s": sum(p["wall_s"] for p in parts)}
+    # What auto resolved to here (device, precision, TF32, captured acting): the config cannot say.
+    print(f"{job.name}: training on {runtime.describe()}", flush=True)
     learner = build_learner(cfg, job, runtime)
     try:
         if checkpointing.restore(learner):

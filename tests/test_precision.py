@@ -247,3 +247,13 @@ def test_native_bf16_on_this_cpu_agrees_with_lscpu() -> None:
     if platform.machine() == "x86_64":
         assert native_bf16(torch.device("cpu")) is expected
         assert Runtime.resolve("cpu", "auto").bf16 is expected
+
+
+def test_each_job_says_what_it_trains_on(small_cfg, capsys) -> None:
+    """``auto`` resolves per machine, so each job prints what is in force: here a CPU, in bf16
+    autocast only where this CPU's flags name bf16 hardware."""
+    from launch.run import train_run
+
+    train_run(small_cfg("ray=false", "logging.eval_interval=0"))
+    trunk = "bf16 trunk" if native_bf16(torch.device("cpu")) else "fp32"
+    assert f"member_0: training on cpu ({trunk})" in capsys.readouterr().out
