@@ -43,9 +43,26 @@ def summary_table(summary: dict) -> Table:
     return table
 
 
+def help_epilog(argv: list[str] | None) -> str:
+    """--help's list of config keys: with ``--config FILE`` (and overrides) before it, each key's
+    value in that config, the settings a run would train with; else the schema's defaults."""
+    args = sys.argv[1:] if argv is None else argv
+    if not {"-h", "--help"} & set(args):
+        return ""
+    known, rest = argparse.ArgumentParser(add_help=False), [a for a in args if a not in ("-h", "--help")]
+    known.add_argument("--config")
+    parsed, overrides = known.parse_known_args(rest)
+    if parsed.config:
+        try:
+            return config_help(load_training_config(parsed.config, [o for o in overrides if "=" in o]), parsed.config)
+        except Exception as e:  # noqa: BLE001 - --help still lists the keys, and says why not with values
+            return f"({parsed.config}: {e}; the schema's defaults follow)\n" + config_help()
+    return config_help()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=config_help())
+                                     epilog=help_epilog(argv))
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/quickstart.yaml, or a run's own "
                         "config.yaml (continues that run where its folder now is)")
     parser.add_argument("--resume", action="store_true",

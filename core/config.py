@@ -22,6 +22,7 @@ How values are read, in config files and in ``key=value`` overrides alike:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from dataclasses import dataclass, field
@@ -421,11 +422,15 @@ def rllib_runner_layout(cfg: Config) -> tuple[int, int]:
     return runners, per_runner
 
 
-def config_help() -> str:
+def config_help(cfg: Config | None = None, source: str = "") -> str:
     """Every config key as ``key = default  (allowed values or type)``, read from the schema: the
     values of a choice key are its ``Literal``'s; a key of ``FOLLOWS_PPO`` shows ``<ppo.key>``, the
-    key whose value it takes unless set. The epilog of train.py's and eval.py's --help."""
-    lines = ["config keys (key=value overrides; key = default  (allowed values or type)):"]
+    key whose value it takes unless set. With ``cfg`` (loaded from ``source``), each key shows its
+    value there instead of the default. The epilog of train.py's, eval.py's and sweep.py's --help."""
+    if cfg is None:
+        lines = ["config keys (key=value overrides; key = default  (allowed values or type)):"]
+    else:
+        lines = [f"config keys (key=value overrides; key = its value in {source}  (allowed values or type)):"]
 
     def kind(t: Any) -> str:
         if (allowed := choices(t)) and typing.get_origin(t) is not list:
@@ -444,6 +449,8 @@ def config_help() -> str:
             shown = "<the config file's name>" if default is MISSING else default
             if f"{prefix}{f.name}" in FOLLOWS_PPO:
                 shown = f"<{FOLLOWS_PPO[prefix + f.name]}>"
+            if cfg is not None:
+                shown = functools.reduce(getattr, (prefix + f.name).split("."), cfg)
             lines.append(f"  {prefix}{f.name} = {shown}  ({kind(hints[f.name])})")
 
     walk(Config, "")

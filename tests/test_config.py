@@ -338,3 +338,15 @@ def test_a_run_whose_config_predates_the_roles_keys_resumes_to_the_same_numbers(
         assert x["step"] == y["step"] == 64
         for k in x["model"]:
             assert torch.equal(x["model"][k], y["model"][k]), (a.name, k)
+
+
+def test_help_with_a_config_lists_that_configs_values(capsys):
+    """``train.py --config FILE [overrides] --help``: each key as the run would train with it (the
+    file, its base and the overrides), not the schema's default."""
+    with pytest.raises(SystemExit):
+        train.main(["--config", "configs/maze.yaml", "ppo.lr=3e-4", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "config keys (key=value overrides; key = its value in configs/maze.yaml  (allowed values or type)):" in lines
+    for line in ("  network.tf32 = True  (bool)", "  env.num_envs = 32  (int)", "  ppo.lr = 0.0003  (float)",
+                 "  resources.explorer_cpus = 4.0  (float)", "  env.game = maze  (str)"):
+        assert line in lines
