@@ -3,10 +3,11 @@ progress and the trial reporter.
 
 One iteration, read top to bottom in ``train``: the learner collects and updates
 (``iterate``) -> metrics to TensorBoard -> the held-out evaluations that finished meanwhile to
-TensorBoard -> a held-out evaluation every ``logging.eval_interval`` updates, of a snapshot of
-the weights, beside training (``logging.eval_overlap``) -> checkpoint every
-``logging.checkpoint_interval``, after the evaluation in flight -> progress and report -> the
-callbacks installed in ``training.callbacks.after_update``. The same loop trains native
+TensorBoard -> checkpoint every ``logging.checkpoint_interval``, after the evaluations of earlier
+updates -> a held-out evaluation every ``logging.eval_interval`` updates, of a snapshot of the
+weights, beside the next updates (``logging.eval_overlap``; the last update's, and every inline
+one, before its checkpoint) -> progress and report -> the callbacks installed in
+``training.callbacks.after_update``. The same loop trains native
 populations, the explorer and the SB3 and RLlib engines.
 """
 from __future__ import annotations
